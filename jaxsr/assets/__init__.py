@@ -1,0 +1,1 @@
+"""Package data: fitted kernel PCA matrices (see jaxsr.ops.pca)."""

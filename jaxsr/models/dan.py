@@ -1,0 +1,304 @@
+"""DANv1 (NeurIPS'20) and DANv2 (TPAMI): Restorer and Estimator alternated T times.
+
+One parameter set is shared by all iterations: the loop is a single `nn.scan` with the
+params broadcast, so T can change at apply time (`num_iters=`) without new parameters.
+As in the official code, the Restorer sees the kernel code and the Estimator the SR image
+through a stop-gradient, so each iteration is trained only by its own outputs.
+
+Both versions condition the Restorer on a PCA code of the kernel (`pca_matrix`, shape
+(k*k, code_length); code = flat(kernel) @ M, kernel = code @ M.T, the `jaxsr.ops.pca`
+convention and the orientation of the official `encoder` buffer). DANv1's Estimator predicts
+the code; DANv2's predicts the kernel itself (softmax over k*k taps), which is then encoded.
+
+`apply(variables, lr, num_iters=None)` returns a dict with, for every iteration,
+`sr` (T, N, sH, sW, C), `kernel` (T, N, k, k) and `code` (T, N, code_length).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr import losses
+from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d
+from jaxsr.ops import _checks, pca
+
+Array = jax.Array
+
+
+class FrozenMatrix:
+    """Read-only NumPy matrix that hashes and compares by value.
+
+    Flax modules are hashable dataclasses (jit caches on them); a bare ndarray field would
+    break `==` and `hash`, so the PCA projection is stored in this holder.
+    """
+
+    def __init__(self, array):
+        arr = np.array(array, dtype=np.float32, copy=True)
+        arr.setflags(write=False)
+        self.array = arr
+        self._hash = hash((arr.shape, hashlib.sha1(arr.tobytes()).hexdigest()))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self.array if dtype is None else self.array.astype(dtype)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, FrozenMatrix) and self._hash == other._hash
+                and np.array_equal(self.array, other.array))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"FrozenMatrix(shape={self.array.shape})"
+
+
+# ----------------------------------------------------------------------------- DANv1 parts
+class RestorerV1(nn.Module):
+    """Head conv, CRBs conditioned on the code stretched to LR size, fusion conv, upsampler."""
+    scale: int
+    channels: int = 3
+    features: int = 64
+    num_blocks: int = 40
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, lr: Array, code: Array) -> Array:
+        n, h, w, _ = lr.shape
+        cond = jnp.broadcast_to(code[:, None, None, :], (n, h, w, code.shape[-1]))
+        f = conv2d(lr, self.features, 3, name="head")
+        for i in range(self.num_blocks):
+            f = CRB(self.reduction, name=f"block_{i}")(f, cond)
+        f = conv2d(f, self.features, 3, name="fusion")
+        return Upsampler(self.scale, self.channels, shuffle_at_x1=True, name="upsampler")(f)
+
+
+class EstimatorV1(nn.Module):
+    """LR head (1x1) and HR head (9x9, stride s) -> CRBs (HR features as condition) -> conv -> GAP."""
+    scale: int
+    features: int = 32
+    num_blocks: int = 5
+    code_length: int = 10
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, sr: Array, lr: Array) -> Array:
+        f = conv2d(lr, self.features, 1, name="head_lr")
+        cond = conv2d(sr, self.features, 9, stride=self.scale, padding=4, name="head_hr")
+        for i in range(self.num_blocks):
+            f = CRB(self.reduction, name=f"block_{i}")(f, cond)
+        f = conv2d(f, self.code_length, 3, name="out")
+        return jnp.mean(f, axis=(1, 2))
+
+
+# ----------------------------------------------------------------------------- DANv2 parts
+class RestorerV2(nn.Module):
+    """Image head (3x3) and code head (1x1 on the 1x1 code map) -> DPC groups -> fusion -> upsampler."""
+    scale: int
+    channels: int = 3
+    features: int = 64
+    num_blocks: int = 10
+    num_groups: int = 5
+    group_skip: str = "official"
+
+    @nn.compact
+    def __call__(self, lr: Array, code: Array) -> Array:
+        f1 = conv2d(lr, self.features, 3, name="head_image")
+        # The code stays a 1x1 map; the blocks broadcast it over the LR grid.
+        f2 = conv2d(code[:, None, None, :], self.features, 1, name="head_code")
+        for g in range(self.num_groups):
+            f1, f2 = DPCG(self.num_blocks, 3, 1, self.group_skip, name=f"group_{g}")(f1, f2)
+        f = conv2d(f1, self.features, 3, name="fusion")
+        return Upsampler(self.scale, self.channels, shuffle_at_x1=False, name="upsampler")(f)
+
+
+class EstimatorV2(nn.Module):
+    """LR head (5x5), HR head ((4s+1)^2, stride s) -> one DPC group -> conv -> GAP -> 1x1 -> softmax kernel."""
+    scale: int
+    kernel_size: int = 21
+    features: int = 32
+    num_blocks: int = 5
+    group_skip: str = "official"
+
+    @nn.compact
+    def __call__(self, sr: Array, lr: Array) -> Array:
+        s = self.scale
+        f = conv2d(lr, self.features, 5, name="head_lr")
+        cond = conv2d(sr, self.features, 4 * s + 1, stride=s, padding=2 * s, name="head_hr")
+        f, _ = DPCG(self.num_blocks, 3, 3, self.group_skip, name="body")(f, cond)
+        f = conv2d(f, 2 * self.features, 3, name="tail_conv")
+        f = jnp.mean(f, axis=(1, 2), keepdims=True)
+        logits = conv2d(f, self.kernel_size ** 2, 1, name="tail_kernel")[:, 0, 0, :]
+        kernel = jax.nn.softmax(logits, axis=-1)
+        return kernel.reshape(-1, self.kernel_size, self.kernel_size)
+
+
+# ----------------------------------------------------------------------------- the loop
+class _DAN(nn.Module):
+    """Shared fields and the scanned Restorer -> Estimator loop."""
+    scale: int = 4
+    pca_matrix: Any = None  # (k*k, code_length); stored as a FrozenMatrix
+    channels: int = 3
+    kernel_size: int = 21
+    code_length: int = 10
+    num_iters: int = 4
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.pca_matrix is not None and not isinstance(self.pca_matrix, FrozenMatrix):
+            object.__setattr__(self, "pca_matrix", FrozenMatrix(self.pca_matrix))
+        super().__post_init__()
+
+    def _validate(self) -> np.ndarray:
+        _checks.check_scale("scale", self.scale)
+        _checks.check_odd_size("kernel_size", self.kernel_size)
+        if self.pca_matrix is None:
+            raise ValueError(f"{type(self).__name__} needs pca_matrix of shape "
+                             f"({self.kernel_size ** 2}, {self.code_length}), got None")
+        want = (self.kernel_size ** 2, self.code_length)
+        if self.pca_matrix.shape != want:
+            raise ValueError(f"pca_matrix must have shape {want} for kernel_size={self.kernel_size}, "
+                             f"code_length={self.code_length}; got {self.pca_matrix.shape}")
+        return self.pca_matrix.array
+
+    def _estimate(self, sr: Array, lr: Array, matrix: Array) -> tuple[Array, Array]:
+        """Returns (code, kernel) from the Estimator."""
+        raise NotImplementedError
+
+    def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
+        matrix = jnp.asarray(self._validate())
+        _checks.check_images("lr", lr, channels=(self.channels,))
+        iters = self.num_iters if num_iters is None else num_iters
+        if not isinstance(iters, (int, np.integer)) or iters < 1:
+            raise ValueError(f"num_iters must be a positive int, got {iters!r}")
+
+        # Dirac initial kernel: its code is the matrix row of the centre tap.
+        centre = (self.kernel_size // 2) * (self.kernel_size + 1)
+        code0 = jnp.broadcast_to(matrix[centre], (lr.shape[0], self.code_length)).astype(lr.dtype)
+
+        def step(mdl, code, lr_in):
+            sr = mdl.restorer(lr_in, jax.lax.stop_gradient(code))
+            code, kernel = mdl._estimate(jax.lax.stop_gradient(sr), lr_in, matrix)
+            return code, {"sr": sr, "kernel": kernel, "code": code}
+
+        if self.remat:
+            step = nn.remat(step, prevent_cse=False)
+        loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                       in_axes=nn.broadcast, length=int(iters))
+        _, outputs = loop(self, code0, lr)
+        return outputs
+
+
+class DANv1(_DAN):
+    """DANv1: CRB Restorer (40 x 64 ch) and Estimator (5 x 32 ch) that predicts the PCA code."""
+    restorer_features: int = 64
+    restorer_blocks: int = 40
+    estimator_features: int = 32
+    estimator_blocks: int = 5
+    reduction: int = 16
+
+    def setup(self):
+        self.restorer = RestorerV1(self.scale, self.channels, self.restorer_features,
+                                   self.restorer_blocks, self.reduction)
+        self.estimator = EstimatorV1(self.scale, self.estimator_features, self.estimator_blocks,
+                                     self.code_length, self.reduction)
+
+    def _estimate(self, sr, lr, matrix):
+        code = self.estimator(sr, lr)
+        return code, pca.decode(code, matrix)
+
+
+class DANv2(_DAN):
+    """DANv2: dual-path Restorer (5 groups x 10 DPCBs, 64 ch) and a softmax-kernel Estimator."""
+    restorer_features: int = 64
+    restorer_blocks: int = 10
+    restorer_groups: int = 5
+    estimator_features: int = 32
+    estimator_blocks: int = 5
+    group_skip: str = "official"
+
+    def setup(self):
+        self.restorer = RestorerV2(self.scale, self.channels, self.restorer_features,
+                                   self.restorer_blocks, self.restorer_groups, self.group_skip)
+        self.estimator = EstimatorV2(self.scale, self.kernel_size, self.estimator_features,
+                                     self.estimator_blocks, self.group_skip)
+
+    def _estimate(self, sr, lr, matrix):
+        kernel = self.estimator(sr, lr)
+        return kernel.reshape(kernel.shape[0], -1) @ matrix, kernel
+
+
+MODELS: dict[str, type[_DAN]] = {"danv1": DANv1, "danv2": DANv2}
+
+
+# ----------------------------------------------------------------------------- training-loop API
+@functools.lru_cache(maxsize=8)
+def _load_pca(path: str) -> np.ndarray:
+    return pca.load(path)
+
+
+def pca_matrix_from_config(model_cfg: Mapping[str, Any]) -> np.ndarray | None:
+    """`model_cfg.pca_matrix` if given, else the `matrix` array of `model_cfg.pca_path`, else None."""
+    matrix = model_cfg.get("pca_matrix", None)
+    if matrix is not None:
+        return np.asarray(matrix, np.float32)
+    path = model_cfg.get("pca_path", None)
+    return _load_pca(str(path)) if path else None
+
+
+def create_model(cfg) -> nn.Module:
+    """Builds DANv1/DANv2 from `cfg.scale` and `cfg.model` (`name` plus module fields)."""
+    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
+    name = fields.pop("name", None)
+    if name not in MODELS:
+        raise ValueError(f"cfg.model.name must be one of {sorted(MODELS)}, got {name!r}")
+    matrix = pca_matrix_from_config(fields)
+    fields.pop("pca_path", None)
+    fields.pop("pca_matrix", None)
+    if matrix is None:
+        raise ValueError(f"{name} needs a kernel PCA matrix: set cfg.model.pca_path (an .npz with "
+                         f"key 'matrix') or cfg.model.pca_matrix")
+    cls = MODELS[name]
+    allowed = {f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "scale", "pca_matrix")}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"unknown cfg.model fields for {name}: {unknown}; valid: {sorted(allowed)}")
+    return cls(scale=int(cfg.scale), pca_matrix=matrix, **fields)
+
+
+def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) -> tuple[Array, dict]:
+    """L1 on the SR images plus L1 on the kernel code (DANv1) or the kernel (DANv2).
+
+    Per-iteration weights come from `cfg.loss.iter_weights` (default: last iteration only,
+    as in the papers); `cfg.loss.kernel_weight` (default 1) scales the kernel term.
+    """
+    loss_cfg = cfg.get("loss", None) or {}
+    weights = loss_cfg.get("iter_weights", None)
+    kernel_weight = float(loss_cfg.get("kernel_weight", 1.0))
+    num_iters = outputs["sr"].shape[0]
+
+    sr_total, sr_per_iter = losses.iterated_l1(outputs["sr"], batch["hr"], weights)
+    if cfg.model.name == "danv1":
+        matrix = pca_matrix_from_config(cfg.model)
+        if matrix is None:
+            raise ValueError("danv1 loss needs cfg.model.pca_path or cfg.model.pca_matrix to encode the GT kernel")
+        target = pca.encode(batch["kernel"], jnp.asarray(matrix))
+        k_name, k_total, k_per_iter = ("l1_code", *losses.iterated_l1(outputs["code"], target, weights))
+    else:
+        k_name, k_total, k_per_iter = ("l1_kernel", *losses.iterated_l1(outputs["kernel"], batch["kernel"], weights))
+
+    loss = sr_total + kernel_weight * k_total
+    metrics = {"loss": loss, "l1_sr": sr_total, k_name: k_total}
+    for t in range(num_iters):
+        metrics[f"l1_sr_iter{t}"] = sr_per_iter[t]
+        metrics[f"{k_name}_iter{t}"] = k_per_iter[t]
+    return loss, metrics

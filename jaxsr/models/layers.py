@@ -1,0 +1,171 @@
+"""Building blocks shared by the SR models (NHWC, PyTorch-compatible layouts).
+
+Everything here mirrors a PyTorch layer closely enough that weights imported from an
+official checkpoint (after OIHW -> HWIO) reproduce the PyTorch outputs: explicit symmetric
+padding, PyTorch's default initialisation, and `pixel_shuffle` in PyTorch's channel order.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what torch.nn.Conv2d draws by default (kaiming_uniform,
+# a=sqrt(5)); the official DAN code trains from that initialisation.
+TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,
+           padding: int | None = None, name: str | None = None, dtype: Any = None) -> Array:
+    """`torch.nn.Conv2d(in, features, kernel_size, stride, padding)` applied to NHWC `x`.
+
+    Call it inside a compact method: it creates an `nn.Conv` submodule called `name` with
+    parameters `kernel` (kh, kw, in, out) and `bias` (out,). Padding defaults to
+    kernel_size // 2 (zeros, symmetric, like PyTorch), so odd kernels at stride 1 keep the size.
+    """
+    pad = kernel_size // 2 if padding is None else padding
+    fan_in = x.shape[-1] * kernel_size * kernel_size
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        dtype=dtype,
+        kernel_init=TORCH_KERNEL_INIT,
+        bias_init=torch_default_bias_init(fan_in),
+        name=name,
+    )(x)
+
+
+def leaky_relu(x: Array) -> Array:
+    return nn.leaky_relu(x, negative_slope=0.2)
+
+
+def pixel_shuffle(x: Array, factor: int) -> Array:
+    """NHWC depth-to-space with PyTorch's channel order.
+
+    PyTorch reads input channel `c * r * r + i * r + j` into output channel `c` at
+    sub-pixel (i, j); matching it keeps imported upsampler weights valid.
+    """
+    if factor == 1:
+        return x
+    n, h, w, c = x.shape
+    if c % (factor * factor):
+        raise ValueError(f"pixel_shuffle needs channels divisible by {factor}^2, got {c}")
+    out_c = c // (factor * factor)
+    x = x.reshape(n, h, w, out_c, factor, factor)
+    x = x.transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(n, h * factor, w * factor, out_c)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation: GAP -> 1x1 conv (C/r) -> LReLU(0.2) -> 1x1 conv (C) -> sigmoid, x * gate."""
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        gate = jnp.mean(x, axis=(1, 2), keepdims=True)
+        gate = leaky_relu(conv2d(gate, max(channels // self.reduction, 1), 1, name="squeeze"))
+        gate = nn.sigmoid(conv2d(gate, channels, 1, name="excite"))
+        return x * gate
+
+
+class CRB(nn.Module):
+    """DANv1 conditional residual block: basic + CA(conv(LReLU(conv(concat(basic, cond))))).
+
+    The first conv keeps the concatenated width; the second maps back to the basic width.
+    `cond` is passed through unchanged by the caller (it is the same for every block).
+    """
+    reduction: int = 16
+
+    @nn.compact
+    def __call__(self, basic: Array, cond: Array) -> Array:
+        feats = jnp.concatenate([basic, cond], axis=-1)
+        y = leaky_relu(conv2d(feats, feats.shape[-1], 3, name="conv1"))
+        y = conv2d(y, basic.shape[-1], 3, name="conv2")
+        return basic + ChannelAttention(self.reduction, name="ca")(y)
+
+
+class DPCB(nn.Module):
+    """DANv2 dual-path conditional block.
+
+    Main path: f1 + body1(f1) * body2(f2); conditional path: f2 + body2(f2). body1 is
+    conv-LReLU-conv at `main_kernel` on the basic features; body2 the same at `cond_kernel`
+    on the conditional features (which may be 1x1 spatially and broadcast, as in the Restorer).
+    """
+    main_kernel: int = 3
+    cond_kernel: int = 1
+
+    @nn.compact
+    def __call__(self, f1: Array, f2: Array) -> tuple[Array, Array]:
+        width = f1.shape[-1]
+        a = conv2d(f1, width, self.main_kernel, name="main_conv1")
+        a = conv2d(leaky_relu(a), width, self.main_kernel, name="main_conv2")
+        b = conv2d(f2, width, self.cond_kernel, name="cond_conv1")
+        b = conv2d(leaky_relu(b), width, self.cond_kernel, name="cond_conv2")
+        return f1 + a * b, f2 + b
+
+
+class DPCG(nn.Module):
+    """A group of DPCBs with a group-level skip.
+
+    `skip='official'` reproduces the released DANv2 code, whose group "residual" adds the
+    blocks' output to itself (its blocks update the input list in place, so the saved input
+    is already the output): the group returns 2 * blocks(x). `skip='input'` is the textbook
+    x + blocks(x). Imported official weights need 'official'.
+    """
+    num_blocks: int
+    main_kernel: int = 3
+    cond_kernel: int = 1
+    skip: str = "official"
+
+    @nn.compact
+    def __call__(self, f1: Array, f2: Array) -> tuple[Array, Array]:
+        if self.skip not in ("official", "input"):
+            raise ValueError(f"skip must be 'official' or 'input', got {self.skip!r}")
+        y1, y2 = f1, f2
+        for i in range(self.num_blocks):
+            y1, y2 = DPCB(self.main_kernel, self.cond_kernel, name=f"block_{i}")(y1, y2)
+        if self.skip == "official":
+            return y1 + y1, y2 + y2
+        return f1 + y1, f2 + y2
+
+
+class Upsampler(nn.Module):
+    """conv -> PixelShuffle stages then a conv to `out_channels` (x4 = two x2 stages).
+
+    With `scale=1` and `shuffle_at_x1=False` it is just the output conv (DANv2's deblurring
+    head); DANv1 keeps a conv + PixelShuffle(1) stage there.
+    """
+    scale: int
+    out_channels: int = 3
+    shuffle_at_x1: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        width = x.shape[-1]
+        if self.scale == 4:
+            factors: Sequence[int] = (2, 2)
+        elif self.scale == 1 and not self.shuffle_at_x1:
+            factors = ()
+        else:
+            factors = (self.scale,)
+        for i, r in enumerate(factors):
+            x = pixel_shuffle(conv2d(x, width * r * r, 3, name=f"up_{i}"), r)
+        return conv2d(x, self.out_channels, 3, name="tail")

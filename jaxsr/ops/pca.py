@@ -1,0 +1,122 @@
+"""Kernel PCA: a linear projection from flattened k×k kernels to a short code (DANv1, IKC).
+
+Convention: `matrix` has shape (k*k, n) with orthonormal columns; code = flat(kernel) @ matrix
+and kernel ≈ code @ matrix.T. As in the official DAN code the kernels are not mean-centred,
+so a code also carries the kernel's overall mass.
+
+The fitted matrices for the standard settings ship in `jaxsr/assets/`; regenerate them with
+
+    python -m jaxsr.ops.pca --out jaxsr/assets
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from importlib import resources
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr.ops import _checks
+
+ASSET_PACKAGE = "jaxsr.assets"
+
+
+def fit(kernels: jax.Array, dim: int = 10) -> jax.Array:
+    """Top-`dim` right singular vectors of the (N, k*k) kernel matrix, as a (k*k, dim) matrix."""
+    kernels = jnp.asarray(kernels)
+    _checks.check_kernels("kernels", kernels)
+    flat = kernels.reshape(kernels.shape[0], -1)
+    if not 1 <= dim <= flat.shape[1]:
+        raise ValueError(f"dim must be in [1, {flat.shape[1]}] for {kernels.shape[1]}x{kernels.shape[2]} "
+                         f"kernels, got {dim}")
+    _, _, vt = jnp.linalg.svd(flat, full_matrices=False)
+    basis = vt[:dim].T
+    # SVD signs are arbitrary: make the largest-magnitude entry of each component positive
+    # so a regenerated matrix is identical, not merely equivalent.
+    idx = jnp.argmax(jnp.abs(basis), axis=0)
+    signs = jnp.sign(basis[idx, jnp.arange(dim)])
+    return basis * signs
+
+
+def _check_matrix(matrix, size: int) -> None:
+    if matrix.ndim != 2 or matrix.shape[0] != size:
+        raise ValueError(f"PCA matrix must have shape ({size}, code_len) for these kernels, "
+                         f"got {matrix.shape}")
+
+
+def encode(kernels: jax.Array, matrix: jax.Array) -> jax.Array:
+    """(N, k, k) kernels -> (N, n) codes."""
+    _checks.check_kernels("kernels", kernels)
+    _check_matrix(matrix, kernels.shape[1] * kernels.shape[2])
+    return kernels.reshape(kernels.shape[0], -1) @ matrix
+
+
+def decode(codes: jax.Array, matrix: jax.Array) -> jax.Array:
+    """(N, n) codes -> (N, k, k) kernels (not renormalised)."""
+    if codes.ndim != 2 or codes.shape[1] != matrix.shape[1]:
+        raise ValueError(f"codes must have shape (N, {matrix.shape[1]}) for this matrix, got {codes.shape}")
+    size = int(round(np.sqrt(matrix.shape[0])))
+    _check_matrix(matrix, size * size)
+    return (codes @ matrix.T).reshape(codes.shape[0], size, size)
+
+
+def save(path: str, matrix, **meta) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, matrix=np.asarray(matrix, np.float32), **{k: np.asarray(v) for k, v in meta.items()})
+
+
+def load(path: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"PCA matrix file not found: {path}")
+    with np.load(path) as f:
+        if "matrix" not in f:
+            raise ValueError(f"{path} has no 'matrix' array (keys: {sorted(f.keys())})")
+        return np.asarray(f["matrix"], np.float32)
+
+
+def asset_name(kernel_type: str, scale: int, kernel_size: int, dim: int) -> str:
+    return f"pca_{kernel_type}_x{scale}_k{kernel_size}_d{dim}.npz"
+
+
+def fit_for_spec(spec, dim: int = 10, num_kernels: int = 20000, seed: int = 0) -> np.ndarray:
+    """Fit a projection on kernels sampled as `spec` samples them for training."""
+    from jaxsr.ops import degrade  # local import: degrade does not depend on pca
+    kernels = degrade.sample_kernels(jax.random.key(seed), num_kernels, spec)
+    return np.asarray(fit(kernels, dim))
+
+
+def default_matrix(spec, dim: int = 10) -> np.ndarray:
+    """The shipped matrix for `spec` (a `DegradationSpec`); fitted on the fly if none ships."""
+    name = asset_name(spec.kernel_type, spec.scale, spec.kernel_size, dim)
+    try:
+        with resources.as_file(resources.files(ASSET_PACKAGE) / name) as p:
+            if p.exists():
+                return load(str(p))
+    except ModuleNotFoundError:
+        pass
+    return fit_for_spec(spec, dim)
+
+
+def standard_specs():
+    from jaxsr.ops import degrade
+    specs = [degrade.setting1(s) for s in (1, 2, 3, 4)] + [degrade.setting2(s) for s in (2, 3, 4)]
+    return specs
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Fit and save the kernel PCA matrices for the standard settings.")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "assets"))
+    parser.add_argument("--dim", type=int, default=10)
+    parser.add_argument("--num-kernels", type=int, default=20000)
+    args = parser.parse_args(argv)
+    for spec in standard_specs():
+        matrix = fit_for_spec(spec, args.dim, args.num_kernels)
+        path = os.path.join(args.out, asset_name(spec.kernel_type, spec.scale, spec.kernel_size, args.dim))
+        save(path, matrix, scale=spec.scale, kernel_size=spec.kernel_size)
+        print(f"wrote {path}  {matrix.shape}")
+
+
+if __name__ == "__main__":
+    main()
