@@ -13,9 +13,6 @@ from PIL import Image
 
 from jaxsr import io
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 def random_levels(rng, shape):
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
@@ -140,10 +137,10 @@ def test_float_tiff(tmp_path):
         io.read_image(tmp_path / "hdr.tif")
 
 
-def test_set14_bridge_is_gray():
-    path = DATA / "Set14" / "bridge.png"
+def test_set14_bridge_is_gray(shared_data):
+    path = shared_data / "Set14" / "bridge.png"
     if not path.is_file():
-        pytest.skip(f"shared test images not found at {path}")
+        pytest.skip(f"Set14/bridge.png not found under {shared_data}")
     stored = iio.imread(path)
     assert stored.ndim == 2  # the file really is single-channel
     rgb = io.read_image(path)
@@ -151,11 +148,13 @@ def test_set14_bridge_is_gray():
     np.testing.assert_array_equal(rgb[..., 0], stored / np.float32(255))
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
     assert io.read_image(path, "keep").shape == stored.shape + (1,)
-    names = [p.name for p in io.list_images(DATA / "Set14")]
+    names = [p.name for p in io.list_images(shared_data / "Set14")]
     assert "bridge.png" in names and names == sorted(names)
 
 
 # ----------------------------------------------------------------------------- read errors
+# imageio probes every plugin on the junk file; one of them warns about its own deprecation.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_read_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         io.read_image(tmp_path / "missing.png")
