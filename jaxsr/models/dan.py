@@ -255,13 +255,16 @@ def pca_matrix_from_config(model_cfg: Mapping[str, Any]) -> np.ndarray | None:
     return _load_pca(str(path)) if path else None
 
 
-def create_model(cfg) -> nn.Module:
-    """Builds DANv1/DANv2 from `cfg.scale` and `cfg.model` (`name` plus module fields)."""
+def create_model(cfg, pca_matrix=None) -> nn.Module:
+    """Builds DANv1/DANv2 from `cfg.scale` and `cfg.model` (`name` plus module fields).
+
+    The PCA matrix is `pca_matrix` if given, else taken from the config.
+    """
     fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
     name = fields.pop("name", None)
     if name not in MODELS:
         raise ValueError(f"cfg.model.name must be one of {sorted(MODELS)}, got {name!r}")
-    matrix = pca_matrix_from_config(fields)
+    matrix = pca_matrix if pca_matrix is not None else pca_matrix_from_config(fields)
     fields.pop("pca_path", None)
     fields.pop("pca_matrix", None)
     if matrix is None:

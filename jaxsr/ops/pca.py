@@ -87,16 +87,22 @@ def fit_for_spec(spec, dim: int = 10, num_kernels: int = 20000, seed: int = 0) -
     return np.asarray(fit(kernels, dim))
 
 
-def default_matrix(spec, dim: int = 10) -> np.ndarray:
-    """The shipped matrix for `spec` (a `DegradationSpec`); fitted on the fly if none ships."""
+def default_matrix_path(spec, dim: int = 10) -> str:
+    """Path of the shipped matrix for `spec` (a `DegradationSpec`). For a spec with no shipped
+    matrix, one is fitted once and cached under ~/.cache/jaxsr."""
     name = asset_name(spec.kernel_type, spec.scale, spec.kernel_size, dim)
-    try:
-        with resources.as_file(resources.files(ASSET_PACKAGE) / name) as p:
-            if p.exists():
-                return load(str(p))
-    except ModuleNotFoundError:
-        pass
-    return fit_for_spec(spec, dim)
+    shipped = resources.files(ASSET_PACKAGE) / name
+    if shipped.is_file():
+        return str(shipped)
+    cached = os.path.join(os.path.expanduser("~"), ".cache", "jaxsr", name)
+    if not os.path.exists(cached):
+        save(cached, fit_for_spec(spec, dim), scale=spec.scale, kernel_size=spec.kernel_size)
+    return cached
+
+
+def default_matrix(spec, dim: int = 10) -> np.ndarray:
+    """The shipped (or cached) matrix for `spec`."""
+    return load(default_matrix_path(spec, dim))
 
 
 def standard_specs():

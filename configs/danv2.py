@@ -1,0 +1,32 @@
+"""DANv2 (Luo et al., TPAMI): DANv1's alternating loop with dual-path conditional blocks and an
+Estimator that outputs the kernel itself. Same variants and training recipe as configs/dan.py
+(`setting1_x2|x3|x4`, `setting2_x2|x4`, `tiny`, `cpu`); the loss is L1 on SR + L1 on the kernel.
+"""
+import importlib.util
+import os
+
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location("jaxsr_configs_dan", os.path.join(os.path.dirname(__file__), "dan.py"))
+dan = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dan)
+
+
+def model_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        name="danv2", kernel_size=21, code_length=10, num_iters=4,
+        restorer_features=64, restorer_blocks=10, restorer_groups=5,
+        estimator_features=32, estimator_blocks=5, remat=False, pca_path=""))
+
+
+def get_config(arg=None):
+    cfg = dan.get_config(arg)
+    tiny_or_cpu = {k: cfg.model[k] for k in ("restorer_features", "estimator_features", "estimator_blocks", "num_iters")}
+    variant_blocks = cfg.model.restorer_blocks
+    kernel_size = cfg.model.kernel_size
+    cfg.model = model_config()
+    cfg.model.kernel_size = kernel_size
+    if (arg or "cpu") in ("tiny", "cpu"):  # small widths from the DANv1 variant; 2 groups of half the blocks
+        cfg.model.update(tiny_or_cpu)
+        cfg.model.update(dict(restorer_groups=2, restorer_blocks=max(1, variant_blocks // 2)))
+    return cfg

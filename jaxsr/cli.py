@@ -1,0 +1,72 @@
+"""What `python -m jaxsr.main` does in each mode (kept apart from absl so tests can call it)."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxsr import config_lib, train as train_lib
+from jaxsr.data import datasets
+
+
+def train(cfg, workdir: str) -> dict:
+    result = train_lib.train_and_evaluate(cfg, workdir)
+    if result and jax.process_index() == 0:
+        gain = result["val_psnr"] - result["val_bicubic_psnr"]
+        print(f"held-out PSNR (Y): {result['val_psnr']:.2f} dB vs bicubic {result['val_bicubic_psnr']:.2f} dB "
+              f"-> gain {gain:+.2f} dB;  SSIM {result['val_ssim']:.4f} vs {result['val_bicubic_ssim']:.4f}")
+        print(f"checkpoints, metrics.jsonl and validation grids are in {workdir}")
+    return result
+
+
+def load_predictor(cfg, workdir: str, official: str | None = None):
+    """(predict_fn(lr) -> (sr, kernel), description) from a jaxsr checkpoint or an official .pth."""
+    num_iters = cfg.eval.num_iters if cfg.eval.num_iters > 0 else None
+    if official:
+        from jaxsr import convert
+        cfg = train_lib.prepare_config(cfg)
+        model, params = convert.load_official_checkpoint(official, cfg)
+        source = f"official checkpoint {official}"
+    else:
+        model, params, step = train_lib.restore_params(cfg, workdir)
+        source = f"{workdir} step {step}"
+    predict = train_lib.make_predict_fn(model, num_iters)
+    return (lambda lr: predict(params, lr)), source
+
+
+def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
+    from jaxsr import evaluate as evaluate_lib
+    from jaxsr import io as jio
+    config_lib.validate(cfg)
+    predict, source = load_predictor(cfg, workdir, official)
+    results = {}
+    for folder in cfg.eval.dirs:
+        paths = datasets.resolve_image_paths([folder], key="eval.dirs")
+        images = [(os.path.splitext(os.path.basename(p))[0], jio.read_image(p, mode="rgb")) for p in paths]
+        spec = config_lib.degradation_spec(cfg)
+        result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=cfg.eval.protocol,
+                                       kernel_size=spec.kernel_size, noise=cfg.eval.noise,
+                                       bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch)
+        name = f"{os.path.basename(os.path.normpath(folder))}_{cfg.eval.protocol}_x{cfg.scale}"
+        result["source"] = source
+        if jax.process_index() == 0:
+            evaluate_lib.save_results(result, os.path.join(workdir, "eval"), name)
+            print(f"## {name} ({source})\n")
+            print(evaluate_lib.format_markdown(result))
+        results[name] = result
+    return results
+
+
+def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | None = None) -> list[str]:
+    from jaxsr import infer as infer_lib
+    if not inputs:
+        raise ValueError("--mode=infer needs --input=FILE|FOLDER|GLOB")
+    predict, source = load_predictor(cfg, workdir, official)
+    written = infer_lib.infer_paths(predict, inputs, out_dir, scale=cfg.scale, tile=cfg.infer.tile,
+                                    overlap=cfg.infer.overlap)
+    logging.info("super-resolved %d files with %s", len(written), source)
+    print("\n".join(str(w) for w in written))
+    return written

@@ -1,0 +1,44 @@
+"""Entry point: `python -m jaxsr.main --config=configs/dan.py[:variant] --workdir=DIR [--mode=train|eval|infer]`.
+
+Any config key can be overridden on the command line, e.g. `--config.train.steps=1000`.
+- train: train (resuming from DIR's latest checkpoint), validating periodically.
+- eval:  the official test protocol (cfg.eval.protocol) on cfg.eval.dirs, with a jaxsr checkpoint
+         from DIR or an official PyTorch checkpoint (--official=model.pth); tables in DIR/eval/.
+- infer: super-resolve real LR images (--input=file|folder|glob) into --output.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/dan.py:setting1_x4.",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "infer"], "What to run.")
+_OFFICIAL = flags.DEFINE_string("official", None, "eval/infer: an official PyTorch .pth instead of a jaxsr checkpoint.")
+_INPUT = flags.DEFINE_string("input", None, "infer: an LR image, a folder or a glob.")
+_OUTPUT = flags.DEFINE_string("output", None, "infer: output folder (default WORKDIR/infer).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from jaxsr import cli, sharding  # after flag parsing, so --help stays fast
+    sharding.maybe_initialize_distributed()
+    import jax
+    logging.info("JAX %s on %s: %d devices over %d processes", jax.__version__, jax.default_backend(),
+                 jax.device_count(), jax.process_count())
+    cfg, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    if _MODE.value == "train":
+        cli.train(cfg, workdir)
+    elif _MODE.value == "eval":
+        cli.evaluate(cfg, workdir, official=_OFFICIAL.value)
+    else:
+        cli.infer(cfg, workdir, _INPUT.value, _OUTPUT.value or os.path.join(workdir, "infer"), official=_OFFICIAL.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

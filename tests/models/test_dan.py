@@ -1,0 +1,289 @@
+"""DANv1 / DANv2 modules: parameter counts, shapes, the scanned loop, gradients, training."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxsr.models import dan, layers
+
+K = 11  # tiny kernel size for the fast tests
+TINY = {
+    "danv1": dict(restorer_features=8, restorer_blocks=2, estimator_features=8, estimator_blocks=2, reduction=4),
+    "danv2": dict(restorer_features=8, restorer_blocks=2, restorer_groups=2, estimator_features=8,
+                  estimator_blocks=2),
+}
+
+
+def random_pca(k=K, n=10, seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((k * k, n)))
+    return q.astype(np.float32)
+
+
+def tiny(name, scale=2, **kw):
+    return dan.MODELS[name](scale=scale, pca_matrix=random_pca(), kernel_size=K, **{**TINY[name], **kw})
+
+
+def rand(shape, seed=0):
+    return jax.random.uniform(jax.random.key(seed), shape)
+
+
+@pytest.fixture(scope="module")
+def tiny_vars():
+    lr = rand((2, 6, 7, 3))
+    return {name: tiny(name).init(jax.random.key(1), lr, num_iters=1) for name in TINY}
+
+
+# ----------------------------------------------------------------------------- structure
+@pytest.mark.parametrize("name,expected", [("danv1", 4_329_511), ("danv2", 4_707_708)])
+def test_param_count_matches_official_x4(name, expected):
+    model = dan.MODELS[name](scale=4, pca_matrix=random_pca(21))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"])) == expected
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("scale", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch,h,w", [(1, 7, 10), (3, 5, 5)])
+def test_output_shapes(name, scale, batch, h, w):
+    model = tiny(name, scale, num_iters=3)
+    lr = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)
+    out, _ = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x), lr)
+    assert out["sr"].shape == (3, batch, scale * h, scale * w, 3)
+    assert out["kernel"].shape == (3, batch, K, K)
+    assert out["code"].shape == (3, batch, 10)
+
+
+def test_pixel_shuffle_matches_pytorch_definition():
+    r, c = 3, 2
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, c * r * r)).astype(np.float32)
+    want = np.zeros((2, 4 * r, 5 * r, c), np.float32)
+    for ch in range(c):
+        for i in range(r):
+            for j in range(r):
+                want[:, i::r, j::r, ch] = x[..., ch * r * r + i * r + j]
+    np.testing.assert_array_equal(np.asarray(layers.pixel_shuffle(jnp.asarray(x), r)), want)
+
+
+def test_strided_conv_matches_direct_correlation():
+    # the Estimator's HR head: 9x9, stride 3, zero padding 4, as torch.nn.Conv2d computes it
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 10, 8, 2)).astype(np.float32)
+
+    class Head(layers.nn.Module):
+        @layers.nn.compact
+        def __call__(self, x):
+            return layers.conv2d(x, 3, 9, stride=3, padding=4, name="c")
+
+    variables = Head().init(jax.random.key(0), x)
+    got = np.asarray(Head().apply(variables, x))
+    w = np.asarray(variables["params"]["c"]["kernel"], np.float64)
+    b = np.asarray(variables["params"]["c"]["bias"], np.float64)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (4, 4), (4, 4), (0, 0)))
+    oh, ow = (10 + 8 - 9) // 3 + 1, (8 + 8 - 9) // 3 + 1
+    want = np.zeros((1, oh, ow, 3))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[0, 3 * i:3 * i + 9, 3 * j:3 * j + 9, :]
+            want[0, i, j] = np.einsum("hwi,hwio->o", patch, w) + b
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dpcg_official_skip_doubles_the_block_output():
+    f1, f2 = rand((1, 4, 4, 4), 1), rand((1, 4, 4, 4), 2)
+    group = layers.DPCG(2, 3, 3, "input")
+    v = group.init(jax.random.key(0), f1, f2)
+    a1, a2 = group.apply(v, f1, f2)                     # f + y
+    b1, b2 = group.clone(skip="official").apply(v, f1, f2)  # 2 y
+    np.testing.assert_allclose(b1, 2 * (a1 - f1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b2, 2 * (a2 - f2), rtol=1e-5, atol=1e-6)
+
+
+def test_module_is_hashable_and_compares_by_matrix_value():
+    a, b = tiny("danv1"), tiny("danv1")
+    assert a == b and hash(a) == hash(b)
+    c = tiny("danv1").clone(pca_matrix=random_pca(seed=1))
+    assert a != c
+
+
+def test_bad_arguments_raise_value_error(tiny_vars):
+    model = tiny("danv1")
+    with pytest.raises(ValueError, match="lr"):
+        model.apply(tiny_vars["danv1"], rand((1, 6, 7, 1)))
+    with pytest.raises(ValueError, match="num_iters"):
+        model.apply(tiny_vars["danv1"], rand((1, 6, 7, 3)), num_iters=0)
+    with pytest.raises(ValueError, match="pca_matrix"):
+        model.clone(pca_matrix=random_pca(k=5)).init(jax.random.key(0), rand((1, 6, 7, 3)))
+    with pytest.raises(ValueError, match="scale"):
+        model.clone(scale=5).init(jax.random.key(0), rand((1, 6, 7, 3)))
+
+
+# ----------------------------------------------------------------------------- the loop
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_first_iteration_uses_the_dirac_kernel_and_T_can_change(name, tiny_vars):
+    model, v = tiny(name), tiny_vars[name]
+    lr = rand((2, 6, 7, 3), 3)
+    out2 = model.apply(v, lr, num_iters=2)
+    out3 = model.apply(v, lr, num_iters=3)
+    assert out2["sr"].shape[0] == 2 and out3["sr"].shape[0] == 3
+    for key in ("sr", "kernel", "code"):  # T only appends iterations
+        np.testing.assert_allclose(out3[key][:2], out2[key], rtol=1e-5, atol=1e-6)
+    # iteration 0's Restorer input is the PCA code of a centred Dirac
+    dirac = np.zeros((K, K), np.float32)
+    dirac[K // 2, K // 2] = 1
+    code0 = jnp.asarray(np.tile(dirac.reshape(1, -1) @ random_pca(), (2, 1)))
+    sr0 = model.apply(v, lr, code0, method=lambda m, x, c: m.restorer(x, c))
+    np.testing.assert_allclose(out2["sr"][0], sr0, rtol=1e-5, atol=1e-6)
+    if name == "danv2":
+        k = np.asarray(out2["kernel"])
+        np.testing.assert_allclose(k.sum(axis=(-1, -2)), 1.0, rtol=1e-5)
+        assert (k >= 0).all()
+        np.testing.assert_allclose(out2["code"], k.reshape(2, 2, -1) @ random_pca(), rtol=1e-4, atol=1e-6)
+    else:
+        np.testing.assert_allclose(out2["kernel"], (np.asarray(out2["code"]) @ random_pca().T).reshape(2, 2, K, K),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_jit_traces_once_for_a_fixed_shape(tiny_vars):
+    model, traces = tiny("danv1"), []
+
+    @jax.jit
+    def forward(variables, lr):
+        traces.append(1)  # Python side effect: runs only while tracing
+        return model.apply(variables, lr)["sr"]
+
+    for seed in range(3):
+        forward(tiny_vars["danv1"], rand((2, 6, 7, 3), seed)).block_until_ready()
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_gradients_and_stop_gradients(name, tiny_vars):
+    model, v = tiny(name, remat=(name == "danv2")), tiny_vars[name]
+    lr = rand((2, 6, 7, 3), 4)
+
+    def parts(params):
+        out = model.apply({"params": params}, lr, num_iters=2)
+        return jnp.mean(out["sr"][-1] ** 2), jnp.mean(out["kernel"][-1] ** 2)
+
+    g_sr = jax.grad(lambda p: parts(p)[0])(v["params"])
+    g_k = jax.grad(lambda p: parts(p)[1])(v["params"])
+
+    def norm(tree):
+        leaves = jax.tree.leaves(tree)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+        return float(sum(jnp.sum(x ** 2) for x in leaves))
+
+    # each module gets gradient from its own output only: the official code detaches the
+    # code fed to the Restorer and the SR image fed to the Estimator
+    assert norm(g_sr["restorer"]) > 0 and norm(g_k["estimator"]) > 0
+    assert norm(g_sr["estimator"]) == 0 and norm(g_k["restorer"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_remat_gives_identical_outputs_and_gradients(name, tiny_vars):
+    v, lr = tiny_vars[name], rand((1, 5, 6, 3), 5)
+
+    def run(model):
+        loss = lambda p: jnp.mean(model.apply({"params": p}, lr, num_iters=2)["sr"])
+        return model.apply(v, lr, num_iters=2), jax.grad(loss)(v["params"])
+
+    (o1, g1), (o2, g2) = run(tiny(name)), run(tiny(name, remat=True))
+    for a, b in zip(jax.tree.leaves((o1, g1)), jax.tree.leaves((o2, g2))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- training API
+def make_cfg(name, tmp_path, **loss):
+    path = tmp_path / "pca.npz"
+    np.savez(path, matrix=random_pca())
+    return ml_collections.ConfigDict({
+        "scale": 2,
+        "model": {"name": name, "pca_path": str(path), "kernel_size": K, **TINY[name]},
+        "loss": {"iter_weights": None, **loss},
+    })
+
+
+def gaussian_kernels(sigmas):
+    ax = np.arange(K) - K // 2
+    k = np.exp(-(ax[None, :, None] ** 2 + ax[None, None, :] ** 2) / (2 * np.asarray(sigmas)[:, None, None] ** 2))
+    return (k / k.sum(axis=(1, 2), keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_compute_loss_matches_numpy(name, tmp_path):
+    cfg = make_cfg(name, tmp_path, iter_weights=(0.5, 1.0), kernel_weight=2.0)
+    rng = np.random.default_rng(0)
+    out = {"sr": rng.random((2, 3, 8, 6, 3), np.float32), "kernel": rng.random((2, 3, K, K), np.float32),
+           "code": rng.standard_normal((2, 3, 10)).astype(np.float32)}
+    batch = {"hr": rng.random((3, 8, 6, 3), np.float32), "lr": rng.random((3, 4, 3, 3), np.float32),
+             "kernel": gaussian_kernels([1.0, 1.5, 2.0])}
+    loss, metrics = dan.compute_loss({k: jnp.asarray(x) for k, x in out.items()}, batch, cfg)
+    l1 = lambda a, b: np.mean(np.abs(a.astype(np.float64) - b))
+    sr_terms = [l1(out["sr"][t], batch["hr"]) for t in range(2)]
+    if name == "danv1":
+        target = batch["kernel"].reshape(3, -1).astype(np.float64) @ random_pca()
+        k_terms, k_name = [l1(out["code"][t], target) for t in range(2)], "l1_code"
+    else:
+        k_terms, k_name = [l1(out["kernel"][t], batch["kernel"]) for t in range(2)], "l1_kernel"
+    want_sr, want_k = 0.5 * sr_terms[0] + sr_terms[1], 0.5 * k_terms[0] + k_terms[1]
+    np.testing.assert_allclose(metrics["l1_sr"], want_sr, rtol=1e-5)
+    np.testing.assert_allclose(metrics[k_name], want_k, rtol=1e-5)
+    np.testing.assert_allclose(loss, want_sr + 2.0 * want_k, rtol=1e-5)
+    np.testing.assert_allclose(metrics[f"{k_name}_iter0"], k_terms[0], rtol=1e-5)
+    # default weights: the last iteration only
+    cfg.loss.iter_weights = None
+    loss, _ = dan.compute_loss({k: jnp.asarray(x) for k, x in out.items()}, batch, cfg)
+    np.testing.assert_allclose(loss, sr_terms[1] + 2.0 * k_terms[1], rtol=1e-5)
+    cfg.loss.iter_weights = (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="iter_weights"):
+        dan.compute_loss({k: jnp.asarray(x) for k, x in out.items()}, batch, cfg)
+
+
+def test_create_model_validates_config(tmp_path):
+    cfg = make_cfg("danv1", tmp_path)
+    model = dan.create_model(cfg)
+    assert isinstance(model, dan.DANv1) and model.scale == 2 and model.restorer_blocks == 2
+    np.testing.assert_array_equal(model.pca_matrix.array, random_pca())
+    cfg.model.name = "danv3"
+    with pytest.raises(ValueError, match="danv3"):
+        dan.create_model(cfg)
+    cfg.model.name = "danv2"
+    cfg.model.bogus_width = 3
+    with pytest.raises(ValueError, match="bogus_width"):
+        dan.create_model(cfg)
+    del cfg.model["bogus_width"]
+    cfg.model.pca_path = ""
+    with pytest.raises(ValueError, match="pca"):
+        dan.create_model(cfg)
+
+
+@pytest.mark.parametrize("name", ["danv1", "danv2"])
+def test_tiny_model_fits_a_fixed_batch(name, tmp_path):
+    cfg = make_cfg(name, tmp_path)
+    model = dan.create_model(cfg)
+    # smooth HR content, blurred and 2x decimated: a learnable fixed batch
+    yy, xx = np.meshgrid(np.linspace(0, 1, 12), np.linspace(0, 1, 12), indexing="ij")
+    hr = np.stack([0.5 + 0.3 * np.sin(3 * xx + c) * np.cos(2 * yy - c) for c in range(3)], -1)[None].repeat(2, 0)
+    hr[1] = hr[1, ::-1]
+    batch = {"hr": jnp.asarray(hr, jnp.float32), "lr": jnp.asarray(hr[:, ::2, ::2], jnp.float32),
+             "kernel": jnp.asarray(gaussian_kernels([0.8, 1.6]))}
+    params = model.init(jax.random.key(0), batch["lr"], num_iters=1)["params"]
+    opt = optax.adam(2e-3, b1=0.9, b2=0.99)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        def loss_fn(p):
+            return dan.compute_loss(model.apply({"params": p}, batch["lr"], num_iters=2), batch, cfg)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for _ in range(40):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert min(losses[-5:]) < 0.5 * losses[0], losses
