@@ -120,7 +120,7 @@ def _ramp(length: int, margin: int) -> np.ndarray:
 def _axis_weight(start: int, tile: int, length: int, overlap: int, scale: int) -> np.ndarray:
     """HR-space blending weight along one axis of the tile starting at LR offset `start`."""
     weight = np.ones(tile * scale)
-    hr_overlap, hr_margin = overlap * scale, (overlap // 4) * scale
+    hr_overlap, hr_margin = overlap * scale, 0
     if overlap == 0:
         return weight
     ramp = _ramp(hr_overlap, hr_margin)
@@ -142,12 +142,10 @@ def _super_resolve_rgb(predict_fn: PredictFn, lr: np.ndarray, scale: int, tile: 
                        overlap: int, bucket: int, max_batch: int):
     """lr (H, W, 3) -> (sr (sH, sW, 3), mean kernel or None)."""
     h, w, _ = lr.shape
-    if tile is not None and (h > tile or w > tile):
-        tile_h, starts_h = _axis_plan(h, tile, overlap, bucket)
-        tile_w, starts_w = _axis_plan(w, tile, overlap, bucket)
-    else:  # one piece: the whole image padded to the bucket
-        (tile_h, starts_h), (tile_w, starts_w) = _axis_plan(h, None, 0, bucket), \
-            _axis_plan(w, None, 0, bucket)
+    if tile is None or (h <= tile and w <= tile):
+        tile = None  # one piece: the whole image padded to the bucket
+    tile_h, starts_h = _axis_plan(h, tile, overlap, bucket)
+    tile_w, starts_w = _axis_plan(w, tile, overlap, bucket)
     # Short axes are padded once for the whole image; long axes are cut without padding.
     padded = np.pad(lr, ((0, max(tile_h - h, 0)), (0, max(tile_w - w, 0)), (0, 0)),
                     mode="symmetric")
@@ -164,9 +162,8 @@ def _super_resolve_rgb(predict_fn: PredictFn, lr: np.ndarray, scale: int, tile: 
             kernels.append(kernel.astype(np.float64))
         for j, tile_sr in enumerate(sr):
             y, x = corners[start + j]
-            wy = _axis_weight(y, tile_h, h, overlap, scale) if len(starts_h) > 1 else np.ones(scale * tile_h)
-            wx = _axis_weight(x, tile_w, w, overlap, scale) if len(starts_w) > 1 else np.ones(scale * tile_w)
-            weight = np.outer(wy, wx)[..., None]
+            weight = np.outer(_axis_weight(y, tile_h, h, overlap, scale),
+                              _axis_weight(x, tile_w, w, overlap, scale))[..., None]
             region = np.s_[scale * y:scale * (y + tile_h), scale * x:scale * (x + tile_w)]
             total[region] += weight * tile_sr
             weights[region] += weight

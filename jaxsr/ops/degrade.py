@@ -39,6 +39,7 @@ SETTING1_SIGMA_MAX = {1: 4.0, 2: 2.0, 3: 3.0, 4: 4.0}
 GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
 DOWNSAMPLERS = ("bicubic", "sfold")
 KERNEL_TYPES = ("iso", "aniso")
+BLUR_METHODS = ("auto", "conv", "fft")
 
 
 # --------------------------------------------------------------------------- kernels
@@ -103,6 +104,7 @@ class DegradationSpec:
                    of each s×s block).
     noise_range:   AWGN σ ~ U[noise_range] per image, in [0, 255] units; (0, 0) = noise-free.
     quantize:      round the LR image to uint8 levels, as the official test sets are stored.
+    blur_method:   "auto" | "conv" | "fft", see `blur`.
     """
     scale: int = 4
     kernel_size: int = 21
@@ -113,6 +115,7 @@ class DegradationSpec:
     downsampler: str = "bicubic"
     noise_range: tuple[float, float] = (0.0, 0.0)
     quantize: bool = False
+    blur_method: str = "auto"
 
     def __post_init__(self):
         _checks.check_scale("scale", self.scale)
@@ -130,6 +133,8 @@ class DegradationSpec:
             raise ValueError(f"sigma_range must be positive, got {self.sigma_range}")
         if self.noise_range[0] < 0:
             raise ValueError(f"noise_range must be >= 0 (in [0, 255] units), got {self.noise_range}")
+        if self.blur_method not in BLUR_METHODS:
+            raise ValueError(f"blur_method must be one of {BLUR_METHODS}, got {self.blur_method!r}")
         if not 0 <= self.kernel_noise < 1:
             raise ValueError(f"kernel_noise must be in [0, 1), got {self.kernel_noise}")
 
@@ -190,13 +195,23 @@ def sample_kernels(rng: jax.Array, batch: int, spec: DegradationSpec) -> jax.Arr
 
 # --------------------------------------------------------------------------- operators
 
-def blur(images: jax.Array, kernels: jax.Array) -> jax.Array:
-    """Blur each image with its own kernel: one grouped `conv_general_dilated`, reflect padding.
+def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Array:
+    """Blur each image with its own kernel (cross-correlation, reflect padding).
 
     images (N, H, W, C), kernels (N, k, k) -> (N, H, W, C).
+
+    method="conv": one grouped `lax.conv_general_dilated` (the batch folded into channels, one
+    depthwise filter per image and channel); this is what accelerators run fastest.
+    method="fft": the same correlation through real FFTs of the padded images; XLA's CPU
+    depthwise convolution is slow for 21x21 kernels, and this is ~10x faster there.
+    method="auto": "conv" on GPU/TPU, "fft" on CPU. Both agree to float32 rounding (~1e-6).
     """
     _checks.check_images("images", images)
     _checks.check_kernels("kernels", kernels, batch=images.shape[0])
+    if method not in BLUR_METHODS:
+        raise ValueError(f"method must be one of {BLUR_METHODS}, got {method!r}")
+    if method == "auto":
+        method = "fft" if jax.default_backend() == "cpu" else "conv"
     n, h, w, c = images.shape
     size = kernels.shape[-1]
     pad = size // 2
@@ -204,14 +219,32 @@ def blur(images: jax.Array, kernels: jax.Array) -> jax.Array:
         raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
                          f"(reflect padding needs more than {pad} pixels per side)")
     x = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    kernels = kernels.astype(x.dtype)
+    if method == "fft":
+        return _correlate_fft(x, kernels, h, w)
     # Fold the batch into channels so one depthwise convolution applies N different kernels.
     x = jnp.transpose(x, (1, 2, 3, 0)).reshape(1, h + 2 * pad, w + 2 * pad, c * n)  # channel = c*N + n
-    rhs = jnp.tile(kernels.astype(x.dtype), (c, 1, 1))  # (c*N, k, k), same channel order
+    rhs = jnp.tile(kernels, (c, 1, 1))  # (c*N, k, k), same channel order
     rhs = jnp.transpose(rhs, (1, 2, 0))[:, :, None, :]  # HWIO with I = 1 (depthwise)
     out = jax.lax.conv_general_dilated(
         x, rhs, window_strides=(1, 1), padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n * c)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n * c,
+        precision=jax.lax.Precision.HIGHEST)
     return jnp.transpose(out.reshape(h, w, c, n), (3, 0, 1, 2))
+
+
+def _correlate_fft(padded: jax.Array, kernels: jax.Array, h: int, w: int) -> jax.Array:
+    """'valid' correlation of padded (N, H+k-1, W+k-1, C) images with (N, k, k) kernels via FFT.
+
+    The flipped kernel sits in the corner of a zero canvas; circular convolution then equals
+    linear convolution except in the first k-1 rows/columns, which are exactly the ones cropped.
+    """
+    size = kernels.shape[-1]
+    hp, wp = padded.shape[1], padded.shape[2]
+    canvas = jnp.zeros((kernels.shape[0], hp, wp), padded.dtype).at[:, :size, :size].set(kernels[:, ::-1, ::-1])
+    spectrum = jnp.fft.rfft2(padded, axes=(1, 2)) * jnp.fft.rfft2(canvas, axes=(1, 2))[..., None]
+    full = jnp.fft.irfft2(spectrum, s=(hp, wp), axes=(1, 2))
+    return full[:, size - 1:size - 1 + h, size - 1:size - 1 + w, :].astype(padded.dtype)
 
 
 def downsample_sfold(images: jax.Array, scale: int) -> jax.Array:
@@ -269,7 +302,7 @@ def apply_degradation(hr: jax.Array, kernels: jax.Array, spec: DegradationSpec,
     if kernels.ndim != 3 or kernels.shape[-1] != spec.kernel_size:
         raise ValueError(f"kernels must have shape (N, {spec.kernel_size}, {spec.kernel_size}) for this "
                          f"spec, got {kernels.shape}")
-    lr = downsample(blur(hr, kernels), spec.scale, spec.downsampler)
+    lr = downsample(blur(hr, kernels, spec.blur_method), spec.scale, spec.downsampler)
     if noise_sigma is not None:
         if rng is None:
             raise ValueError("rng is required when noise_sigma is given")

@@ -32,7 +32,7 @@ def rand(shape, seed=0):
 @pytest.fixture(scope="module")
 def tiny_vars():
     lr = rand((2, 6, 7, 3))
-    return {name: tiny(name).init(jax.random.key(1), lr, num_iters=1) for name in TINY}
+    return {name: jax.jit(lambda x, m=tiny(name): m.init(jax.random.key(1), x, num_iters=1))(lr) for name in TINY}
 
 
 # ----------------------------------------------------------------------------- structure
@@ -158,39 +158,40 @@ def test_jit_traces_once_for_a_fixed_shape(tiny_vars):
     assert len(traces) == 1
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_gradients_and_stop_gradients(name, tiny_vars):
-    model, v = tiny(name, remat=(name == "danv2")), tiny_vars[name]
-    lr = rand((2, 6, 7, 3), 4)
-
-    def parts(params):
-        out = model.apply({"params": params}, lr, num_iters=2)
+def grads_and_outputs(model, params, lr):
+    """Outputs plus gradients of the last SR and of the last kernel, in one compiled call."""
+    def parts(p):
+        out = model.apply({"params": p}, lr, num_iters=2)
         return jnp.mean(out["sr"][-1] ** 2), jnp.mean(out["kernel"][-1] ** 2)
 
-    g_sr = jax.grad(lambda p: parts(p)[0])(v["params"])
-    g_k = jax.grad(lambda p: parts(p)[1])(v["params"])
+    @jax.jit
+    def run(p):
+        return (model.apply({"params": p}, lr, num_iters=2),
+                jax.grad(lambda q: parts(q)[0])(p), jax.grad(lambda q: parts(q)[1])(p))
 
-    def norm(tree):
-        leaves = jax.tree.leaves(tree)
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
-        return float(sum(jnp.sum(x ** 2) for x in leaves))
+    return run(params)
 
-    # each module gets gradient from its own output only: the official code detaches the
-    # code fed to the Restorer and the SR image fed to the Estimator
-    assert norm(g_sr["restorer"]) > 0 and norm(g_k["estimator"]) > 0
-    assert norm(g_sr["estimator"]) == 0 and norm(g_k["restorer"]) == 0
+
+def sq_norm(tree):
+    leaves = jax.tree.leaves(tree)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+    return float(sum(jnp.sum(x ** 2) for x in leaves))
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_remat_gives_identical_outputs_and_gradients(name, tiny_vars):
-    v, lr = tiny_vars[name], rand((1, 5, 6, 3), 5)
+def test_gradients_respect_the_official_detaches(name, tiny_vars):
+    _, g_sr, g_k = grads_and_outputs(tiny(name), tiny_vars[name]["params"], rand((2, 6, 7, 3), 4))
+    # each module learns from its own output only: the official code detaches the code fed
+    # to the Restorer and the SR image fed to the Estimator
+    assert sq_norm(g_sr["restorer"]) > 0 and sq_norm(g_k["estimator"]) > 0
+    assert sq_norm(g_sr["estimator"]) == 0 and sq_norm(g_k["restorer"]) == 0
 
-    def run(model):
-        loss = lambda p: jnp.mean(model.apply({"params": p}, lr, num_iters=2)["sr"])
-        return model.apply(v, lr, num_iters=2), jax.grad(loss)(v["params"])
 
-    (o1, g1), (o2, g2) = run(tiny(name)), run(tiny(name, remat=True))
-    for a, b in zip(jax.tree.leaves((o1, g1)), jax.tree.leaves((o2, g2))):
+def test_remat_gives_identical_outputs_and_gradients(tiny_vars):
+    params, lr = tiny_vars["danv2"]["params"], rand((1, 5, 6, 3), 5)
+    plain = grads_and_outputs(tiny("danv2"), params, lr)
+    remat = grads_and_outputs(tiny("danv2", remat=True), params, lr)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -274,7 +275,7 @@ def test_tiny_model_fits_a_fixed_batch(name, tmp_path):
     state = opt.init(params)
 
     @jax.jit
-    def step(params, state):
+    def step(params, state, batch):
         def loss_fn(p):
             return dan.compute_loss(model.apply({"params": p}, batch["lr"], num_iters=2), batch, cfg)
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -283,7 +284,7 @@ def test_tiny_model_fits_a_fixed_batch(name, tmp_path):
 
     losses = []
     for _ in range(40):
-        params, state, loss = step(params, state)
+        params, state, loss = step(params, state, batch)
         losses.append(float(loss))
     assert np.isfinite(losses).all()
     assert min(losses[-5:]) < 0.5 * losses[0], losses

@@ -93,12 +93,13 @@ def test_setting2_kernels_noisy_and_anisotropic():
     assert np.abs(k_clean - np.transpose(k_clean, (0, 2, 1))).max() > 1e-3  # not all isotropic
 
 
-def test_blur_matches_scipy_correlate_with_reflect_padding():
+@pytest.mark.parametrize("method", ["conv", "fft"])
+def test_blur_matches_scipy_correlate_with_reflect_padding(method):
     rng = _rng(3)
     x = rng.random((3, 17, 22, 3)).astype(np.float32)
     k = rng.random((3, 7, 7)).astype(np.float32)  # asymmetric on purpose: checks orientation
     k /= k.sum(axis=(1, 2), keepdims=True)
-    got = np.asarray(D.blur(jnp.asarray(x), jnp.asarray(k)))
+    got = np.asarray(D.blur(jnp.asarray(x), jnp.asarray(k), method=method))
     for i in range(3):
         for c in range(3):
             # numpy/jnp 'reflect' (edge not repeated) is scipy's 'mirror'.
@@ -113,8 +114,15 @@ def test_blur_one_conv_under_jit_and_vmap():
     out = jax.jit(jax.vmap(D.blur))(x, k)
     ref = jnp.stack([D.blur(x[i], k[i]) for i in range(2)])
     np.testing.assert_allclose(out, ref, atol=1e-6)
-    hlo = jax.jit(D.blur).lower(x[0], k[0]).as_text()
-    assert hlo.count("convolution") == 1
+    hlo = jax.jit(lambda a, b: D.blur(a, b, method="conv")).lower(x[0], k[0]).as_text()
+    assert hlo.count("convolution(") == 1 or hlo.count("stablehlo.convolution") == 1
+
+
+def test_blur_fft_equals_conv_on_large_kernels():
+    rng = _rng(11)
+    x = jnp.asarray(rng.random((2, 40, 33, 3)), jnp.float32)
+    k = D.sample_kernels(jax.random.key(0), 2, D.setting2(4))
+    np.testing.assert_allclose(D.blur(x, k, method="fft"), D.blur(x, k, method="conv"), atol=2e-6)
 
 
 def test_blur_gradient_is_adjoint():
@@ -193,6 +201,7 @@ def test_degrade_quantize_gives_uint8_levels():
     (lambda: D.blur(jnp.zeros((2, 8, 8, 3)), jnp.ones((1, 3, 3)) / 9), "one kernel per image"),
     (lambda: D.blur(jnp.zeros((1, 8, 8, 3)), jnp.ones((1, 21, 21)) / 441), "too small"),
     (lambda: D.blur(jnp.full((1, 8, 8, 3), jnp.nan), jnp.ones((1, 3, 3)) / 9), "NaN"),
+    (lambda: D.blur(jnp.zeros((1, 8, 8, 3)), jnp.ones((1, 3, 3)) / 9, method="fast"), "method"),
     (lambda: D.setting1(5), "scale"),
     (lambda: D.DegradationSpec(kernel_size=20), "kernel_size"),
     (lambda: D.DegradationSpec(downsampler="nearest"), "downsampler"),

@@ -1,0 +1,321 @@
+"""The synthetic test protocols: degrade HR images, super-resolve them, score the results.
+
+A model enters only as a *predict function* (see `jaxsr.infer`)::
+
+    predict_fn(lr: (N, h, w, 3) float32 in [0, 1]) -> (sr: (N, s*h, s*w, 3), kernel: (N, k, k) | None)
+
+Protocols (`PROTOCOLS`):
+
+* ``"gaussian8"``: setting 1 of IKC/DAN. For each of the 8 Gaussian8 kernels of the scale:
+  mod-crop HR to a multiple of s, blur (reflect padding), MATLAB bicubic x1/s, LR rounded to
+  uint8 levels.
+* ``"setting2"``: one random anisotropic setting-2 kernel per image (`degrade.setting2`),
+  drawn from `seed` and the image's index, so a run is reproducible; bicubic x1/s, uint8.
+  (This mimics DIV2KRK's recipe; it is not the DIV2KRK files.)
+* ``"kxnet"``: KXNet's 8 anisotropic test kernels, s-fold downsampling (keep the top-left
+  pixel of every s x s block), AWGN of level `noise` in [0, 255] units drawn from `seed`,
+  uint8.
+
+`noise` may be given for any protocol; it is added after downsampling, before rounding.
+
+Scores (per kernel x image): PSNR / SSIM on MATLAB's Y channel with `scale` border pixels
+cropped (`jaxsr.ops.metrics`), for the model and for the bicubic baseline
+``imresize(lr, scale)`` on the same LR. Gray HR images (1 channel) are degraded and scored on
+their one channel; the model gets the LR replicated to RGB and its SR is turned back to gray
+as the mean of its channels. Load benchmark sets with ``mode="keep"`` (`load_hr_images`) so a
+gray image is scored as gray, not as the luma of a replicated RGB image.
+
+Kernel error, when predict_fn returns kernels (k_est against the true k, both (k, k); a
+smaller one is zero-padded around its centre to the larger size):
+
+* ``kernel_mae``  = mean |k_est - k| over the taps;
+* ``kernel_psnr`` = 10 log10(1 / mean((k_est - k)^2)) on the raw sum-to-one kernels, i.e.
+  peak 1. This is the kernel PSNR of FKP/DIPFKP, which KENet compares against; its tables'
+  values (46-61 dB) are on this scale;
+* ``kernel_psnr_max`` = the same after dividing both kernels by max(k) (peak 1 = the true
+  kernel's peak); stricter and independent of the kernel size.
+
+Compilation: LR images are mirror-padded on the bottom/right to a multiple of `bucket`
+pixels. All (kernel, image) pairs of one padded size form one group, run in batches of one
+fixed size, and the SR is cropped back, so predict_fn compiles once per distinct padded
+size (`num_compiled_shapes` in the result).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr import io
+from jaxsr.infer import PredictFn, iter_batches, pad_to_multiple
+from jaxsr.ops import _checks, degrade, metrics
+from jaxsr.ops.imresize import imresize
+
+Protocol = Literal["gaussian8", "setting2", "kxnet"]
+PROTOCOLS: tuple[str, ...] = ("gaussian8", "setting2", "kxnet")
+METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "kernel_mae", "kernel_psnr",
+           "kernel_psnr_max")
+_KXNET_KERNEL_SIZE = {2: 11, 3: 15, 4: 21}
+
+
+# --------------------------------------------------------------------------- protocols
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What one protocol does: how to degrade, and which kernels (rows of the table)."""
+    spec: degrade.DegradationSpec
+    labels: tuple[str, ...]
+    params: tuple[dict, ...]
+    fixed_kernels: np.ndarray | None  # (K, k, k) shared by all images, or None: one per image
+    seed: int
+
+    def kernels_for(self, image_index: int) -> np.ndarray:
+        if self.fixed_kernels is not None:
+            return self.fixed_kernels
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(self.seed), 0), image_index)
+        return np.asarray(degrade.sample_kernels(key, 1, self.spec))
+
+
+def _setup(protocol: str, scale: int, kernel_size: int | None, seed: int) -> _Setup:
+    if protocol == "gaussian8":
+        size = kernel_size or 21
+        sigmas = degrade.gaussian8_sigmas(scale)
+        spec = degrade.DegradationSpec(scale=scale, kernel_size=size, kernel_type="iso",
+                                       downsampler="bicubic", quantize=True)
+        return _Setup(spec, tuple(f"σ={s:.2f}" for s in sigmas),
+                      tuple({"sigma": float(s)} for s in sigmas),
+                      np.asarray(degrade.gaussian8_kernels(scale, size)), seed)
+    if protocol == "setting2":
+        spec = dataclasses.replace(degrade.setting2(scale, kernel_size), quantize=True)
+        return _Setup(spec, (f"random aniso (seed {seed})",), ({"seed": seed},), None, seed)
+    if protocol == "kxnet":
+        size = kernel_size or _KXNET_KERNEL_SIZE[scale]
+        spec = degrade.DegradationSpec(scale=scale, kernel_size=size, kernel_type="aniso",
+                                       downsampler="sfold", quantize=True)
+        pairs = [(0.8, 1.6), (2.0, 4.0)]  # the order of degrade.kxnet_test_kernels
+        thetas = [0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4]
+        params = tuple({"sigma_x": a, "sigma_y": b, "theta": t} for a, b in pairs for t in thetas)
+        labels = tuple(f"({p['sigma_x']}, {p['sigma_y']}), θ={round(math.degrees(p['theta']))}°"
+                       for p in params)
+        return _Setup(spec, labels, params, np.asarray(degrade.kxnet_test_kernels(size)), seed)
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _degrade(hr, kernels, spec, noise_sigma, rng):
+    return degrade.apply_degradation(hr, kernels, spec, noise_sigma, rng)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _degrade_clean(hr, kernels, spec):
+    return degrade.apply_degradation(hr, kernels, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("crop",))
+def _scores(sr, hr, crop):
+    return metrics.psnr(sr, hr, crop_border=crop), metrics.ssim(sr, hr, crop_border=crop)
+
+
+_bicubic_up = jax.jit(imresize, static_argnums=1)
+
+
+# --------------------------------------------------------------------------- kernel error
+
+def kernel_errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """kernel_mae, kernel_psnr (peak 1) and kernel_psnr_max (both / max(truth)); see module doc."""
+    estimate, truth = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+    for name, k in (("estimate", estimate), ("truth", truth)):
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+            raise ValueError(f"{name} kernel must be square with an odd size, got {k.shape}")
+    size = max(estimate.shape[0], truth.shape[0])
+    estimate, truth = (np.pad(k, (size - k.shape[0]) // 2) for k in (estimate, truth))
+
+    def psnr(mse: float) -> float:
+        return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+    diff = estimate - truth
+    return {"kernel_mae": float(np.mean(np.abs(diff))),
+            "kernel_psnr": psnr(float(np.mean(diff ** 2))),
+            "kernel_psnr_max": psnr(float(np.mean((diff / truth.max()) ** 2)))}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def load_hr_images(folder: str | Path, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """(name, image) pairs of a benchmark folder, gray images kept as 1 channel."""
+    files = io.list_images(folder)[:limit]
+    return [(f.stem, io.read_image(f, mode="keep")) for f in files]
+
+
+def _mean(records: list[dict], key: str) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]], *, scale: int,
+             protocol: Protocol, kernel_size: int | None = None, noise: float = 0.0,
+             bucket: int = 16, max_batch: int = 8, seed: int = 0) -> dict:
+    """Score `predict_fn` on `hr_images` ((name, (H, W, 1 | 3) float [0, 1]) pairs).
+
+    kernel_size: None for the protocol's own (21 for gaussian8; 11 at x2 else 21 for
+                 setting2; 11/15/21 at x2/x3/x4 for kxnet).
+    noise:       AWGN level in [0, 255] units added to the LR (fixed seed).
+    Returns a JSON-ready dict: settings, `num_compiled_shapes`, `compiled_shapes`,
+    `kernels` (one row per test kernel: label, params and mean metrics), `per_image`
+    (one record per kernel x image) and `mean` (over all records). Kernel metrics are None
+    when predict_fn returns no kernel.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    scale = _checks.check_scale("scale", scale, allowed=(2, 3, 4))
+    if kernel_size is not None:
+        _checks.check_odd_size("kernel_size", kernel_size)
+    for name, value in (("bucket", bucket), ("max_batch", max_batch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(noise, (int, float)) and 0 <= noise <= 255):
+        raise ValueError(f"noise must be in [0, 255] ([0, 255] units), got {noise!r}")
+    if len(hr_images) == 0:
+        raise ValueError("hr_images is empty")
+    setup = _setup(protocol, scale, kernel_size, seed)
+
+    # 1. Degrade every image with every test kernel; score the bicubic baseline.
+    names, hrs, true_kernels = [], [], []
+    records: dict[tuple[int, int], dict] = {}
+    lrs: dict[tuple[int, int], np.ndarray] = {}
+    noise_key = jax.random.fold_in(jax.random.key(seed), 1)
+    for i, (name, image) in enumerate(hr_images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise ValueError(f"hr_images[{i}] ({name!r}) must be (H, W, 1 | 3), got {image.shape}")
+        _checks.check_float(f"hr_images[{i}]", image)
+        hr = io.mod_crop(image.astype(np.float32), scale)
+        names.append(name)
+        hrs.append(hr)
+        kernels = setup.kernels_for(i)
+        true_kernels.append(kernels)
+        batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
+        if noise > 0:
+            sigma = jnp.full((len(kernels),), noise, jnp.float32)
+            lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma,
+                          jax.random.fold_in(noise_key, i))
+        else:
+            lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
+        bicubic = np.asarray(_bicubic_up(lr, float(scale)))
+        lr = np.asarray(lr)
+        for k in range(len(kernels)):
+            p, s = _scores(bicubic[k], hr, scale)
+            records[k, i] = {"kernel": setup.labels[k], "image": name,
+                             "bicubic_psnr": float(p), "bicubic_ssim": float(s)}
+            lrs[k, i] = lr[k]
+
+    # 2. Run the model, one group per padded LR size.
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for key, lr in lrs.items():
+        h, w = lr.shape[:2]
+        groups[(h + -h % bucket, w + -w % bucket)].append(key)
+    shapes = set()
+    for keys in groups.values():
+        inputs = np.stack([pad_to_multiple(_to_rgb(lrs[key])[None], bucket)[0] for key in keys])
+        shapes.add((min(max_batch, len(keys)), *inputs.shape[1:]))
+        for start, sr_batch, kernel_batch in iter_batches(predict_fn, inputs, max_batch):
+            for j, sr in enumerate(sr_batch):
+                k, i = keys[start + j]
+                h, w, channels = lrs[k, i].shape
+                if sr.shape[:2] != (scale * inputs.shape[1], scale * inputs.shape[2]):
+                    raise ValueError(f"predict_fn returned sr of size {sr.shape[:2]} for LR "
+                                     f"input {inputs.shape[1:3]} at scale {scale}")
+                sr = sr[:scale * h, :scale * w]
+                if channels == 1:
+                    sr = sr.mean(axis=-1, keepdims=True)
+                p, s = _scores(jnp.asarray(sr, jnp.float32), hrs[i], scale)
+                record = records[k, i]
+                record.update(psnr=float(p), ssim=float(s))
+                if kernel_batch is not None:
+                    record.update(kernel_errors(kernel_batch[j], true_kernels[i][k]))
+                else:
+                    record.update(kernel_mae=None, kernel_psnr=None, kernel_psnr_max=None)
+
+    # 3. Aggregate.
+    per_image = [records[key] for key in sorted(records)]
+    rows = []
+    for k, (label, params) in enumerate(zip(setup.labels, setup.params)):
+        mine = [records[k, i] for i in range(len(names))]
+        rows.append({"label": label, "params": params,
+                     **{m: _mean(mine, m) for m in METRICS}})
+    return {
+        "protocol": protocol, "scale": scale, "kernel_size": setup.spec.kernel_size,
+        "noise": float(noise), "seed": seed, "bucket": bucket, "max_batch": max_batch,
+        "images": names,
+        "num_compiled_shapes": len(shapes),
+        "compiled_shapes": [list(s) for s in sorted(shapes)],
+        "kernels": rows,
+        "per_image": per_image,
+        "mean": {m: _mean(per_image, m) for m in METRICS},
+    }
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+# --------------------------------------------------------------------------- reports
+
+def _cell(value: float | None, digits: int, scientific: bool = False) -> str:
+    if value is None:
+        return "–"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}e}" if scientific else f"{value:.{digits}f}"
+
+
+def format_markdown(result: dict) -> str:
+    """A Markdown table: one row per test kernel plus the mean; bicubic and model PSNR/SSIM
+    (Y channel, border = scale) and the kernel error."""
+    title = (f"**{result['protocol']}** x{result['scale']}, kernel {result['kernel_size']}x"
+             f"{result['kernel_size']}, noise {result['noise']:g}, {len(result['images'])} "
+             f"image(s), {result['num_compiled_shapes']} compiled shape(s)")
+    header = ("| kernel | bicubic PSNR | bicubic SSIM | PSNR | SSIM | kernel MAE | kernel PSNR |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def row(label: str, m: dict) -> str:
+        cells = [label, _cell(m["bicubic_psnr"], 2), _cell(m["bicubic_ssim"], 4),
+                 _cell(m["psnr"], 2), _cell(m["ssim"], 4),
+                 _cell(m["kernel_mae"], 3, scientific=True), _cell(m["kernel_psnr"], 2)]
+        return "| " + " | ".join(cells) + " |"
+
+    lines = [title, "", header]
+    lines += [row(r["label"], r) for r in result["kernels"]]
+    lines.append(row("**mean**", result["mean"]))
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(value):
+    """Strict JSON has no Infinity/NaN: write them as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def save_results(result: dict, workdir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write `<workdir>/<name>.md` (the table) and `<workdir>/<name>.json` (everything)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    md_path, json_path = workdir / f"{name}.md", workdir / f"{name}.json"
+    md_path.write_text(format_markdown(result), encoding="utf-8")
+    json_path.write_text(json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n",
+                         encoding="utf-8")
+    return md_path, json_path

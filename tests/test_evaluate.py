@@ -1,0 +1,236 @@
+"""jaxsr.evaluate with fake predict functions on small synthetic images (and two Set5 crops)."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import jaxsr.ops.degrade as D
+from jaxsr import evaluate as E
+from jaxsr import io
+from jaxsr.ops.imresize import imresize
+
+
+def smooth_image(rng, h, w, c=3):
+    """A random smooth image in [0, 1]: a blurred random field, contrast stretched."""
+    field = ndimage.gaussian_filter(rng.random((h, w, c)), sigma=(2.0, 2.0, 0))
+    field = (field - field.min()) / (field.max() - field.min())
+    return (0.1 + 0.8 * field).astype(np.float32)
+
+
+def counting_fake(scale, kernel=None, upsample="bicubic"):
+    """A jitted predict_fn plus a list that grows by one entry per trace (= compile)."""
+    traces = []
+
+    @jax.jit
+    def predict(lr):
+        traces.append(lr.shape)
+        if upsample == "bicubic":
+            sr = imresize(lr, float(scale))
+        else:  # nearest neighbour
+            sr = jnp.repeat(jnp.repeat(lr, scale, axis=1), scale, axis=2)
+        if kernel is None:
+            return sr, None
+        return sr, jnp.broadcast_to(kernel, (lr.shape[0], *kernel.shape))
+
+    return predict, traces
+
+
+# ----------------------------------------------------------------- NumPy references
+
+def np_psnr_y(sr, hr, border):
+    """PSNR from the definition: uint8 levels, MATLAB rgb2ycbcr luma (or the gray channel),
+    `border` pixels cropped, peak 255."""
+    def levels(x):
+        q = np.round(np.clip(np.asarray(x, np.float64), 0, 1) * 255.0)
+        if q.shape[-1] == 3:
+            q = 16.0 + q @ np.array([65.481, 128.553, 24.966]) / 255.0
+        else:
+            q = q[..., 0]
+        return q[border:-border, border:-border]
+    mse = np.mean((levels(sr) - levels(hr)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse)
+
+
+def np_sfold_lr(hr, kernel, scale):
+    """Blur (reflect padding without edge repeat = scipy 'mirror'), keep every s-th pixel, uint8."""
+    kernel = np.asarray(kernel, np.float64)
+    blurred = np.stack([ndimage.correlate(hr[..., c].astype(np.float64), kernel, mode="mirror")
+                        for c in range(hr.shape[-1])], axis=-1)
+    return np.round(np.clip(blurred[::scale, ::scale], 0, 1) * 255.0) / 255.0
+
+
+# ----------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    # LR at x2: 20x18 and 22x20 share the 32x32 bucket; 35x33 falls in 48x48.
+    return [("a", smooth_image(rng, 40, 36)), ("b", smooth_image(rng, 44, 40)),
+            ("c", smooth_image(rng, 70, 66))]
+
+
+@pytest.fixture(scope="module")
+def bicubic_run(images):
+    predict, traces = counting_fake(2)
+    result = E.evaluate(predict, images, scale=2, protocol="gaussian8", max_batch=8)
+    return result, traces
+
+
+# ----------------------------------------------------------------- tests
+
+def test_bicubic_model_equals_bicubic_baseline(bicubic_run):
+    result, _ = bicubic_run
+    assert len(result["per_image"]) == 8 * 3 and len(result["kernels"]) == 8
+    for record in result["per_image"]:
+        # Same LR, same upsampler: only the bucket padding differs, and it only touches the
+        # cropped border, so the scores agree (up to float rounding at a quantisation step).
+        assert record["psnr"] == pytest.approx(record["bicubic_psnr"], abs=1e-3)
+        assert record["ssim"] == pytest.approx(record["bicubic_ssim"], abs=1e-4)
+        assert 20.0 < record["psnr"] < 60.0 and 0.5 < record["ssim"] <= 1.0
+        assert record["kernel_mae"] is None and record["kernel_psnr"] is None
+    # Wider kernels lose more detail: the bicubic PSNR falls with σ on every image.
+    by_sigma = [row["bicubic_psnr"] for row in result["kernels"]]
+    assert all(a > b for a, b in zip(by_sigma, by_sigma[1:]))
+    assert result["mean"]["psnr"] == pytest.approx(
+        np.mean([r["psnr"] for r in result["per_image"]]), rel=1e-12)
+    assert result["kernels"][0]["params"] == {"sigma": pytest.approx(0.8)}
+
+
+def test_compiles_once_per_bucket(bicubic_run, images):
+    result, traces = bicubic_run
+    # Pairs: 8 kernels x {a, b} in the 32x32 bucket (16 pairs, batches of 8), 8 x {c} in 48x48.
+    assert result["num_compiled_shapes"] == 2 == len(traces)
+    assert sorted(map(tuple, result["compiled_shapes"])) == [(8, 32, 32, 3), (8, 48, 48, 3)]
+    predict, traces = counting_fake(2)
+    two = E.evaluate(predict, images[:2], scale=2, protocol="gaussian8", max_batch=5)
+    assert two["num_compiled_shapes"] == 1 == len(traces)  # 16 pairs in batches of 5 (+ filler)
+
+
+def test_psnr_matches_numpy_definition_sfold():
+    """The whole pipeline (mod-crop, blur, s-fold, uint8, model, Y, border) against NumPy,
+    with a nearest-neighbour model so every step has an independent reference."""
+    rng = np.random.default_rng(1)
+    scale = 3
+    hrs = [("rgb", smooth_image(rng, 40, 37)), ("gray", smooth_image(rng, 38, 35, c=1))]
+    predict, _ = counting_fake(scale, upsample="nearest")
+    result = E.evaluate(predict, hrs, scale=scale, protocol="kxnet")
+    assert result["kernel_size"] == 15 and len(result["kernels"]) == 8
+    kernels = np.asarray(D.kxnet_test_kernels(15))
+    for record in result["per_image"]:
+        k = [r["label"] for r in result["kernels"]].index(record["kernel"])
+        hr = dict(hrs)[record["image"]]
+        hr = hr[:hr.shape[0] // scale * scale, :hr.shape[1] // scale * scale]
+        lr = np_sfold_lr(hr, kernels[k], scale)
+        sr = np.repeat(np.repeat(lr, scale, axis=0), scale, axis=1)
+        assert record["psnr"] == pytest.approx(np_psnr_y(sr, hr, scale), abs=0.01)
+
+
+def test_kernel_error_zero_for_true_kernel(images):
+    truth = np.asarray(D.gaussian8_kernels(2))
+    predict, _ = counting_fake(2, kernel=jnp.asarray(truth[5]))
+    result = E.evaluate(predict, images[:2], scale=2, protocol="gaussian8")
+    for k, row in enumerate(result["kernels"]):
+        diff = truth[5].astype(np.float64) - truth[k]
+        if k == 5:
+            assert row["kernel_mae"] == 0.0 and math.isinf(row["kernel_psnr"])
+        else:
+            assert row["kernel_mae"] == pytest.approx(np.abs(diff).mean(), rel=1e-6)
+            assert row["kernel_psnr"] == pytest.approx(-10 * np.log10(np.mean(diff ** 2)), rel=1e-6)
+            assert row["kernel_psnr_max"] == pytest.approx(
+                -10 * np.log10(np.mean((diff / truth[k].max()) ** 2)), rel=1e-6)
+    assert math.isinf(result["mean"]["kernel_psnr"])
+
+
+def test_kernel_errors_pads_smaller_kernel():
+    rng = np.random.default_rng(2)
+    small, big = rng.random((11, 11)), rng.random((15, 15))
+    padded = np.zeros((15, 15))
+    padded[2:13, 2:13] = small
+    got = E.kernel_errors(small, big)
+    assert got["kernel_mae"] == pytest.approx(np.abs(padded - big).mean())
+    assert got["kernel_psnr"] == pytest.approx(10 * np.log10(1 / np.mean((padded - big) ** 2)))
+    with pytest.raises(ValueError, match="odd"):
+        E.kernel_errors(np.ones((4, 4)), big)
+
+
+def test_setting2_is_reproducible(images):
+    delta = jnp.zeros((11, 11)).at[5, 5].set(1.0)
+    predict, _ = counting_fake(2, kernel=delta)
+    run = lambda seed: E.evaluate(predict, images[:2], scale=2, protocol="setting2", seed=seed)
+    first, again, other = run(0), run(0), run(1)
+    assert first["per_image"] == again["per_image"]
+    assert len(first["kernels"]) == 1 and first["kernel_size"] == 11
+    # One kernel per image: the error of the fixed delta differs between images and seeds.
+    maes = [r["kernel_mae"] for r in first["per_image"]]
+    assert maes[0] != pytest.approx(maes[1])
+    assert [r["kernel_mae"] for r in other["per_image"]] != pytest.approx(maes)
+
+
+def test_kxnet_noise_level_and_seed(images):
+    seen = []
+
+    def recording_predict(lr):  # not jitted: records its inputs
+        seen.append(np.asarray(lr))
+        return jnp.repeat(jnp.repeat(lr, 2, axis=1), 2, axis=2), None
+
+    E.evaluate(recording_predict, images[:1], scale=2, protocol="kxnet", noise=0.0)
+    clean = np.concatenate(seen)
+    seen.clear()
+    noisy_run = E.evaluate(recording_predict, images[:1], scale=2, protocol="kxnet", noise=10.0)
+    noisy = np.concatenate(seen)
+    seen.clear()
+    E.evaluate(recording_predict, images[:1], scale=2, protocol="kxnet", noise=10.0)
+    np.testing.assert_array_equal(np.concatenate(seen), noisy)  # fixed seed
+    h, w = 20, 18  # the unpadded LR of image "a" at x2
+    residual = (noisy - clean)[:, :h, :w]
+    assert np.std(residual) * 255 == pytest.approx(10.0, rel=0.1)  # [0, 255] units
+    assert noisy_run["noise"] == 10.0
+
+
+def test_save_results_writes_markdown_and_json(bicubic_run, tmp_path):
+    result, _ = bicubic_run
+    result = dict(result, mean=dict(result["mean"], kernel_psnr=math.inf))
+    md_path, json_path = E.save_results(result, tmp_path / "out", "set_x2")
+    table = md_path.read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 8 + 1  # header and rule, 8 kernels, mean
+    assert "σ=0.80" in table and "**mean**" in rows[-1] and "inf" in rows[-1]
+    assert f"{result['mean']['psnr']:.2f}" in rows[-1]
+    loaded = json.loads(json_path.read_text(encoding="utf-8"))  # strict JSON: inf as a string
+    assert loaded["mean"]["kernel_psnr"] == "inf"
+    assert loaded["num_compiled_shapes"] == 2
+    assert loaded["per_image"][0]["psnr"] == pytest.approx(result["per_image"][0]["psnr"])
+
+
+def test_bad_arguments(images):
+    predict, _ = counting_fake(2)
+    with pytest.raises(ValueError, match="protocol"):
+        E.evaluate(predict, images, scale=2, protocol="div2krk")
+    with pytest.raises(ValueError, match="scale"):
+        E.evaluate(predict, images, scale=5, protocol="gaussian8")
+    with pytest.raises(ValueError, match="hr_images is empty"):
+        E.evaluate(predict, [], scale=2, protocol="gaussian8")
+    with pytest.raises(ValueError, match="bucket"):
+        E.evaluate(predict, images, scale=2, protocol="gaussian8", bucket=0)
+    with pytest.raises(ValueError, match=r"hr_images\[0\]"):
+        E.evaluate(predict, [("x", np.zeros((40, 36, 2), np.float32))], scale=2,
+                   protocol="gaussian8")
+
+
+def test_set5_crops(shared_data):
+    folder = shared_data / "Set5"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    crops = [(name, image[:96, :96]) for name, image in E.load_hr_images(folder, limit=2)]
+    assert [name for name, _ in crops] == [p.stem for p in io.list_images(folder)[:2]]
+    predict, traces = counting_fake(4)
+    result = E.evaluate(predict, crops, scale=4, protocol="gaussian8")
+    assert result["num_compiled_shapes"] == 1 == len(traces)  # LR 24x24 -> one 32x32 bucket
+    for record in result["per_image"]:
+        assert record["psnr"] == pytest.approx(record["bicubic_psnr"], abs=1e-3)
+    assert 18.0 < result["mean"]["bicubic_psnr"] < 40.0
+    assert 0.3 < result["mean"]["bicubic_ssim"] < 1.0
