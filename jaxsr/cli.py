@@ -1,12 +1,9 @@
 """What `python -m jaxsr.main` does in each mode (kept apart from absl so tests can call it)."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
-import numpy as np
-from absl import logging
 
 from jaxsr import config_lib, train as train_lib
 from jaxsr.data import datasets
@@ -67,6 +64,6 @@ def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | N
     predict, source = load_predictor(cfg, workdir, official)
     written = infer_lib.infer_paths(predict, inputs, out_dir, scale=cfg.scale, tile=cfg.infer.tile,
                                     overlap=cfg.infer.overlap)
-    logging.info("super-resolved %d files with %s", len(written), source)
+    print(f"super-resolved {len(written)} files with {source}")
     print("\n".join(str(w) for w in written))
     return written

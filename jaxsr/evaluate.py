@@ -48,6 +48,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Literal
 
@@ -156,6 +157,11 @@ def load_hr_images(folder: str | Path, limit: int | None = None) -> list[tuple[s
     return [(f.stem, io.read_image(f, mode="keep")) for f in files]
 
 
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """Models take RGB: a gray LR is replicated to 3 channels."""
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
 def _mean(records: list[dict], key: str) -> float | None:
     values = [r[key] for r in records if r.get(key) is not None]
     return float(np.mean(values)) if values else None
@@ -182,7 +188,7 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     for name, value in (("bucket", bucket), ("max_batch", max_batch)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(noise, (int, float)) and 0 <= noise <= 255):
+    if isinstance(noise, bool) or not isinstance(noise, Real) or not 0 <= noise <= 255:
         raise ValueError(f"noise must be in [0, 255] ([0, 255] units), got {noise!r}")
     if len(hr_images) == 0:
         raise ValueError("hr_images is empty")
@@ -198,6 +204,7 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
         if image.ndim != 3 or image.shape[-1] not in (1, 3):
             raise ValueError(f"hr_images[{i}] ({name!r}) must be (H, W, 1 | 3), got {image.shape}")
         _checks.check_float(f"hr_images[{i}]", image)
+        _checks.check_finite(f"hr_images[{i}]", image)
         hr = io.mod_crop(image.astype(np.float32), scale)
         names.append(name)
         hrs.append(hr)
@@ -264,10 +271,6 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     }
 
 
-def _to_rgb(image: np.ndarray) -> np.ndarray:
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
 # --------------------------------------------------------------------------- reports
 
 def _cell(value: float | None, digits: int, scientific: bool = False) -> str:
@@ -296,6 +299,8 @@ def format_markdown(result: dict) -> str:
     lines = [title, "", header]
     lines += [row(r["label"], r) for r in result["kernels"]]
     lines.append(row("**mean**", result["mean"]))
+    lines += ["", "PSNR/SSIM on the Y channel, border = scale. Kernel MAE and PSNR compare the "
+              "estimated with the true sum-to-one kernel; kernel PSNR = 10 log10(1 / MSE)."]
     return "\n".join(lines) + "\n"
 
 

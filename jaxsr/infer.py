@@ -120,7 +120,7 @@ def _ramp(length: int, margin: int) -> np.ndarray:
 def _axis_weight(start: int, tile: int, length: int, overlap: int, scale: int) -> np.ndarray:
     """HR-space blending weight along one axis of the tile starting at LR offset `start`."""
     weight = np.ones(tile * scale)
-    hr_overlap, hr_margin = overlap * scale, 0
+    hr_overlap, hr_margin = overlap * scale, (overlap // 4) * scale
     if overlap == 0:
         return weight
     ramp = _ramp(hr_overlap, hr_margin)

@@ -26,11 +26,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
     from jaxsr import cli, sharding  # after flag parsing, so --help stays fast
     sharding.maybe_initialize_distributed()
     import jax
-    logging.info("JAX %s on %s: %d devices over %d processes", jax.__version__, jax.default_backend(),
-                 jax.device_count(), jax.process_count())
+    print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
+          f"{jax.process_count()} processes", flush=True)
     cfg, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     if _MODE.value == "train":
         cli.train(cfg, workdir)

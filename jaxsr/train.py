@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging
 from flax import struct
 
 from jaxsr import checkpoints, config_lib, models, sharding
@@ -40,6 +39,12 @@ class TrainState(struct.PyTreeNode):
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def log(message: str, *args) -> None:
+    """Progress messages on the first host only (library logs stay at absl's WARNING level)."""
+    if jax.process_index() == 0:
+        print(message % args if args else message, flush=True)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -232,14 +237,17 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
 
+    # Data first: a wrong folder fails before anything is compiled.
+    paths = datasets.resolve_image_paths(cfg.data.train_dirs, key="data.train_dirs")
+    datasets.resolve_image_paths(cfg.data.val_dirs, key="data.val_dirs")
+
     model_lib, model = build_model(cfg)
     tx, schedule = make_optimizer(cfg)
     state = create_train_state(cfg, model, tx)
     meta = checkpoints.fingerprint(cfg, state.params)
-    logging.info("model %s: %d parameters", cfg.model.name, meta["num_params"])
+    log("model %s: %d parameters", cfg.model.name, meta["num_params"])
 
-    # Data: this host's share of the global batch.
-    paths = datasets.resolve_image_paths(cfg.data.train_dirs, key="data.train_dirs")
+    # This host's share of the global batch.
     local_batch = sharding.local_batch_size(cfg.data.batch_size)
     dataset = pipeline.make_train_dataset(
         paths, patch_size=cfg.data.patch_size * cfg.scale, batch_size=local_batch, seed=cfg.seed,
@@ -257,7 +265,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         state, data_state, _ = ckpt.restore(latest, abstract, meta)
         data_iter.set_state(data_state)
         start_step = int(state.step)
-        logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+        log("resumed from %s at step %d", ckpt.directory, start_step)
 
     state = jax.device_put(state, repl)
     step_fn = jax.jit(make_train_step(cfg, model, model_lib, tx, schedule, spec),
@@ -305,7 +313,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 mean = flush_metrics(step)
                 writer.write(step, mean)
                 if not interactive:
-                    logging.info("step %d/%d loss %.5f lr %.2e %.2f steps/s", step, total, mean["loss"],
+                    log("step %d/%d loss %.5f lr %.2e %.2f steps/s", step, total, mean["loss"],
                                  mean["learning_rate"], mean["steps_per_sec"])
             if step % cfg.train.eval_every == 0 or step == total:
                 flush_metrics(step)
@@ -314,7 +322,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 if jax.process_index() == 0:
                     from jaxsr import io as jio
                     jio.write_image(os.path.join(workdir, "validation", f"step_{step:08d}.png"), grid)
-                logging.info("step %d validation: PSNR %.2f dB (bicubic %.2f), SSIM %.4f (bicubic %.4f)", step,
+                log("step %d validation: PSNR %.2f dB (bicubic %.2f), SSIM %.4f (bicubic %.4f)", step,
                              last_val["val_psnr"], last_val["val_bicubic_psnr"], last_val["val_ssim"],
                              last_val["val_bicubic_ssim"])
             if step % cfg.train.checkpoint_every == 0 or step == total:

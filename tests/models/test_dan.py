@@ -29,10 +29,26 @@ def rand(shape, seed=0):
     return jax.random.uniform(jax.random.key(seed), shape)
 
 
+def torch_like_params(model, seed=0):
+    """Random parameters with PyTorch's default bounds, made with NumPy from the traced shapes.
+
+    Executing `init` would spend most of this file's time compiling the random-number
+    kernels; the initialisers themselves are checked in `test_conv_init_uses_pytorch_bounds`.
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 6, 7, 3)), num_iters=1))
+    rng = np.random.default_rng(seed)
+
+    def fill(leaf):
+        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 100
+        bound = 1 / np.sqrt(fan_in)
+        return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), jnp.float32)
+
+    return jax.tree.map(fill, shapes)
+
+
 @pytest.fixture(scope="module")
 def tiny_vars():
-    lr = rand((2, 6, 7, 3))
-    return {name: jax.jit(lambda x, m=tiny(name): m.init(jax.random.key(1), x, num_iters=1))(lr) for name in TINY}
+    return {name: torch_like_params(tiny(name)) for name in TINY}
 
 
 # ----------------------------------------------------------------------------- structure
@@ -88,6 +104,20 @@ def test_strided_conv_matches_direct_correlation():
             patch = xp[0, 3 * i:3 * i + 9, 3 * j:3 * j + 9, :]
             want[0, i, j] = np.einsum("hwi,hwio->o", patch, w) + b
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_init_uses_pytorch_bounds():
+    class Conv(layers.nn.Module):
+        @layers.nn.compact
+        def __call__(self, x):
+            return layers.conv2d(x, 64, 3, name="c")
+
+    p = Conv().init(jax.random.key(0), jnp.zeros((1, 4, 4, 16)))["params"]["c"]
+    bound = 1 / np.sqrt(16 * 9)
+    for leaf in (p["kernel"], p["bias"]):
+        leaf = np.asarray(leaf)
+        assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.9 * bound
+    assert p["kernel"].shape == (3, 3, 16, 64)
 
 
 def test_dpcg_official_skip_doubles_the_block_output():
@@ -270,7 +300,7 @@ def test_tiny_model_fits_a_fixed_batch(name, tmp_path):
     hr[1] = hr[1, ::-1]
     batch = {"hr": jnp.asarray(hr, jnp.float32), "lr": jnp.asarray(hr[:, ::2, ::2], jnp.float32),
              "kernel": jnp.asarray(gaussian_kernels([0.8, 1.6]))}
-    params = model.init(jax.random.key(0), batch["lr"], num_iters=1)["params"]
+    params = torch_like_params(model)["params"]
     opt = optax.adam(2e-3, b1=0.9, b2=0.99)
     state = opt.init(params)
 

@@ -1,0 +1,64 @@
+"""Config validation fails before compilation and names the key."""
+import importlib.util
+import pathlib
+
+import pytest
+
+from jaxsr import config_lib, train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load(name, variant):
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(variant)
+
+
+@pytest.mark.parametrize("name", ["dan", "danv2"])
+@pytest.mark.parametrize("variant", ["setting1_x2", "setting1_x3", "setting1_x4", "setting2_x2", "setting2_x4",
+                                     "tiny", "cpu"])
+def test_all_variants_validate(name, variant):
+    cfg = load(name, variant)
+    config_lib.validate(cfg)
+    assert config_lib.degradation_spec(cfg).kernel_size == cfg.model.kernel_size
+
+
+def test_paper_settings_are_the_papers():
+    cfg = load("dan", "setting1_x4")
+    assert (cfg.data.batch_size, cfg.data.patch_size, cfg.train.steps) == (64, 64, 400_000)
+    assert (cfg.train.b1, cfg.train.b2, cfg.train.learning_rate) == (0.9, 0.99, 2e-4)
+    assert tuple(cfg.train.lr_milestones) == (100_000, 200_000, 300_000) and cfg.train.lr_gamma == 0.5
+    assert config_lib.degradation_spec(cfg).sigma_range == (0.2, 4.0)
+    assert config_lib.degradation_spec(load("dan", "setting1_x2")).sigma_range == (0.2, 2.0)
+    assert config_lib.degradation_spec(load("dan", "setting2_x2")).kernel_size == 11
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="unknown config variant 'x9'.*setting1_x4"):
+        load("dan", "x9")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("scale", 5, "config key scale"),
+    ("data.batch_size", 6, "data.batch_size .*divisible by the number of devices"),
+    ("data.patch_size", 0, "data.patch_size"),
+    ("degradation.preset", "setting9", "degradation.preset"),
+    ("model.kernel_size", 15, "model.kernel_size"),
+    ("model.name", "srcnn", "model.name"),
+    ("train.steps", 0, "train.steps"),
+])
+def test_invalid_values_name_the_key(key, value, match):
+    cfg = load("dan", "tiny")
+    section, _, field = key.rpartition(".")
+    (cfg[section] if section else cfg)[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(cfg, num_devices=4)
+
+
+def test_missing_data_folder_names_key(tmp_path):
+    cfg = load("dan", "tiny")
+    cfg.data.train_dirs = (str(tmp_path / "nope"),)
+    with pytest.raises(ValueError, match="data.train_dirs.*nope"):
+        train.train_and_evaluate(cfg, str(tmp_path / "wd"))
