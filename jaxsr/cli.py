@@ -5,13 +5,13 @@ import os
 
 import jax
 
-from jaxsr import config_lib, train as train_lib
+from jaxsr import config_lib, models, train as train_lib
 from jaxsr.data import datasets
 
 
 def train(cfg, workdir: str) -> dict:
     result = train_lib.train_and_evaluate(cfg, workdir)
-    if result and jax.process_index() == 0:
+    if result and "val_psnr" in result and jax.process_index() == 0:
         gain = result["val_psnr"] - result["val_bicubic_psnr"]
         print(f"held-out PSNR (Y): {result['val_psnr']:.2f} dB vs bicubic {result['val_bicubic_psnr']:.2f} dB "
               f"-> gain {gain:+.2f} dB;  SSIM {result['val_ssim']:.4f} vs {result['val_bicubic_ssim']:.4f}")
@@ -22,27 +22,26 @@ def train(cfg, workdir: str) -> dict:
 def load_predictor(cfg, workdir: str, official: str | None = None):
     """(predict_fn(lr) -> (sr, kernel), description) from a jaxsr checkpoint or an official .pth."""
     num_iters = cfg.eval.num_iters if cfg.eval.num_iters > 0 else None
+    cfg = train_lib.prepare_config(cfg)
     if official:
         from jaxsr import convert
-        cfg = train_lib.prepare_config(cfg)
         model, params = convert.load_official_checkpoint(official, cfg)
         source = f"official checkpoint {official}"
     else:
         model, params, step = train_lib.restore_params(cfg, workdir)
         source = f"{workdir} step {step}"
-    predict = train_lib.make_predict_fn(model, num_iters)
+    predict = train_lib.make_predict_fn(models.get(cfg.model.name), model, num_iters)
     return (lambda lr: predict(params, lr)), source
 
 
 def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     from jaxsr import evaluate as evaluate_lib
-    from jaxsr import io as jio
     config_lib.validate(cfg)
     predict, source = load_predictor(cfg, workdir, official)
     results = {}
     for folder in cfg.eval.dirs:
-        paths = datasets.resolve_image_paths([folder], key="eval.dirs")
-        images = [(os.path.splitext(os.path.basename(p))[0], jio.read_image(p, mode="rgb")) for p in paths]
+        datasets.resolve_image_paths([folder], key="eval.dirs")  # a clear error for a wrong folder
+        images = evaluate_lib.load_hr_images(folder)
         spec = config_lib.degradation_spec(cfg)
         result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=cfg.eval.protocol,
                                        kernel_size=spec.kernel_size, noise=cfg.eval.noise,

@@ -77,9 +77,34 @@ def lr_shape(cfg, batch: int) -> tuple[int, int, int, int]:
     return (batch, cfg.data.patch_size, cfg.data.patch_size, 3)
 
 
-def create_train_state(cfg, model, tx) -> TrainState:
+# Optional hooks a model file may define when "apply the module to the LR batch" is not enough
+# (a non-blind model that also takes the kernel, an estimator that returns no image):
+#   init(model, rng, lr) -> variables;  forward(model, variables, batch) -> outputs;
+#   predict(model, variables, lr, num_iters) -> (sr or None, kernel or None)
+
+def _init(model_lib, model, rng, lr):
+    if hasattr(model_lib, "init"):
+        return model_lib.init(model, rng, lr)
+    return model.init(rng, lr)
+
+
+def _forward(model_lib, model, variables, batch):
+    if hasattr(model_lib, "forward"):
+        return model_lib.forward(model, variables, batch)
+    return model.apply(variables, batch["lr"])
+
+
+def _predict(model_lib, model, variables, lr, num_iters=None):
+    if hasattr(model_lib, "predict"):
+        return model_lib.predict(model, variables, lr, num_iters)
+    out = model.apply(variables, lr, num_iters=num_iters)
+    return out["sr"][-1], (out["kernel"][-1] if "kernel" in out else None)
+
+
+def create_train_state(cfg, model, tx, model_lib=None) -> TrainState:
+    model_lib = model_lib or models.get(cfg.model.name)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = model.init(init_rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32), num_iters=1)["params"]
+    params = _init(model_lib, model, init_rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
 
@@ -93,7 +118,7 @@ def make_train_step(cfg, model, model_lib, tx, schedule, spec):
         batch = {"hr": hr, "lr": lr, "kernel": kernel, "noise_sigma": noise_sigma}
 
         def loss_fn(params):
-            outputs = model.apply({"params": params}, lr)
+            outputs = _forward(model_lib, model, {"params": params}, batch)
             return model_lib.compute_loss(outputs, batch, cfg)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -112,15 +137,9 @@ def make_train_step(cfg, model, model_lib, tx, schedule, spec):
     return train_step
 
 
-def make_predict_fn(model, num_iters: int | None = None):
-    """predict(params, lr) -> (last SR, last kernel or None), jitted."""
-
-    @jax.jit
-    def predict(params, lr):
-        out = model.apply({"params": params}, lr, num_iters=num_iters)
-        return out["sr"][-1], (out["kernel"][-1] if "kernel" in out else None)
-
-    return predict
+def make_predict_fn(model_lib, model, num_iters: int | None = None):
+    """predict(params, lr) -> (last SR or None, last kernel or None), jitted."""
+    return jax.jit(lambda params, lr: _predict(model_lib, model, {"params": params}, lr, num_iters))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -140,17 +159,19 @@ class Validator:
         self.bicubic = jnp.clip(imresize.imresize(self.lr, float(cfg.scale)), 0, 1)
         self.bicubic_psnr = float(jnp.mean(metrics.psnr(self.bicubic, self.hr, cfg.scale)))
         self.bicubic_ssim = float(jnp.mean(metrics.ssim(self.bicubic, self.hr, cfg.scale)))
-        self.predict = make_predict_fn(model)
+        self.predict = make_predict_fn(models.get(cfg.model.name), model)
 
     def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
         sr, kernel = self.predict(params, self.lr)
-        sr = jnp.clip(sr, 0, 1)
-        result = {"val_psnr": float(jnp.mean(metrics.psnr(sr, self.hr, self.scale))),
-                  "val_ssim": float(jnp.mean(metrics.ssim(sr, self.hr, self.scale))),
-                  "val_bicubic_psnr": self.bicubic_psnr, "val_bicubic_ssim": self.bicubic_ssim}
+        result = {"val_bicubic_psnr": self.bicubic_psnr, "val_bicubic_ssim": self.bicubic_ssim}
+        if sr is not None:  # a pure kernel estimator returns no image
+            sr = jnp.clip(sr, 0, 1)
+            result["val_psnr"] = float(jnp.mean(metrics.psnr(sr, self.hr, self.scale)))
+            result["val_ssim"] = float(jnp.mean(metrics.ssim(sr, self.hr, self.scale)))
         if kernel is not None:
             result["val_kernel_l1"] = float(jnp.mean(jnp.abs(kernel - self.kernel)))
-        return result, self.grid(np.asarray(sr), None if kernel is None else np.asarray(kernel))
+        sr_np = np.asarray(self.bicubic if sr is None else sr)
+        return result, self.grid(sr_np, None if kernel is None else np.asarray(kernel))
 
     def grid(self, sr: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
         """Rows of LR (nearest-upsampled) | bicubic | SR | HR | true kernel | estimated kernel."""
@@ -243,7 +264,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
 
     model_lib, model = build_model(cfg)
     tx, schedule = make_optimizer(cfg)
-    state = create_train_state(cfg, model, tx)
+    state = create_train_state(cfg, model, tx, model_lib)
     meta = checkpoints.fingerprint(cfg, state.params)
     log("model %s: %d parameters", cfg.model.name, meta["num_params"])
 
@@ -322,9 +343,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 if jax.process_index() == 0:
                     from jaxsr import io as jio
                     jio.write_image(os.path.join(workdir, "validation", f"step_{step:08d}.png"), grid)
-                log("step %d validation: PSNR %.2f dB (bicubic %.2f), SSIM %.4f (bicubic %.4f)", step,
-                             last_val["val_psnr"], last_val["val_bicubic_psnr"], last_val["val_ssim"],
-                             last_val["val_bicubic_ssim"])
+                log("step %d validation: %s", step, ", ".join(f"{k[4:]} {v:.4g}" for k, v in last_val.items()))
             if step % cfg.train.checkpoint_every == 0 or step == total:
                 flush_metrics(step)  # never checkpoint past a non-finite step
                 ckpt.save(step, state, data_iter.get_state(), meta, force=step == total)
@@ -341,7 +360,7 @@ def restore_params(cfg, workdir: str, step: int | None = None):
     cfg = prepare_config(cfg)
     _, model = build_model(cfg)
     tx, _ = make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: create_train_state(cfg, model, tx))
+    abstract = jax.eval_shape(lambda: create_train_state(cfg, model, tx, models.get(cfg.model.name)))
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
