@@ -104,7 +104,9 @@ def _predict(model_lib, model, variables, lr, num_iters=None):
 def create_train_state(cfg, model, tx, model_lib=None) -> TrainState:
     model_lib = model_lib or models.get(cfg.model.name)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = _init(model_lib, model, init_rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"]
+    # One compiled init instead of one small compilation per parameter's random draw.
+    init = jax.jit(lambda rng: _init(model_lib, model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
+    params = init(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
 

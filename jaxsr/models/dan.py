@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
-from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d
+from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d, scan_unroll
 from jaxsr.ops import _checks, pca
 
 Array = jax.Array
@@ -152,6 +152,7 @@ class _DAN(nn.Module):
     code_length: int = 10
     num_iters: int = 4
     remat: bool = False
+    scan_unroll: int = 0  # 0 = auto (see layers.scan_unroll)
 
     def __post_init__(self):
         if self.pca_matrix is not None and not isinstance(self.pca_matrix, FrozenMatrix):
@@ -176,7 +177,10 @@ class _DAN(nn.Module):
 
     def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
         matrix = jnp.asarray(self._validate())
-        _checks.check_images("lr", lr, channels=(self.channels,))
+        # Eager even under jit, so a concrete `lr` closed over by a jitted function is
+        # NaN-checked instead of turning the check into a tracer.
+        with jax.ensure_compile_time_eval():
+            _checks.check_images("lr", lr, channels=(self.channels,))
         iters = self.num_iters if num_iters is None else num_iters
         if not isinstance(iters, (int, np.integer)) or iters < 1:
             raise ValueError(f"num_iters must be a positive int, got {iters!r}")
@@ -193,7 +197,8 @@ class _DAN(nn.Module):
         if self.remat:
             step = nn.remat(step, prevent_cse=False)
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=nn.broadcast, length=int(iters))
+                       in_axes=nn.broadcast, length=int(iters),
+                       unroll=scan_unroll(self.scan_unroll, int(iters)))
         _, outputs = loop(self, code0, lr)
         return outputs
 

@@ -52,6 +52,18 @@ def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,
     )(x)
 
 
+def scan_unroll(setting: int, length: int) -> int:
+    """The `unroll` for an iteration `nn.scan`: `setting` if > 0, else automatic.
+
+    Automatic means fully unrolled on CPU and a rolled loop on GPU/TPU. XLA:CPU runs the body of
+    a while loop far slower than the same ops unrolled (measured here for the DANv1 `cpu`
+    config: 14.5 s vs 0.35 s per gradient on 2 cores); the program still holds one traced body.
+    """
+    if setting > 0:
+        return min(int(setting), max(length, 1))
+    return max(length, 1) if jax.default_backend() == "cpu" else 1
+
+
 def leaky_relu(x: Array) -> Array:
     return nn.leaky_relu(x, negative_slope=0.2)
 

@@ -25,8 +25,13 @@ def check_float(name: str, x) -> None:
 
 
 def check_finite(name: str, x) -> None:
-    # A device-side reduction: only one boolean crosses to the host.
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(jnp.asarray(x)))):
+    if not is_concrete(x):
+        return
+    # A device-side reduction (only one boolean crosses to the host), evaluated now even when
+    # a concrete array is closed over inside a jit trace.
+    with jax.ensure_compile_time_eval():
+        finite = bool(jnp.all(jnp.isfinite(jnp.asarray(x))))
+    if not finite:
         raise ValueError(f"{name} contains NaN or Inf values")
 
 
