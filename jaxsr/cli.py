@@ -25,12 +25,15 @@ def load_predictor(cfg, workdir: str, official: str | None = None):
     cfg = train_lib.prepare_config(cfg)
     if official:
         from jaxsr import convert
-        model, params = convert.load_official_checkpoint(official, cfg)
+        model, params, _ = convert.load_official_checkpoint(official, cfg)
         source = f"official checkpoint {official}"
     else:
         model, params, step = train_lib.restore_params(cfg, workdir)
         source = f"{workdir} step {step}"
-    predict = train_lib.make_predict_fn(models.get(cfg.model.name), model, num_iters)
+    model_lib = models.get(cfg.model.name)
+    if hasattr(model_lib, "build_predictor"):  # a model file's own predict_fn (e.g. KENet -> USRNet)
+        return model_lib.build_predictor(cfg, model, params), source
+    predict = train_lib.make_predict_fn(model_lib, model, num_iters)
     return (lambda lr: predict(params, lr)), source
 
 
@@ -38,6 +41,7 @@ def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     from jaxsr import evaluate as evaluate_lib
     config_lib.validate(cfg)
     predict, source = load_predictor(cfg, workdir, official)
+    oracle = bool(cfg.eval.get("oracle_kernel", False))  # predict_fn(lr, true kernel): non-blind upper bound
     results = {}
     for folder in cfg.eval.dirs:
         datasets.resolve_image_paths([folder], key="eval.dirs")  # a clear error for a wrong folder
@@ -45,8 +49,10 @@ def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
         spec = config_lib.degradation_spec(cfg)
         result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=cfg.eval.protocol,
                                        kernel_size=spec.kernel_size, noise=cfg.eval.noise,
-                                       bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch)
-        name = f"{os.path.basename(os.path.normpath(folder))}_{cfg.eval.protocol}_x{cfg.scale}"
+                                       bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch,
+                                       oracle_kernel=oracle)
+        name = (f"{os.path.basename(os.path.normpath(folder))}_{cfg.eval.protocol}_x{cfg.scale}"
+                + ("_gt_kernel" if oracle else ""))
         result["source"] = source
         if jax.process_index() == 0:
             evaluate_lib.save_results(result, os.path.join(workdir, "eval"), name)
