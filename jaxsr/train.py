@@ -124,7 +124,7 @@ def make_train_step(cfg, model, model_lib, tx, schedule, spec):
             return model_lib.compute_loss(outputs, batch, cfg)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # Never let a non-finite step into the state: the host stops at its next check and the
