@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr.models import dan
+from jaxsr.models import dan, dssr, kxnet, usrnet
 
 # How an official tensor becomes a Flax leaf.
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -116,23 +116,46 @@ def dan_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {"pca_matrix": np.asarray(buffers["encoder"][0], np.float32)} if "encoder" in buffers else {}
 
 
+def dan_prepare(model: dan._DAN, extras: Mapping[str, Any]) -> dan._DAN:
+    """The model to trace parameter shapes with: it gets the checkpoint's PCA when there is one."""
+    matrix = extras.get("pca_matrix")
+    if matrix is not None and matrix.shape == (model.kernel_size ** 2, model.code_length):
+        if model.pca_matrix is not None and not np.allclose(model.pca_matrix.array, matrix, atol=1e-6):
+            warnings.warn("the model's pca_matrix differs from the checkpoint's encoder buffer; its outputs "
+                          "will not match the official model unless it is rebuilt with extras['pca_matrix']")
+        return model.clone(pca_matrix=matrix)
+    if model.pca_matrix is None:  # any matrix of the right shape will do for tracing shapes
+        return model.clone(pca_matrix=np.zeros((model.kernel_size ** 2, model.code_length), np.float32))
+    return model
+
+
+def dan_param_shapes(model: dan._DAN):
+    lr = jax.ShapeDtypeStruct((1, 8, 8, model.channels), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Arch:
     """What the converter needs to know about one architecture."""
     model_type: type
-    key_map: Callable[[Any], KeyMap]
-    buffers: Callable[[Any], dict[str, tuple[int, ...]]]
-    extras: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]
-    example_input: Callable[[Any], tuple[int, ...]]  # NHWC shape used to trace the param shapes
-
-
-def _dan_input(model) -> tuple[int, ...]:
-    return (1, 8, 8, model.channels)
+    key_map: Callable[[Any], KeyMap]                                  # model -> torch key -> Flax leaf
+    buffers: Callable[[Any], dict[str, tuple[int, ...]]]              # model -> buffer key -> shape
+    extras: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]      # buffers -> extras
+    prepare: Callable[[Any, Mapping[str, Any]], Any]                  # (model, extras) -> model to trace
+    param_shapes: Callable[[Any], Any]                                # model -> params shape tree
+    # (state dict, model) -> state dict in the key map's layout (e.g. KXNet's per-stage keys stacked)
+    prepare_state_dict: Callable[[Mapping[str, np.ndarray], Any], Mapping[str, np.ndarray]] | None = None
 
 
 ARCHS: dict[str, Arch] = {
-    "danv1": Arch(dan.DANv1, danv1_key_map, dan_buffers, dan_extras, _dan_input),
-    "danv2": Arch(dan.DANv2, danv2_key_map, dan_buffers, dan_extras, _dan_input),
+    "danv1": Arch(dan.DANv1, danv1_key_map, dan_buffers, dan_extras, dan_prepare, dan_param_shapes),
+    "danv2": Arch(dan.DANv2, danv2_key_map, dan_buffers, dan_extras, dan_prepare, dan_param_shapes),
+    "kxnet": Arch(kxnet.KXNet, kxnet.official_key_map, kxnet.official_buffers, kxnet.official_extras,
+                  kxnet.official_prepare, kxnet.official_param_shapes, kxnet.stack_official_stages),
+    "dssr": Arch(dssr.DSSR, dssr.official_key_map, dssr.official_buffers, dssr.official_extras,
+                 dssr.official_prepare, dssr.official_param_shapes),
+    "usrnet": Arch(usrnet.USRNet, usrnet.official_key_map, usrnet.official_buffers, usrnet.official_extras,
+                   usrnet.official_prepare, usrnet.official_param_shapes),
 }
 
 
@@ -155,10 +178,8 @@ def arch_of(model) -> str:
     raise ValueError(f"no checkpoint key map for {type(model).__name__}; known: {sorted(ARCHS)}")
 
 
-def _param_shapes(model, arch: Arch) -> dict[tuple[str, ...], tuple[int, ...]]:
-    lr = jax.ShapeDtypeStruct(arch.example_input(model), jnp.float32)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]
-    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+def _flat_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
 
 
@@ -171,20 +192,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], model, arch: str | None = 
     """
     spec = ARCHS[arch or arch_of(model)]
     sd = strip_prefix(state_dict)
+    if spec.prepare_state_dict is not None:
+        sd = dict(spec.prepare_state_dict(sd, model))
     key_map = spec.key_map(model)
     buffer_shapes = spec.buffers(model)
     extras = spec.extras({k: v for k, v in sd.items() if k in buffer_shapes})
 
-    # Trace the Flax shapes with the checkpoint's own PCA when it carries one.
-    template_model = model
-    if "pca_matrix" in extras and extras["pca_matrix"].shape == (model.kernel_size ** 2, model.code_length):
-        if model.pca_matrix is not None and not np.allclose(model.pca_matrix.array, extras["pca_matrix"], atol=1e-6):
-            warnings.warn("the model's pca_matrix differs from the checkpoint's encoder buffer; "
-                          "outputs will not match the official model unless it uses extras['pca_matrix']")
-        template_model = model.clone(pca_matrix=extras["pca_matrix"])
-    elif model.pca_matrix is None:
-        template_model = model.clone(pca_matrix=np.zeros((model.kernel_size ** 2, model.code_length), np.float32))
-    shapes = _param_shapes(template_model, spec)
+    shapes = _flat_shapes(spec.param_shapes(spec.prepare(model, extras)))
 
     mapped = {path for path, _ in key_map.values()}
     if mapped != set(shapes):  # a bug in the key map, not in the checkpoint
@@ -243,15 +257,18 @@ def read_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
 def load_official_checkpoint(path: str, cfg):
     """Reads an official .pth and returns (model, params, extras).
 
-    The model comes from `jaxsr.models.dan.create_model(cfg)`, but uses the checkpoint's
+    The model comes from the registry's `create_model(cfg)`; a DAN model uses the checkpoint's
     PCA matrix when it carries one (so cfg needs no pca_path for DAN checkpoints).
     """
+    from jaxsr import models
+
     sd = read_torch_checkpoint(path)
     name = cfg.model.name
     if name not in ARCHS:
         raise ValueError(f"cfg.model.name must be one of {sorted(ARCHS)} to import a checkpoint, got {name!r}")
-    matrix = ARCHS[name].extras(sd).get("pca_matrix")
-    model = dan.create_model(cfg, pca_matrix=matrix)
+    matrix = ARCHS[name].extras(strip_prefix(sd)).get("pca_matrix")
+    lib = models.get(name)
+    model = lib.create_model(cfg, pca_matrix=matrix) if matrix is not None else lib.create_model(cfg)
     params, extras = convert_state_dict(sd, model, name)
     return model, params, extras
 

@@ -167,14 +167,32 @@ def _mean(records: list[dict], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _with_true_kernels(predict_fn, kernels: np.ndarray, max_batch: int) -> PredictFn:
+    """predict_fn(lr, kernel) as the predict(lr) that `iter_batches` calls: it runs over the
+    inputs in order, in batches of min(max_batch, M), the last one filled up by repeating its
+    last entry; the matching kernels are fed alongside."""
+    size = min(max_batch, len(kernels))
+    starts = iter(range(0, len(kernels), size))
+
+    def predict(lr):
+        start = next(starts)
+        chunk = kernels[start:start + size]
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        return predict_fn(lr, jnp.asarray(chunk, jnp.float32))
+
+    return predict
+
+
 def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]], *, scale: int,
              protocol: Protocol, kernel_size: int | None = None, noise: float = 0.0,
-             bucket: int = 16, max_batch: int = 8, seed: int = 0) -> dict:
+             bucket: int = 16, max_batch: int = 8, seed: int = 0, oracle_kernel: bool = False) -> dict:
     """Score `predict_fn` on `hr_images` ((name, (H, W, 1 | 3) float [0, 1]) pairs).
 
     kernel_size: None for the protocol's own (21 for gaussian8; 11 at x2 else 21 for
                  setting2; 11/15/21 at x2/x3/x4 for kxnet).
     noise:       AWGN level in [0, 255] units added to the LR (fixed seed).
+    oracle_kernel: call `predict_fn(lr, kernel)` with the true (N, k, k) kernels, e.g. for the
+                 "ground-truth kernel + non-blind model" upper bound.
     Returns a JSON-ready dict: settings, `num_compiled_shapes`, `compiled_shapes`,
     `kernels` (one row per test kernel: label, params and mean metrics), `per_image`
     (one record per kernel x image) and `mean` (over all records). Kernel metrics are None
@@ -234,7 +252,9 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     for keys in groups.values():
         inputs = np.stack([pad_to_multiple(_to_rgb(lrs[key])[None], bucket)[0] for key in keys])
         shapes.add((min(max_batch, len(keys)), *inputs.shape[1:]))
-        for start, sr_batch, kernel_batch in iter_batches(predict_fn, inputs, max_batch):
+        run = (_with_true_kernels(predict_fn, np.stack([true_kernels[i][k] for k, i in keys]), max_batch)
+               if oracle_kernel else predict_fn)
+        for start, sr_batch, kernel_batch in iter_batches(run, inputs, max_batch):
             for j, sr in enumerate(sr_batch):
                 k, i = keys[start + j]
                 h, w, channels = lrs[k, i].shape
@@ -262,6 +282,7 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     return {
         "protocol": protocol, "scale": scale, "kernel_size": setup.spec.kernel_size,
         "noise": float(noise), "seed": seed, "bucket": bucket, "max_batch": max_batch,
+        "oracle_kernel": bool(oracle_kernel),
         "images": names,
         "num_compiled_shapes": len(shapes),
         "compiled_shapes": [list(s) for s in sorted(shapes)],
@@ -286,7 +307,8 @@ def format_markdown(result: dict) -> str:
     (Y channel, border = scale) and the kernel error."""
     title = (f"**{result['protocol']}** x{result['scale']}, kernel {result['kernel_size']}x"
              f"{result['kernel_size']}, noise {result['noise']:g}, {len(result['images'])} "
-             f"image(s), {result['num_compiled_shapes']} compiled shape(s)")
+             f"image(s), {result['num_compiled_shapes']} compiled shape(s)"
+             + (", true kernel given to the model" if result.get("oracle_kernel") else ""))
     header = ("| kernel | bicubic PSNR | bicubic SSIM | PSNR | SSIM | kernel MAE | kernel PSNR |\n"
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 

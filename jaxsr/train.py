@@ -94,8 +94,10 @@ def _forward(model_lib, model, variables, batch):
     return model.apply(variables, batch["lr"])
 
 
-def _predict(model_lib, model, variables, lr, num_iters=None):
+def _predict(model_lib, model, variables, lr, num_iters=None, kernel=None):
     if hasattr(model_lib, "predict"):
+        if kernel is not None:  # a non-blind model (NON_BLIND = True in its file) restores with the true kernel
+            return model_lib.predict(model, variables, lr, num_iters, kernel=kernel)
         return model_lib.predict(model, variables, lr, num_iters)
     out = model.apply(variables, lr, num_iters=num_iters)
     return out["sr"][-1], (out["kernel"][-1] if "kernel" in out else None)
@@ -140,8 +142,9 @@ def make_train_step(cfg, model, model_lib, tx, schedule, spec):
 
 
 def make_predict_fn(model_lib, model, num_iters: int | None = None):
-    """predict(params, lr) -> (last SR or None, last kernel or None), jitted."""
-    return jax.jit(lambda params, lr: _predict(model_lib, model, {"params": params}, lr, num_iters))
+    """predict(params, lr, kernel=None) -> (last SR or None, last kernel or None), jitted."""
+    return jax.jit(lambda params, lr, kernel=None: _predict(model_lib, model, {"params": params}, lr, num_iters,
+                                                             kernel))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -161,10 +164,15 @@ class Validator:
         self.bicubic = jnp.clip(imresize.imresize(self.lr, float(cfg.scale)), 0, 1)
         self.bicubic_psnr = float(jnp.mean(metrics.psnr(self.bicubic, self.hr, cfg.scale)))
         self.bicubic_ssim = float(jnp.mean(metrics.ssim(self.bicubic, self.hr, cfg.scale)))
-        self.predict = make_predict_fn(models.get(cfg.model.name), model)
+        model_lib = models.get(cfg.model.name)
+        self.predict = make_predict_fn(model_lib, model)
+        self.non_blind = getattr(model_lib, "NON_BLIND", False)
 
     def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
-        sr, kernel = self.predict(params, self.lr)
+        if self.non_blind:
+            sr, kernel = self.predict(params, self.lr, self.kernel)
+        else:
+            sr, kernel = self.predict(params, self.lr)
         result = {"val_bicubic_psnr": self.bicubic_psnr, "val_bicubic_ssim": self.bicubic_ssim}
         if sr is not None:  # a pure kernel estimator returns no image
             sr = jnp.clip(sr, 0, 1)

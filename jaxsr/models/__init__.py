@@ -13,6 +13,10 @@ from types import ModuleType
 REGISTRY: dict[str, str] = {
     "danv1": "jaxsr.models.dan",
     "danv2": "jaxsr.models.dan",
+    "dssr": "jaxsr.models.dssr",
+    "kxnet": "jaxsr.models.kxnet",
+    "kenet": "jaxsr.models.kenet",
+    "usrnet": "jaxsr.models.usrnet",
 }
 
 

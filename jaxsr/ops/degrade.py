@@ -156,12 +156,13 @@ def setting2(scale: int, kernel_size: int | None = None) -> DegradationSpec:
 
 
 def kxnet_setting(scale: int, setting: int = 2, noise_max: float = 25.0) -> DegradationSpec:
-    """KXNet's training degradations: 11/15/21 kernels for x2/x3/x4, s-fold down; setting 1 is
-    isotropic and noise-free, setting 2 anisotropic (σ in [0.6, 5]) with AWGN σ ~ U[0, noise_max]."""
+    """KXNet's training degradations, s-fold down. Setting 1: isotropic, noise-free, 21x21 at every
+    scale (as its paper and configs); setting 2: anisotropic (σ in [0.6, 5]), 11/15/21 kernels for
+    x2/x3/x4, AWGN σ ~ U[0, noise_max]."""
     scale = _checks.check_scale("scale", scale, allowed=(2, 3, 4))
     size = {2: 11, 3: 15, 4: 21}[scale]
     if setting == 1:
-        return DegradationSpec(scale=scale, kernel_size=size, kernel_type="iso",
+        return DegradationSpec(scale=scale, kernel_size=21, kernel_type="iso",
                                sigma_range=(0.2, SETTING1_SIGMA_MAX[scale]), downsampler="sfold")
     if setting == 2:
         return DegradationSpec(scale=scale, kernel_size=size, kernel_type="aniso", sigma_range=(0.6, 5.0),

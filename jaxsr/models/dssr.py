@@ -1,0 +1,321 @@
+"""DSSR (Li et al., IEEE TMM 2022): kernel-free detail-structure alternating optimisation.
+
+One recurrent step (parameters shared by all T steps, a single `nn.scan`):
+
+  x       = compress(concat(x, hidden))              1x1 conv; x and hidden start as head(lr)
+  feat    = structure(x)                             Stru-FE: cascaded residual blocks (LR)
+  up      = up(feat)                                 transposed conv to HR: S_HR
+  detail  = hr_image(up) - bicubic(lr)               the detail map M~ (detail restoration unit)
+  d       = detail_embed(detail)                     3 -> F channels at HR
+  up'     = up * γ_HR + β_HR + up                    (γ, β) = affine_hr(d)    } structure
+  hidden  = down(up') * γ_LR + β_LR + feat           (γ, β) = affine_lr(↓d)   } modulation unit
+  sr      = upsampler(refine(hidden)) + bicubic(lr)
+
+and the test-time output is the mean of the T SR images. The layout follows the released
+code (`Arcananana/DSSR`), which differs from the paper's text in three places, kept here so
+that imported weights reproduce the official outputs: the compressed feature `x` (not the
+shallow feature) is what the next step concatenates with the hidden state; the LR
+modulation adds the Stru-FE output `feat`; and the LR branch sees the bicubic-downsampled
+(align_corners=True) *embedded* detail map, the HR features being taken to LR by a strided
+conv. Every bicubic resize is PyTorch's (`resize_bicubic_torch`), as in the official code.
+
+`apply(variables, lr, num_iters=None)` returns `sr` (T, N, sH, sW, C), `detail`
+(T, N, sH, sW, C) and `sr_mean` (N, sH, sW, C), the averaged output that `predict` returns.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsr import losses
+from jaxsr.models.layers import (TORCH_KERNEL_INIT, scan_unroll, Upsampler, conv2d, leaky_relu, pixel_shuffle,
+                                 torch_default_bias_init)
+from jaxsr.ops import _checks
+from jaxsr.ops.imresize import resize_bicubic_torch
+
+Array = jax.Array
+
+# (kernel, padding) of the official HR <-> LR feature resamplers, stride = scale.
+RESAMPLER_GEOMETRY = {2: (4, 1), 3: (5, 1), 4: (4, 0)}
+RESIDUAL_SCALE = 0.2  # each residual block adds 0.2 * its body to its input
+
+
+# ----------------------------------------------------------------------------- blocks
+class ResBlock(nn.Module):
+    """x + 0.2 * conv(LReLU(conv(x)))."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        y = conv2d(leaky_relu(conv2d(x, x.shape[-1], 3, name="conv1")), x.shape[-1], 3, name="conv2")
+        return x + RESIDUAL_SCALE * y
+
+
+class CascadedResBlocks(nn.Module):
+    """`num_blocks` ResBlocks in series with one skip around the whole chain."""
+    num_blocks: int
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        y = x
+        for i in range(self.num_blocks):
+            y = ResBlock(name=f"block_{i}")(y)
+        return y + x
+
+
+class AffineFromDetail(nn.Module):
+    """Detail-FE (4 x conv3x3 + LReLU) then 1x1 heads: γ = sigmoid(conv), β = conv."""
+    num_convs: int = 4
+
+    @nn.compact
+    def __call__(self, d: Array) -> tuple[Array, Array]:
+        width = d.shape[-1]
+        for i in range(self.num_convs):
+            d = leaky_relu(conv2d(d, width, 3, name=f"conv_{i}"))
+        return nn.sigmoid(conv2d(d, width, 1, name="gamma")), conv2d(d, width, 1, name="beta")
+
+
+def _phase_taps(kernel_size: int, stride: int, padding: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Sub-pixel view of a 1-D transposed conv with output length stride * input length.
+
+    Output sample s*q + r is sum_e x[q + e] * w[r + padding - s*e]: a plain correlation per
+    phase r. Returns the (D, s) tap table u[e - e_lo, r] (clipped), its validity mask, and
+    the input offsets e_lo <= e <= e_hi, D = e_hi - e_lo + 1.
+    """
+    k, s, p = kernel_size, stride, padding
+    if k - 2 * p != s:
+        raise ValueError(f"transposed conv (kernel {k}, stride {s}, padding {p}) does not scale by exactly {s}")
+    e_lo, e_hi = -((k - 1 - p) // s), (s - 1 + p) // s
+    taps = np.arange(s)[None, :] + p - s * np.arange(e_lo, e_hi + 1)[:, None]
+    valid = (taps >= 0) & (taps < k)
+    return np.clip(taps, 0, k - 1), valid, e_lo, e_hi
+
+
+class ConvTranspose(nn.Module):
+    """`torch.nn.ConvTranspose2d(in, features, k, stride, padding)` on NHWC input, for the
+    geometries where the output is exactly stride x the input (k - 2 * padding = stride).
+
+    The kernel is stored (k, k, out, in), PyTorch's (in, out, k, k) weight with its axes
+    reversed, and initialised like PyTorch (whose fan-in for this layer is out * k * k).
+    It runs as one stride-1 conv to stride² * out channels and a pixel shuffle: the same
+    sums as the dilated form, and far cheaper to differentiate (notably on XLA:CPU).
+    """
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, s, cin = self.kernel_size, self.stride, x.shape[-1]
+        kernel = self.param("kernel", TORCH_KERNEL_INIT, (k, k, self.features, cin))
+        bias = self.param("bias", torch_default_bias_init(self.features * k * k), (self.features,))
+        taps, valid, e_lo, e_hi = _phase_taps(k, s, self.padding)
+        d = taps.shape[0]
+        # (D, D, s, s, out, in): phase (ry, rx) weights at input offset (ey, ex); zero where no tap
+        w = kernel[taps[:, None, :, None], taps[None, :, None, :]]
+        w = w * jnp.asarray(valid[:, None, :, None] & valid[None, :, None, :], w.dtype)[..., None, None]
+        # channel order out * s * s + ry * s + rx, which `pixel_shuffle` expects
+        w = w.transpose(0, 1, 5, 4, 2, 3).reshape(d, d, cin, self.features * s * s)
+        y = jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1), ((-e_lo, e_hi), (-e_lo, e_hi)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return pixel_shuffle(y, s) + bias.astype(x.dtype)
+
+
+class RecurrentStep(nn.Module):
+    """One unrolling step: DSMM (detail restoration + structure modulation) and reconstruction."""
+    scale: int
+    channels: int = 3
+    features: int = 128
+    structure_blocks: int = 15
+    refine_blocks: int = 5
+
+    @nn.compact
+    def __call__(self, carry: tuple[Array, Array], bicubic: Array) -> tuple[tuple[Array, Array], dict[str, Array]]:
+        x, hidden = carry
+        f, s = self.features, self.scale
+        k, pad = RESAMPLER_GEOMETRY[s]
+        lr_hw = x.shape[1:3]
+
+        x = conv2d(jnp.concatenate([x, hidden], axis=-1), f, 1, name="compress")
+        feat = CascadedResBlocks(self.structure_blocks, name="structure")(x)
+        up = ConvTranspose(f, k, s, pad, name="up")(feat)
+        detail = conv2d(up, self.channels, 3, name="hr_image") - bicubic
+        detail_feat = conv2d(detail, f, 3, name="detail_embed")
+
+        gamma_hr, beta_hr = AffineFromDetail(name="affine_hr")(detail_feat)
+        up = up * gamma_hr + beta_hr + up
+        detail_lr = resize_bicubic_torch(detail_feat, output_size=lr_hw, align_corners=True)
+        gamma_lr, beta_lr = AffineFromDetail(name="affine_lr")(detail_lr)
+        hidden = conv2d(up, f, k, stride=s, padding=pad, name="down") * gamma_lr + beta_lr + feat
+
+        y = CascadedResBlocks(self.refine_blocks, name="refine")(hidden)
+        sr = Upsampler(s, self.channels, name="upsampler")(y) + bicubic
+        return (x, hidden), {"sr": sr, "detail": detail}
+
+
+# ----------------------------------------------------------------------------- the model
+class DSSR(nn.Module):
+    """Shallow conv, then T shared-parameter recurrent steps; outputs every step and their mean."""
+    scale: int = 4
+    channels: int = 3
+    features: int = 128
+    structure_blocks: int = 15
+    refine_blocks: int = 5
+    num_iters: int = 4
+    remat: bool = False
+    # Steps per compiled loop iteration (results unchanged).
+    unroll: int = 0  # 0 = auto (layers.scan_unroll: full on CPU, rolled on GPU/TPU)
+
+    @nn.compact
+    def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
+        _checks.check_scale("scale", self.scale, allowed=tuple(RESAMPLER_GEOMETRY))
+        _checks.check_images("lr", lr, channels=(self.channels,))
+        iters = self.num_iters if num_iters is None else num_iters
+        if not isinstance(iters, (int, np.integer)) or isinstance(iters, bool) or iters < 1:
+            raise ValueError(f"num_iters must be a positive int, got {iters!r}")
+        if not isinstance(self.unroll, (int, np.integer)) or self.unroll < 0:
+            raise ValueError(f"unroll must be a non-negative int, got {self.unroll!r}")
+
+        bicubic = resize_bicubic_torch(lr, scale=self.scale)
+        x = conv2d(lr, self.features, 3, name="head")
+
+        step = nn.remat(RecurrentStep, prevent_cse=False) if self.remat else RecurrentStep
+        loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                       in_axes=nn.broadcast, length=int(iters), unroll=scan_unroll(self.unroll, int(iters)))
+        _, outputs = loop(self.scale, self.channels, self.features, self.structure_blocks,
+                          self.refine_blocks, name="step")((x, x), bicubic)
+        outputs["sr_mean"] = jnp.mean(outputs["sr"], axis=0)
+        return outputs
+
+
+# ----------------------------------------------------------------------------- training-loop API
+def create_model(cfg, pca_matrix=None) -> DSSR:
+    """DSSR from `cfg.scale` and `cfg.model` (`name` plus module fields). Kernel-free:
+    `pca_matrix` is accepted for the loop's uniform call and ignored."""
+    del pca_matrix
+    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
+    name = fields.pop("name", None)
+    if name != "dssr":
+        raise ValueError(f"cfg.model.name must be 'dssr' for this module, got {name!r}")
+    allowed = {f for f in DSSR.__dataclass_fields__ if f not in ("parent", "name", "scale")}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"unknown cfg.model fields for dssr: {unknown}; valid: {sorted(allowed)}")
+    return DSSR(scale=int(cfg.scale), **fields)
+
+
+def predict(model: DSSR, variables, lr: Array, num_iters: int | None = None) -> tuple[Array, None]:
+    """The averaged SR image over the T steps (the official test output); no kernel."""
+    return model.apply(variables, lr, num_iters=num_iters)["sr_mean"], None
+
+
+def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) -> tuple[Array, dict]:
+    """Eq. (14): Σ_t w_t (α‖M − M~ᵗ‖₁ + ‖I − Iᵗ‖₁), M = HR − bicubic-up(LR), mean-reduced L1.
+
+    `cfg.loss.detail_weight` is α (default 1); `cfg.loss.iter_weights` the w_t (default: all
+    ones, the paper's plain sum over steps).
+    """
+    loss_cfg = cfg.get("loss", None) or {}
+    alpha = float(loss_cfg.get("detail_weight", 1.0))
+    num_iters = outputs["sr"].shape[0]
+    weights = loss_cfg.get("iter_weights", None)
+    weights = (1.0,) * num_iters if weights is None else weights
+
+    bicubic = resize_bicubic_torch(batch["lr"], scale=int(cfg.scale))
+    target_detail = batch["hr"] - bicubic
+    sr_total, sr_per_iter = losses.iterated_l1(outputs["sr"], batch["hr"], weights)
+    d_total, d_per_iter = losses.iterated_l1(outputs["detail"], target_detail, weights)
+
+    loss = sr_total + alpha * d_total
+    metrics = {"loss": loss, "l1_sr": sr_total, "l1_detail": d_total}
+    if "sr_mean" in outputs:  # reported only: the averaged output is not trained directly
+        metrics["l1_sr_mean"] = losses.l1(outputs["sr_mean"], batch["hr"])
+    for t in range(num_iters):
+        metrics[f"l1_sr_iter{t}"] = sr_per_iter[t]
+        metrics[f"l1_detail_iter{t}"] = d_per_iter[t]
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------- official checkpoints
+KeyMap = dict[str, tuple[tuple[str, ...], str]]
+
+
+def _conv(torch_name: str, flax_path: tuple[str, ...]) -> KeyMap:
+    return {f"{torch_name}.weight": (flax_path + ("kernel",), "conv"),
+            f"{torch_name}.bias": (flax_path + ("bias",), "identity")}
+
+
+def _cascade(torch_prefix: str, flax_path: tuple[str, ...], num_blocks: int) -> KeyMap:
+    out: KeyMap = {}
+    for i in range(num_blocks):
+        for conv in ("conv1", "conv2"):
+            out |= _conv(f"{torch_prefix}.crb.crb.{i}.{conv}", flax_path + (f"block_{i}", conv))
+    return out
+
+
+def _affine(torch_prefix: str, flax_path: tuple[str, ...]) -> KeyMap:
+    out: KeyMap = {}
+    for i in range(4):
+        out |= _conv(f"{torch_prefix}.conv{i + 1}", flax_path + (f"conv_{i}",))
+    return out | _conv(f"{torch_prefix}.conv_gama", flax_path + ("gamma",)) | _conv(
+        f"{torch_prefix}.conv_beta", flax_path + ("beta",))
+
+
+def official_key_map(model: DSSR) -> KeyMap:
+    """Official state-dict key -> (Flax param path, transform) for `model`'s structure.
+
+    The transposed conv `up` maps with "conv" too: its (in, out, k, k) weight reversed is
+    the (k, k, out, in) layout `ConvTranspose` stores.
+    """
+    s = ("step",)
+    out = _conv("conv1", ("head",)) | _conv("compress_in", s + ("compress",))
+    out |= _cascade("feat_ext", s + ("structure",), model.structure_blocks)
+    out |= _conv("up", s + ("up",)) | _conv("conv_recon", s + ("hr_image",)) | _conv("conv2", s + ("detail_embed",))
+    out |= _affine("spatial_trans1", s + ("affine_hr",)) | _affine("spatial_trans2", s + ("affine_lr",))
+    out |= _conv("down", s + ("down",)) | _cascade("feat_refine", s + ("refine",), model.refine_blocks)
+    stages = 2 if model.scale == 4 else 1  # UPNet: conv, shuffle[, conv, shuffle], conv
+    for i in range(stages):
+        out |= _conv(f"UPNet.{2 * i}", s + ("upsampler", f"up_{i}"))
+    return out | _conv(f"UPNet.{2 * stages}", s + ("upsampler", "tail"))
+
+
+def official_buffers(model: DSSR) -> dict[str, tuple[int, ...]]:
+    """The official DSSR state dict holds parameters only."""
+    del model
+    return {}
+
+
+def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    del buffers
+    return {}
+
+
+def official_example_input(model: DSSR) -> tuple[int, ...]:
+    """LR shape for tracing parameter shapes; `model.init(rng, x, num_iters=1)` works."""
+    return (1, 8, 8, model.channels)
+
+
+def official_prepare(model: DSSR, extras: Mapping[str, Any]) -> DSSR:
+    """Nothing in the checkpoint changes the module."""
+    del extras
+    return model
+
+
+def official_param_shapes(model: DSSR):
+    """The Flax parameter shapes, traced without computing anything."""
+    lr = jax.ShapeDtypeStruct(official_example_input(model), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]
+
+
+def official_arch():
+    """The `jaxsr.convert.Arch` entry for DSSR (built from whichever fields Arch has)."""
+    import dataclasses
+    from jaxsr import convert
+    hooks = {"model_type": DSSR, "key_map": official_key_map, "buffers": official_buffers,
+             "extras": official_extras, "prepare": official_prepare, "param_shapes": official_param_shapes,
+             "example_input": official_example_input}
+    return convert.Arch(**{f.name: hooks[f.name] for f in dataclasses.fields(convert.Arch)})
