@@ -265,22 +265,14 @@ def create_model(cfg, pca_matrix=None) -> nn.Module:
 
     The PCA matrix is `pca_matrix` if given, else taken from the config.
     """
-    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    name = fields.pop("name", None)
-    if name not in MODELS:
-        raise ValueError(f"cfg.model.name must be one of {sorted(MODELS)}, got {name!r}")
-    matrix = pca_matrix if pca_matrix is not None else pca_matrix_from_config(fields)
-    fields.pop("pca_path", None)
-    fields.pop("pca_matrix", None)
-    if matrix is None:
+    from jaxsr.models import module_from_config
+    name = cfg.model.get("name")
+    matrix = pca_matrix if pca_matrix is not None else pca_matrix_from_config(cfg.model)
+    if name in MODELS and matrix is None:
         raise ValueError(f"{name} needs a kernel PCA matrix: set cfg.model.pca_path (an .npz with "
                          f"key 'matrix') or cfg.model.pca_matrix")
-    cls = MODELS[name]
-    allowed = {f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "scale", "pca_matrix")}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValueError(f"unknown cfg.model fields for {name}: {unknown}; valid: {sorted(allowed)}")
-    return cls(scale=int(cfg.scale), pca_matrix=matrix, **fields)
+    return module_from_config(MODELS.get(name, DANv1), cfg, names=tuple(MODELS), drop=("pca_path", "pca_matrix"),
+                              pca_matrix=matrix)
 
 
 def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) -> tuple[Array, dict]:

@@ -194,18 +194,10 @@ class DSSR(nn.Module):
 
 # ----------------------------------------------------------------------------- training-loop API
 def create_model(cfg, pca_matrix=None) -> DSSR:
-    """DSSR from `cfg.scale` and `cfg.model` (`name` plus module fields). Kernel-free:
-    `pca_matrix` is accepted for the loop's uniform call and ignored."""
-    del pca_matrix
-    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    name = fields.pop("name", None)
-    if name != "dssr":
-        raise ValueError(f"cfg.model.name must be 'dssr' for this module, got {name!r}")
-    allowed = {f for f in DSSR.__dataclass_fields__ if f not in ("parent", "name", "scale")}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValueError(f"unknown cfg.model fields for dssr: {unknown}; valid: {sorted(allowed)}")
-    return DSSR(scale=int(cfg.scale), **fields)
+    """DSSR from `cfg.scale` and `cfg.model`. Kernel-free: `pca_matrix` is accepted for the
+    loop's uniform call and ignored."""
+    from jaxsr.models import module_from_config
+    return module_from_config(DSSR, cfg, names=("dssr",))
 
 
 def predict(model: DSSR, variables, lr: Array, num_iters: int | None = None) -> tuple[Array, None]:
@@ -309,13 +301,3 @@ def official_param_shapes(model: DSSR):
     """The Flax parameter shapes, traced without computing anything."""
     lr = jax.ShapeDtypeStruct(official_example_input(model), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]
-
-
-def official_arch():
-    """The `jaxsr.convert.Arch` entry for DSSR (built from whichever fields Arch has)."""
-    import dataclasses
-    from jaxsr import convert
-    hooks = {"model_type": DSSR, "key_map": official_key_map, "buffers": official_buffers,
-             "extras": official_extras, "prepare": official_prepare, "param_shapes": official_param_shapes,
-             "example_input": official_example_input}
-    return convert.Arch(**{f.name: hooks[f.name] for f in dataclasses.fields(convert.Arch)})

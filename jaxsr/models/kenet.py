@@ -117,16 +117,9 @@ class KENet(nn.Module):
 
 # ----------------------------------------------------------------------------- training-loop API
 def create_model(cfg, pca_matrix=None) -> KENet:
-    """KENet from `cfg.model` (`name="kenet"` plus module fields)."""
-    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    name = fields.pop("name", None)
-    if name != "kenet":
-        raise ValueError(f"cfg.model.name must be 'kenet' for {__name__}, got {name!r}")
-    allowed = {f for f in KENet.__dataclass_fields__ if f not in ("parent", "name")}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValueError(f"unknown cfg.model fields for kenet: {unknown}; valid: {sorted(allowed)}")
-    return KENet(**fields)
+    """KENet from `cfg.model` (its kernel size fixes the output; no scale field)."""
+    from jaxsr.models import module_from_config
+    return module_from_config(KENet, cfg, names=("kenet",))
 
 
 def predict(model: KENet, variables, lr: Array, num_iters: int | None = None):

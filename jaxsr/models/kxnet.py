@@ -300,20 +300,10 @@ class KXNet(nn.Module):
 
 # ----------------------------------------------------------------------------- training-loop API
 def create_model(cfg, pca_matrix=None) -> KXNet:
-    """KXNet from `cfg.scale` and `cfg.model` (`name="kxnet"` plus module fields).
-
-    `pca_matrix` is accepted for the common signature and ignored: KXNet works on kernels.
-    """
-    del pca_matrix
-    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    name = fields.pop("name", None)
-    if name != "kxnet":
-        raise ValueError(f"cfg.model.name must be 'kxnet' for {__name__}, got {name!r}")
-    allowed = {f for f in KXNet.__dataclass_fields__ if f not in ("parent", "name", "scale")}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValueError(f"unknown cfg.model fields for kxnet: {unknown}; valid: {sorted(allowed)}")
-    return KXNet(scale=int(cfg.scale), **fields)
+    """KXNet from `cfg.scale` and `cfg.model`. `pca_matrix` is accepted for the common
+    signature and ignored: KXNet works on kernels."""
+    from jaxsr.models import module_from_config
+    return module_from_config(KXNet, cfg, names=("kxnet",))
 
 
 def paper_iter_weights(num_iters: int, middle: float = 0.1, last: float = 1.0) -> tuple[float, ...]:

@@ -263,18 +263,9 @@ class USRNet(nn.Module):
 
 # ----------------------------------------------------------------------------- training-loop API
 def create_model(cfg, pca_matrix=None) -> USRNet:
-    """USRNet from `cfg.scale` and `cfg.model` (`name="usrnet"` plus module fields)."""
-    fields = dict(cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else cfg.model)
-    name = fields.pop("name", None)
-    if name != "usrnet":
-        raise ValueError(f"cfg.model.name must be 'usrnet' for {__name__}, got {name!r}")
-    allowed = {f for f in USRNet.__dataclass_fields__ if f not in ("parent", "name", "scale")}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValueError(f"unknown cfg.model fields for usrnet: {unknown}; valid: {sorted(allowed)}")
-    if "features" in fields:
-        fields["features"] = tuple(int(f) for f in fields["features"])
-    return USRNet(scale=int(cfg.scale), **fields)
+    """USRNet from `cfg.scale` and `cfg.model`."""
+    from jaxsr.models import module_from_config
+    return module_from_config(USRNet, cfg, names=("usrnet",))
 
 
 def forward(model: USRNet, variables, batch: Mapping[str, Array]) -> dict[str, Array]:
@@ -380,16 +371,6 @@ def official_param_shapes(model: USRNet):
     """The Flax parameter shapes, traced without computing anything."""
     lr = jax.ShapeDtypeStruct(official_example_input(model), jnp.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), lr)["params"]
-
-
-def official_arch():
-    """The `jaxsr.convert.Arch` entry for USRNet (built from whichever fields Arch has)."""
-    import dataclasses
-    from jaxsr import convert
-    hooks = {"model_type": USRNet, "key_map": official_key_map, "buffers": official_buffers,
-             "extras": official_extras, "prepare": official_prepare, "param_shapes": official_param_shapes,
-             "example_input": official_example_input}
-    return convert.Arch(**{f.name: hooks[f.name] for f in dataclasses.fields(convert.Arch)})
 
 
 def load_official(path: str, scale: int, variant: str = "usrnet") -> tuple[USRNet, dict]:
