@@ -41,22 +41,14 @@ def tiny(cfg):
     cfg.scale = 2
     cfg.degradation.preset = "setting1"
     cfg.model.update(dict(features=8, structure_blocks=1, refine_blocks=1, num_iters=2))
-    cfg.data.update(dict(patch_size=12, batch_size=4, val_size=48, val_images=2, num_threads=1))
-    cfg.train.update(dict(steps=6, learning_rate=1e-3, lr_milestones=(4,), log_every=2, eval_every=3,
-                          checkpoint_every=3, keep_checkpoints=2))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "tiny")
 
 
 def cpu(cfg):
     cfg.scale = 2
     cfg.degradation.preset = "setting1"
     cfg.model.update(dict(features=32, structure_blocks=3, refine_blocks=2, num_iters=2))
-    cfg.data.update(dict(patch_size=24, batch_size=8, val_size=192, val_images=3, num_threads=2))
-    cfg.train.update(dict(steps=1500, learning_rate=5e-4, lr_milestones=(1000,), log_every=50, eval_every=500,
-                          checkpoint_every=250))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "cpu")
 
 
 VARIANTS = {

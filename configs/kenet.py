@@ -49,21 +49,14 @@ def paper(cfg, scale: int):
 def tiny(cfg):
     _degradation(cfg, 2)
     cfg.model.update(dict(features=4, fc_features=16))
-    cfg.data.update(dict(patch_size=16, batch_size=4, val_size=48, val_images=2, num_threads=1))
-    cfg.train.update(dict(steps=6, learning_rate=1e-3, lr_milestones=(4,), log_every=2, eval_every=3,
-                          checkpoint_every=3, keep_checkpoints=2))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "tiny", data=dict(patch_size=16))
 
 
 def cpu(cfg):
     _degradation(cfg, 2)
     cfg.model.update(dict(features=16, fc_features=256))
-    cfg.data.update(dict(patch_size=48, batch_size=16, val_size=192, val_images=3, num_threads=2))
-    cfg.train.update(dict(steps=1500, learning_rate=1e-3, lr_milestones=(1000,), lr_gamma=0.1, b2=0.999,
-                          log_every=50, eval_every=500, checkpoint_every=250))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "cpu", data=dict(patch_size=48, batch_size=16),
+                                train=dict(learning_rate=1e-3, lr_gamma=0.1, b2=0.999))
 
 
 VARIANTS = {"x2": lambda c: paper(c, 2), "x4": lambda c: paper(c, 4), "tiny": tiny, "cpu": cpu}

@@ -50,21 +50,13 @@ def paper(cfg, scale: int, preset: str):
 def tiny(cfg):
     _degradation(cfg, 2, "kxnet2")
     cfg.model.update(dict(num_stages=2, aux_x_features=4, aux_k_features=4, prox_blocks=1))
-    cfg.data.update(dict(patch_size=12, batch_size=4, val_size=48, val_images=2, num_threads=1))
-    cfg.train.update(dict(steps=6, learning_rate=1e-3, lr_milestones=(4,), log_every=2, eval_every=3,
-                          checkpoint_every=3, keep_checkpoints=2))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "tiny")
 
 
 def cpu(cfg):
     _degradation(cfg, 2, "kxnet2")
     cfg.model.update(dict(num_stages=4, aux_x_features=16, aux_k_features=8, prox_blocks=2))
-    cfg.data.update(dict(patch_size=24, batch_size=8, val_size=192, val_images=3, num_threads=2))
-    cfg.train.update(dict(steps=1500, learning_rate=5e-4, lr_milestones=(1000,), log_every=50, eval_every=500,
-                          checkpoint_every=250))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "cpu")
 
 
 VARIANTS = {

@@ -44,11 +44,7 @@ def tiny(cfg):
     cfg.degradation.preset = "kenet"
     cfg.degradation.kernel_size = 11
     cfg.model.update(dict(num_iters=2, features=(4, 4, 8, 8), num_blocks=1, hyper_features=8))
-    cfg.data.update(dict(patch_size=12, batch_size=4, val_size=48, val_images=2, num_threads=1))
-    cfg.train.update(dict(steps=6, learning_rate=1e-3, lr_milestones=(4,), log_every=2, eval_every=3,
-                          checkpoint_every=3, keep_checkpoints=2))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "tiny")
 
 
 def cpu(cfg):
@@ -56,11 +52,7 @@ def cpu(cfg):
     cfg.degradation.preset = "kenet"
     cfg.degradation.kernel_size = 11
     cfg.model.update(dict(num_iters=4, features=(16, 32, 64, 64), num_blocks=1, hyper_features=32))
-    cfg.data.update(dict(patch_size=24, batch_size=8, val_size=192, val_images=3, num_threads=2))
-    cfg.train.update(dict(steps=1500, learning_rate=5e-4, lr_milestones=(1000,), b2=0.999, log_every=50,
-                          eval_every=500, checkpoint_every=250))
-    cfg.eval.dirs = ("../shared/data/Set5",)
-    return cfg
+    return config_lib.small_run(cfg, "cpu", train=dict(b2=0.999))
 
 
 VARIANTS = {

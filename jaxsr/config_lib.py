@@ -108,3 +108,25 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         if int(cfg.train[key]) < 1:
             raise ValueError(f"config key train.{key} must be >= 1, got {cfg.train[key]}")
+
+
+SMALL_RUNS = {
+    # seconds on a CPU: what the tests train
+    "tiny": (dict(patch_size=12, batch_size=4, val_size=48, val_images=2, num_threads=1),
+             dict(steps=6, learning_rate=1e-3, lr_milestones=(4,), log_every=2, eval_every=3,
+                  checkpoint_every=3, keep_checkpoints=2)),
+    # about 10 minutes on 2 CPU cores: enough for a visible gain over bicubic
+    "cpu": (dict(patch_size=24, batch_size=8, val_size=192, val_images=3, num_threads=2),
+            dict(steps=1500, learning_rate=5e-4, lr_milestones=(1000,), log_every=50, eval_every=500,
+                 checkpoint_every=250)),
+}
+
+
+def small_run(cfg: ml_collections.ConfigDict, kind: str, data=None, train=None) -> ml_collections.ConfigDict:
+    """The data/train/eval settings every config's `tiny` and `cpu` variants share (bundled photos,
+    Set5 for eval), with per-model `data` / `train` overrides."""
+    base_data, base_train = SMALL_RUNS[kind]
+    cfg.data.update({**base_data, **(data or {})})
+    cfg.train.update({**base_train, **(train or {})})
+    cfg.eval.dirs = ("../shared/data/Set5",)
+    return cfg

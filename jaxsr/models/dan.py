@@ -173,7 +173,7 @@ class _DAN(nn.Module):
 
     def _estimate(self, sr: Array, lr: Array, matrix: Array) -> tuple[Array, Array]:
         """Returns (code, kernel) from the Estimator."""
-        raise NotImplementedError
+        raise NotImplementedError("subclasses (DANv1, DANv2) define the Estimator step")
 
     def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
         matrix = jnp.asarray(self._validate())
