@@ -12,7 +12,6 @@ an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
