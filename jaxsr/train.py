@@ -355,6 +355,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 log("step %d validation: %s", step, ", ".join(f"{k[4:]} {v:.4g}" for k, v in last_val.items()))
             if step % cfg.train.checkpoint_every == 0 or step == total:
                 flush_metrics(step)  # never checkpoint past a non-finite step
+                # Orbax writes JSON items from the first host only. That suffices: every host's
+                # iterator is at the same position ({"next_index": step * local_batch}).
                 ckpt.save(step, state, data_iter.get_state(), meta, force=step == total)
     finally:
         if interactive:
