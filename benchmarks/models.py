@@ -206,8 +206,9 @@ def summary(rec: dict, args) -> str:
             + f" | compile {rec['compile_s']:.2f}s | latency median {rec['latency_median_s'] * 1e3:.2f} ms"
             f" | fwd mem {_mib(rec['forward_memory'])} MiB")
     if not args.skip_train_memory:
-        text += (f" | train-step mem {_mib(rec['train_memory_plain'])} MiB,"
-                 f" with remat {_mib(rec['train_memory_remat'])} MiB")
+        text += f" | train-step mem {_mib(rec['train_memory_plain'])} MiB"
+        if "train_memory_remat" in rec:  # models without a remat field (KENet) have one number
+            text += f", with remat {_mib(rec['train_memory_remat'])} MiB"
     return text
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
-from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d, scan_unroll
+from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks, pca
 
 Array = jax.Array
@@ -194,11 +194,11 @@ class _DAN(nn.Module):
             code, kernel = mdl._estimate(jax.lax.stop_gradient(sr), lr_in, matrix)
             return code, {"sr": sr, "kernel": kernel, "code": code}
 
+        unroll = scan_unroll(self.scan_unroll, int(iters))
         if self.remat:
-            step = nn.remat(step, prevent_cse=False)
+            step = remat_cell(step, unroll)
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=nn.broadcast, length=int(iters),
-                       unroll=scan_unroll(self.scan_unroll, int(iters)))
+                       in_axes=nn.broadcast, length=int(iters), unroll=unroll)
         _, outputs = loop(self, code0, lr)
         return outputs
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
-from jaxsr.models.layers import (TORCH_KERNEL_INIT, scan_unroll, Upsampler, conv2d, leaky_relu, pixel_shuffle,
+from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, scan_unroll, Upsampler, conv2d, leaky_relu, pixel_shuffle,
                                  torch_default_bias_init)
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import resize_bicubic_torch
@@ -183,9 +183,10 @@ class DSSR(nn.Module):
         bicubic = resize_bicubic_torch(lr, scale=self.scale)
         x = conv2d(lr, self.features, 3, name="head")
 
-        step = nn.remat(RecurrentStep, prevent_cse=False) if self.remat else RecurrentStep
+        unroll = scan_unroll(self.unroll, int(iters))
+        step = remat_cell(RecurrentStep, unroll) if self.remat else RecurrentStep
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=nn.broadcast, length=int(iters), unroll=scan_unroll(self.unroll, int(iters)))
+                       in_axes=nn.broadcast, length=int(iters), unroll=unroll)
         _, outputs = loop(self.scale, self.channels, self.features, self.structure_blocks,
                           self.refine_blocks, name="step")((x, x), bicubic)
         outputs["sr_mean"] = jnp.mean(outputs["sr"], axis=0)

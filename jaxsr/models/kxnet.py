@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
-from jaxsr.models.layers import conv2d, pixel_shuffle, scan_unroll
+from jaxsr.models.layers import conv2d, pixel_shuffle, remat_cell, scan_unroll
 from jaxsr.ops import _checks, degrade
 from jaxsr.ops.imresize import resize_bicubic_torch
 
@@ -282,9 +282,10 @@ class KXNet(nn.Module):
         aux_k0 = jnp.broadcast_to(jnp.transpose(kernel_map, (1, 2, 0)),
                                   (n, size, size, self.aux_k_features)).astype(lr.dtype)
 
-        stage = nn.remat(KXStage, prevent_cse=False) if self.remat else KXStage
+        unroll = scan_unroll(self.unroll, iters)
+        stage = remat_cell(KXStage, unroll) if self.remat else KXStage
         loop = nn.scan(stage, variable_axes={"params": 0}, split_rngs={"params": True},
-                       in_axes=nn.broadcast, length=iters, unroll=scan_unroll(self.unroll, iters))
+                       in_axes=nn.broadcast, length=iters, unroll=unroll)
         if iters < self.num_stages:  # run the first `iters` stages with their own parameters
             loop = nn.map_variables(loop, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:iters], v))
         stages = loop(s, size, self.kernel_replicas, self.prox_blocks, name="stages")

@@ -64,6 +64,12 @@ def scan_unroll(setting: int, length: int) -> int:
     return max(length, 1) if jax.default_backend() == "cpu" else 1
 
 
+def remat_cell(cell, unroll: int):
+    """`nn.remat` for an iteration cell. Inside a rolled scan XLA cannot CSE the recomputation
+    away, so no barrier is needed; unrolled, it would, undoing the memory saving."""
+    return nn.remat(cell, prevent_cse=unroll > 1)
+
+
 def leaky_relu(x: Array) -> Array:
     return nn.leaky_relu(x, negative_slope=0.2)
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
-from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, scan_unroll
+from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks
 
 Array = jax.Array
@@ -252,11 +252,11 @@ class USRNet(nn.Module):
             x = mdl.prior(jnp.concatenate([z, beta_map], axis=-1))
             return x, x
 
+        unroll = scan_unroll(self.scan_unroll, int(iters))
         if self.remat:
-            stage = nn.remat(stage, prevent_cse=False)
+            stage = remat_cell(stage, unroll)
         loop = nn.scan(stage, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=(0, nn.broadcast, nn.broadcast), length=int(iters),
-                       unroll=scan_unroll(self.scan_unroll, int(iters)))
+                       in_axes=(0, nn.broadcast, nn.broadcast), length=int(iters), unroll=unroll)
         _, srs = loop(self, x0, (alphas, betas), fb, fbfy)
         return {"sr": srs}
 
