@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
         steps=400_000, learning_rate=2e-4, lr_milestones=(100_000, 200_000, 300_000), lr_gamma=0.5,
         b1=0.9, b2=0.99, weight_decay=0.0, grad_clip=0.0,
         log_every=100, eval_every=5_000, checkpoint_every=5_000, keep_checkpoints=3,
-        async_checkpoints=True, remat=False))
+        async_checkpoints=True))
 
     cfg.eval = ml_collections.ConfigDict(dict(
         protocol="gaussian8", dirs=("../shared/data/Set5",), noise=0.0, bucket=16, max_batch=8,
