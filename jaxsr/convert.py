@@ -129,9 +129,18 @@ def dan_prepare(model: dan._DAN, extras: Mapping[str, Any]) -> dan._DAN:
     return model
 
 
-def dan_param_shapes(model: dan._DAN):
-    lr = jax.ShapeDtypeStruct((1, 8, 8, model.channels), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]
+def traced_param_shapes(model):
+    """The params shape tree from `model.init` on a small LR, traced without computing anything.
+    The LR is large enough for the model's kernel at its scale (KXNet pads by k // 2 in HR)."""
+    side = max(8, getattr(model, "kernel_size", 0) // (2 * getattr(model, "scale", 1)) + 1)
+    lr = jax.ShapeDtypeStruct((1, side, side, model.channels), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), lr)["params"]
+
+
+def unchanged(model, extras):
+    """`Arch.prepare` for models whose structure the checkpoint's buffers do not change."""
+    del extras
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,21 +150,19 @@ class Arch:
     key_map: Callable[[Any], KeyMap]                                  # model -> torch key -> Flax leaf
     buffers: Callable[[Any], dict[str, tuple[int, ...]]]              # model -> buffer key -> shape
     extras: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]      # buffers -> extras
-    prepare: Callable[[Any, Mapping[str, Any]], Any]                  # (model, extras) -> model to trace
-    param_shapes: Callable[[Any], Any]                                # model -> params shape tree
+    prepare: Callable[[Any, Mapping[str, Any]], Any] = unchanged      # (model, extras) -> model to trace
+    param_shapes: Callable[[Any], Any] = traced_param_shapes          # model -> params shape tree
     # (state dict, model) -> state dict in the key map's layout (e.g. KXNet's per-stage keys stacked)
     prepare_state_dict: Callable[[Mapping[str, np.ndarray], Any], Mapping[str, np.ndarray]] | None = None
 
 
 ARCHS: dict[str, Arch] = {
-    "danv1": Arch(dan.DANv1, danv1_key_map, dan_buffers, dan_extras, dan_prepare, dan_param_shapes),
-    "danv2": Arch(dan.DANv2, danv2_key_map, dan_buffers, dan_extras, dan_prepare, dan_param_shapes),
+    "danv1": Arch(dan.DANv1, danv1_key_map, dan_buffers, dan_extras, dan_prepare),
+    "danv2": Arch(dan.DANv2, danv2_key_map, dan_buffers, dan_extras, dan_prepare),
     "kxnet": Arch(kxnet.KXNet, kxnet.official_key_map, kxnet.official_buffers, kxnet.official_extras,
-                  kxnet.official_prepare, kxnet.official_param_shapes, kxnet.stack_official_stages),
-    "dssr": Arch(dssr.DSSR, dssr.official_key_map, dssr.official_buffers, dssr.official_extras,
-                 dssr.official_prepare, dssr.official_param_shapes),
-    "usrnet": Arch(usrnet.USRNet, usrnet.official_key_map, usrnet.official_buffers, usrnet.official_extras,
-                   usrnet.official_prepare, usrnet.official_param_shapes),
+                  prepare_state_dict=kxnet.stack_official_stages),
+    "dssr": Arch(dssr.DSSR, dssr.official_key_map, dssr.official_buffers, dssr.official_extras),
+    "usrnet": Arch(usrnet.USRNet, usrnet.official_key_map, usrnet.official_buffers, usrnet.official_extras),
 }
 
 

@@ -285,20 +285,3 @@ def official_buffers(model: DSSR) -> dict[str, tuple[int, ...]]:
 def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
     del buffers
     return {}
-
-
-def official_example_input(model: DSSR) -> tuple[int, ...]:
-    """LR shape for tracing parameter shapes; `model.init(rng, x, num_iters=1)` works."""
-    return (1, 8, 8, model.channels)
-
-
-def official_prepare(model: DSSR, extras: Mapping[str, Any]) -> DSSR:
-    """Nothing in the checkpoint changes the module."""
-    del extras
-    return model
-
-
-def official_param_shapes(model: DSSR):
-    """The Flax parameter shapes, traced without computing anything."""
-    lr = jax.ShapeDtypeStruct(official_example_input(model), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]

@@ -420,21 +420,3 @@ def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
     if "kernel_map0" in buffers:
         return {"initial_aux_kernel_map": np.asarray(buffers["kernel_map0"], np.float32)}
     return {}
-
-
-def official_example_input(model: KXNet) -> tuple[int, ...]:
-    """An LR shape large enough for any kernel size at any scale (only its shapes are traced)."""
-    side = max(8, model.kernel_size // (2 * model.scale) + 1)
-    return (1, side, side, model.channels)
-
-
-def official_prepare(model: KXNet, extras: Mapping[str, Any]) -> KXNet:
-    """Nothing in the checkpoint's buffers changes the module; it is traced as it is."""
-    del extras
-    return model
-
-
-def official_param_shapes(model: KXNet):
-    """The params shape tree (`init` creates all `num_stages` stages whatever `num_iters`)."""
-    lr = jax.ShapeDtypeStruct(official_example_input(model), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, num_iters=1), lr)["params"]

@@ -357,22 +357,6 @@ def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {}
 
 
-def official_example_input(model: USRNet) -> tuple[int, ...]:
-    """LR shape for tracing parameter shapes; `model.init(rng, x, num_iters=1)` works (Dirac kernel)."""
-    return (1, 8, 8, model.channels)
-
-
-def official_prepare(model: USRNet, extras: Mapping[str, Any]) -> USRNet:
-    """Nothing in the checkpoint changes the module."""
-    return model
-
-
-def official_param_shapes(model: USRNet):
-    """The Flax parameter shapes, traced without computing anything."""
-    lr = jax.ShapeDtypeStruct(official_example_input(model), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), lr)["params"]
-
-
 def load_official(path: str, scale: int, variant: str = "usrnet") -> tuple[USRNet, dict]:
     """(model, params) from an official USRNet/USRGAN .pth (needs torch and the "usrnet" entry
     in `jaxsr.convert.ARCHS`). variant: "usrnet" (also USRGAN) or "usrnet_tiny"."""
