@@ -54,15 +54,7 @@ def cpu(cfg):
     return config_lib.small_run(cfg, "cpu", train=dict(steps=3000, lr_milestones=(2000, 2500)))
 
 
-VARIANTS = {
-    "setting1_x2": lambda c: paper(c, 2, "setting1"),
-    "setting1_x3": lambda c: paper(c, 3, "setting1"),
-    "setting1_x4": lambda c: paper(c, 4, "setting1"),
-    "setting2_x2": lambda c: paper(c, 2, "setting2", kernel_size=11),
-    "setting2_x4": lambda c: paper(c, 4, "setting2", kernel_size=21),
-    "tiny": tiny,
-    "cpu": cpu,
-}
+VARIANTS = {**config_lib.setting_variants(paper), "tiny": tiny, "cpu": cpu}
 
 
 def get_config(arg=None):

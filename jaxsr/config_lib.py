@@ -72,6 +72,15 @@ def degradation_spec(cfg: ml_collections.ConfigDict) -> degrade.DegradationSpec:
     raise ValueError(f"config key degradation.preset must be one of {DEGRADATION_PRESETS}, got {preset!r}")
 
 
+def setting_variants(paper) -> dict:
+    """The five paper variants DAN and DSSR train: setting1_x2|x3|x4 (21x21) and setting2_x2 (11x11)
+    | setting2_x4 (21x21); `paper(cfg, scale, preset, kernel_size=21)` applies one."""
+    variants = {f"setting1_x{s}": (lambda c, s=s: paper(c, s, "setting1")) for s in (2, 3, 4)}
+    variants.update({f"setting2_x{s}": (lambda c, s=s, k=k: paper(c, s, "setting2", kernel_size=k))
+                     for s, k in ((2, 11), (4, 21))})
+    return variants
+
+
 def select_variant(variants: dict, arg: str | None, file: str):
     """Look up `--config=<file>:<arg>`; an unknown name lists the valid ones."""
     name = arg or "cpu"
