@@ -168,7 +168,7 @@ class DSSR(nn.Module):
     num_iters: int = 4
     remat: bool = False
     # Steps per compiled loop iteration (results unchanged).
-    unroll: int = 0  # 0 = auto (layers.scan_unroll: full on CPU, rolled on GPU/TPU)
+    scan_unroll: int = 0  # 0 = auto (layers.scan_unroll: full on CPU, rolled on GPU/TPU)
 
     @nn.compact
     def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
@@ -177,13 +177,13 @@ class DSSR(nn.Module):
         iters = self.num_iters if num_iters is None else num_iters
         if not isinstance(iters, (int, np.integer)) or isinstance(iters, bool) or iters < 1:
             raise ValueError(f"num_iters must be a positive int, got {iters!r}")
-        if not isinstance(self.unroll, (int, np.integer)) or self.unroll < 0:
-            raise ValueError(f"unroll must be a non-negative int, got {self.unroll!r}")
+        if not isinstance(self.scan_unroll, (int, np.integer)) or self.scan_unroll < 0:
+            raise ValueError(f"scan_unroll must be a non-negative int, got {self.scan_unroll!r}")
 
         bicubic = resize_bicubic_torch(lr, scale=self.scale)
         x = conv2d(lr, self.features, 3, name="head")
 
-        unroll = scan_unroll(self.unroll, int(iters))
+        unroll = scan_unroll(self.scan_unroll, int(iters))
         step = remat_cell(RecurrentStep, unroll) if self.remat else RecurrentStep
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=nn.broadcast, length=int(iters), unroll=unroll)

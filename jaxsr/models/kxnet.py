@@ -240,17 +240,17 @@ class KXNet(nn.Module):
     prox_blocks: int = 4
     aux_kernel_init: str = "aniso"
     remat: bool = False
-    unroll: int = 0  # stages per XLA loop iteration; 0 = auto (layers.scan_unroll: full on CPU)
+    scan_unroll: int = 0  # stages per XLA loop iteration; 0 = auto (layers.scan_unroll: full on CPU)
 
     def _check(self, lr: Array, num_iters) -> int:
         _checks.check_scale("scale", self.scale)
         _checks.check_odd_size("kernel_size", self.kernel_size)
         if self.aux_kernel_init not in AUX_KERNEL_INITS:
             raise ValueError(f"aux_kernel_init must be one of {AUX_KERNEL_INITS}, got {self.aux_kernel_init!r}")
-        for name in ("num_stages", "aux_x_features", "aux_k_features", "kernel_replicas", "unroll"):
+        for name in ("num_stages", "aux_x_features", "aux_k_features", "kernel_replicas", "scan_unroll"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < (0 if name == "unroll" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'unroll' else 'positive'} int, "
+            if not isinstance(value, (int, np.integer)) or value < (0 if name == "scan_unroll" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'scan_unroll' else 'positive'} int, "
                                  f"got {value!r}")
         with jax.ensure_compile_time_eval():  # NaN check on concrete inputs even under jit
             _checks.check_images("lr", lr, channels=(self.channels,))
@@ -282,7 +282,7 @@ class KXNet(nn.Module):
         aux_k0 = jnp.broadcast_to(jnp.transpose(kernel_map, (1, 2, 0)),
                                   (n, size, size, self.aux_k_features)).astype(lr.dtype)
 
-        unroll = scan_unroll(self.unroll, iters)
+        unroll = scan_unroll(self.scan_unroll, iters)
         stage = remat_cell(KXStage, unroll) if self.remat else KXStage
         loop = nn.scan(stage, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=nn.broadcast, length=iters, unroll=unroll)

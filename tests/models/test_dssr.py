@@ -110,8 +110,8 @@ def test_bad_arguments_raise_value_error(tiny_vars):
         model.apply(tiny_vars, jnp.zeros((6, 7, 3)))
     with pytest.raises(ValueError, match="num_iters"):
         model.apply(tiny_vars, rand((1, 6, 7, 3)), num_iters=0)
-    with pytest.raises(ValueError, match="unroll"):
-        model.clone(unroll=-1).apply(tiny_vars, rand((1, 6, 7, 3)))
+    with pytest.raises(ValueError, match="scan_unroll"):
+        model.clone(scan_unroll=-1).apply(tiny_vars, rand((1, 6, 7, 3)))
     with pytest.raises(ValueError, match="scale"):
         jax.eval_shape(tiny(scale=1).init, jax.random.key(0), jnp.zeros((1, 6, 7, 3)))
 
@@ -145,7 +145,7 @@ def test_unroll_and_remat_change_nothing_numerically(tiny_vars):
 
     @jax.jit
     def run(v):
-        return [m.apply(v, lr, num_iters=3) for m in (tiny(), tiny(unroll=3), tiny(remat=True, unroll=2))]
+        return [m.apply(v, lr, num_iters=3) for m in (tiny(), tiny(scan_unroll=3), tiny(remat=True, scan_unroll=2))]
 
     plain, *others = run(tiny_vars)
     for other in others:
