@@ -2,14 +2,14 @@
 Estimator that outputs the kernel itself. Same variants and training recipe as configs/dan.py
 (`setting1_x2|x3|x4`, `setting2_x2|x4`, `tiny`, `cpu`); the loss is L1 on SR + L1 on the kernel.
 """
-import importlib.util
 import os
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("jaxsr_configs_dan", os.path.join(os.path.dirname(__file__), "dan.py"))
-dan = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dan)
+from jaxsr import config_lib
+
+dan = config_lib.load_module(os.path.join(os.path.dirname(__file__), "dan.py"))
+VARIANTS = dan.VARIANTS
 
 
 def model_config() -> ml_collections.ConfigDict:

@@ -26,34 +26,21 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     return m
 
 
-def _degradation(cfg, scale: int):
-    cfg.scale = scale
-    cfg.degradation.preset = "kenet"
-    size = config_lib.degradation_spec(cfg).kernel_size
-    cfg.degradation.kernel_size = size
-    cfg.model.kernel_size = size
-    return cfg
-
-
 def paper(cfg, scale: int):
-    _degradation(cfg, scale)
-    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR"),
-                         val_dirs=("../shared/data/Set5",), patch_size=96, batch_size=64,
-                         cache=False, num_threads=16))
+    config_lib.use_preset(cfg, scale, "kenet")
     cfg.train.update(dict(steps=600_000, learning_rate=1e-2, lr_milestones=(200_000, 400_000), lr_gamma=0.1,
                           b1=0.9, b2=0.999))
-    cfg.eval.dirs = ("../shared/data/Set5", "../shared/data/Set14")
-    return cfg
+    return config_lib.paper_data(cfg, patch_size=96, batch_size=64)
 
 
 def tiny(cfg):
-    _degradation(cfg, 2)
+    config_lib.use_preset(cfg, 2, "kenet")
     cfg.model.update(dict(features=4, fc_features=16))
     return config_lib.small_run(cfg, "tiny", data=dict(patch_size=16))
 
 
 def cpu(cfg):
-    _degradation(cfg, 2)
+    config_lib.use_preset(cfg, 2, "kenet")
     cfg.model.update(dict(features=16, fc_features=256))
     return config_lib.small_run(cfg, "cpu", data=dict(patch_size=48, batch_size=16),
                                 train=dict(learning_rate=1e-3, lr_gamma=0.1, b2=0.999))

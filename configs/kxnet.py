@@ -10,7 +10,7 @@ which is used here. Degradations use the s-fold downsampler (presets "kxnet1", "
                                             test protocol "kxnet" (8 kernels; add noise with
                                             --config.eval.noise=15)
   tiny                                      seconds on a CPU; for tests
-  cpu                                       ~10 minutes on 2 CPU cores (x2, setting 2, 4 small stages)
+  cpu                                       ~7 minutes on 2 CPU cores (x2, setting 2, 4 small stages)
 The kernel size always follows the degradation preset. Point `data.train_dirs` at your
 DIV2K/Flickr2K HR folders for the paper settings.
 """
@@ -28,12 +28,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def _degradation(cfg, scale: int, preset: str):
-    cfg.scale = scale
-    cfg.degradation.preset = preset
-    cfg.degradation.noise_range = (0.0, 25.0 if preset == "kxnet2" else 0.0)
-    size = config_lib.degradation_spec(cfg).kernel_size
-    cfg.degradation.kernel_size = size
-    cfg.model.kernel_size = size
+    config_lib.use_preset(cfg, scale, preset)
     cfg.model.aux_kernel_init = "iso" if preset == "kxnet1" else "aniso"  # the official auxi_batch_*.pth
     cfg.eval.protocol = "gaussian8" if preset == "kxnet1" else "kxnet"
     return cfg
@@ -41,10 +36,7 @@ def _degradation(cfg, scale: int, preset: str):
 
 def paper(cfg, scale: int, preset: str):
     _degradation(cfg, scale, preset)
-    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR"),
-                         val_dirs=("../shared/data/Set5",), cache=False, num_threads=16))
-    cfg.eval.dirs = ("../shared/data/Set5", "../shared/data/Set14")
-    return cfg
+    return config_lib.paper_data(cfg)
 
 
 def tiny(cfg):

@@ -5,7 +5,7 @@ import os
 
 import jax
 
-from jaxsr import config_lib, models, train as train_lib
+from jaxsr import predict as predict_lib, train as train_lib
 from jaxsr.data import datasets
 
 
@@ -19,28 +19,10 @@ def train(cfg, workdir: str) -> dict:
     return result
 
 
-def load_predictor(cfg, workdir: str, official: str | None = None):
-    """(predict_fn(lr) -> (sr, kernel), description) from a jaxsr checkpoint or an official .pth."""
-    num_iters = cfg.eval.num_iters if cfg.eval.num_iters > 0 else None
-    cfg = train_lib.prepare_config(cfg)
-    if official:
-        from jaxsr import convert
-        model, params, _ = convert.load_official_checkpoint(official, cfg)
-        source = f"official checkpoint {official}"
-    else:
-        model, params, step = train_lib.restore_params(cfg, workdir)
-        source = f"{workdir} step {step}"
-    model_lib = models.get(cfg.model.name)
-    if hasattr(model_lib, "build_predictor"):  # a model file's own predict_fn (e.g. KENet -> USRNet)
-        return model_lib.build_predictor(cfg, model, params), source
-    predict = train_lib.make_predict_fn(model_lib, model, num_iters)
-    return (lambda lr: predict(params, lr)), source
-
-
 def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     from jaxsr import evaluate as evaluate_lib
-    config_lib.validate(cfg)
-    predict, source = load_predictor(cfg, workdir, official)
+    train_lib.check_config(cfg)
+    predict, source = predict_lib.build(cfg, workdir, official)
     oracle = bool(cfg.eval.get("oracle_kernel", False))  # predict_fn(lr, true kernel): non-blind upper bound
     results = {}
     for folder in cfg.eval.dirs:
@@ -66,7 +48,7 @@ def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | N
     from jaxsr import infer as infer_lib
     if not inputs:
         raise ValueError("--mode=infer needs --input=FILE|FOLDER|GLOB")
-    predict, source = load_predictor(cfg, workdir, official)
+    predict, source = predict_lib.build(cfg, workdir, official)
     written = infer_lib.infer_paths(predict, inputs, out_dir, scale=cfg.scale, tile=cfg.infer.tile,
                                     overlap=cfg.infer.overlap)
     print(f"super-resolved {len(written)} files with {source}")

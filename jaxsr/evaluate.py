@@ -183,6 +183,115 @@ def _with_true_kernels(predict_fn, kernels: np.ndarray, max_batch: int) -> Predi
     return predict
 
 
+@dataclasses.dataclass
+class Case:
+    """One (test kernel, image) pair: the HR target, the LR the model sees, the true kernel."""
+    row: int                    # index of the test kernel (row of the table)
+    label: str
+    image: str
+    hr: np.ndarray              # (H, W, 1 | 3), mod-cropped
+    lr: np.ndarray              # (H/s, W/s, 1 | 3)
+    kernel: np.ndarray | None   # (k, k), None when unknown
+    sr: np.ndarray | None = None
+    estimated_kernel: np.ndarray | None = None
+
+
+def _check_hr(i: int, name: str, image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"hr_images[{i}] ({name!r}) must be (H, W, 1 | 3), got {image.shape}")
+    _checks.check_float(f"hr_images[{i}]", image)
+    _checks.check_finite(f"hr_images[{i}]", image)
+    return image
+
+
+def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], scale: int,
+                  noise: float = 0.0, seed: int = 0) -> list[Case]:
+    """Step 1: every image degraded with every test kernel of the protocol."""
+    cases = []
+    noise_key = jax.random.fold_in(jax.random.key(seed), 1)
+    for i, (name, image) in enumerate(hr_images):
+        hr = io.mod_crop(_check_hr(i, name, image).astype(np.float32), scale)
+        kernels = setup.kernels_for(i)
+        batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
+        if noise > 0:
+            sigma = jnp.full((len(kernels),), noise, jnp.float32)
+            lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma, jax.random.fold_in(noise_key, i))
+        else:
+            lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
+        lr = np.asarray(lr)
+        cases += [Case(k, setup.labels[k], name, hr, lr[k], kernels[k]) for k in range(len(kernels))]
+    return cases
+
+
+def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int, max_batch: int,
+              oracle_kernel: bool = False) -> set[tuple[int, ...]]:
+    """Step 2: the model on every case's LR, one group of equal padded size at a time; fills
+    `case.sr` (cropped back, gray again for gray images) and `case.estimated_kernel`. Returns
+    the set of compiled input shapes."""
+    groups: dict[tuple[int, int], list[Case]] = defaultdict(list)
+    for case in cases:
+        h, w = case.lr.shape[:2]
+        groups[(h + -h % bucket, w + -w % bucket)].append(case)
+    shapes = set()
+    for group in groups.values():
+        inputs = np.stack([pad_to_multiple(_to_rgb(case.lr)[None], bucket)[0] for case in group])
+        shapes.add((min(max_batch, len(group)), *inputs.shape[1:]))
+        if oracle_kernel:
+            missing = [f"{c.image} ({c.label})" for c in group if c.kernel is None]
+            if missing:
+                raise ValueError(f"oracle_kernel=True needs the true kernel of every image; none for {missing}")
+            run = _with_true_kernels(predict_fn, np.stack([c.kernel for c in group]), max_batch)
+        else:
+            run = predict_fn
+        for start, sr_batch, kernel_batch in iter_batches(run, inputs, max_batch):
+            for j, sr in enumerate(sr_batch):
+                case = group[start + j]
+                h, w, channels = case.lr.shape
+                if sr.shape[:2] != (scale * inputs.shape[1], scale * inputs.shape[2]):
+                    raise ValueError(f"predict_fn returned sr of size {sr.shape[:2]} for LR "
+                                     f"input {inputs.shape[1:3]} at scale {scale}")
+                sr = sr[:scale * h, :scale * w]
+                case.sr = sr.mean(axis=-1, keepdims=True) if channels == 1 else sr
+                case.estimated_kernel = None if kernel_batch is None else kernel_batch[j]
+    return shapes
+
+
+def score_case(case: Case, scale: int) -> dict:
+    """Step 3: PSNR/SSIM of the model and of bicubic on Y (border = scale), and the kernel error."""
+    bicubic = np.asarray(_bicubic_up(jnp.asarray(case.lr[None]), float(scale)))[0]
+    bicubic_psnr, bicubic_ssim = _scores(bicubic, case.hr, scale)
+    psnr, ssim = _scores(jnp.asarray(case.sr, jnp.float32), case.hr, scale)
+    record = {"kernel": case.label, "image": case.image, "bicubic_psnr": float(bicubic_psnr),
+              "bicubic_ssim": float(bicubic_ssim), "psnr": float(psnr), "ssim": float(ssim)}
+    if case.estimated_kernel is not None and case.kernel is not None:
+        record.update(kernel_errors(case.estimated_kernel, case.kernel))
+    else:
+        record.update(kernel_mae=None, kernel_psnr=None, kernel_psnr_max=None)
+    return record
+
+
+def summarize(records: list[dict], cases: list[Case], labels: Sequence[str], params: Sequence[dict]) -> dict:
+    """Per-kernel rows and the overall mean of the per-case records."""
+    rows = []
+    for k, (label, row_params) in enumerate(zip(labels, params)):
+        mine = [r for r, c in zip(records, cases) if c.row == k]
+        rows.append({"label": label, "params": row_params, **{m: _mean(mine, m) for m in METRICS}})
+    return {"kernels": rows, "mean": {m: _mean(records, m) for m in METRICS}}
+
+
+def _check_settings(scale, kernel_size, bucket, max_batch, noise) -> int:
+    scale = _checks.check_scale("scale", scale, allowed=(2, 3, 4))
+    if kernel_size is not None:
+        _checks.check_odd_size("kernel_size", kernel_size)
+    for name, value in (("bucket", bucket), ("max_batch", max_batch)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(noise, bool) or not isinstance(noise, Real) or not 0 <= noise <= 255:
+        raise ValueError(f"noise must be in [0, 255] ([0, 255] units), got {noise!r}")
+    return scale
+
+
 def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]], *, scale: int,
              protocol: Protocol, kernel_size: int | None = None, noise: float = 0.0,
              bucket: int = 16, max_batch: int = 8, seed: int = 0, oracle_kernel: bool = False) -> dict:
@@ -200,95 +309,24 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    scale = _checks.check_scale("scale", scale, allowed=(2, 3, 4))
-    if kernel_size is not None:
-        _checks.check_odd_size("kernel_size", kernel_size)
-    for name, value in (("bucket", bucket), ("max_batch", max_batch)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(noise, bool) or not isinstance(noise, Real) or not 0 <= noise <= 255:
-        raise ValueError(f"noise must be in [0, 255] ([0, 255] units), got {noise!r}")
+    scale = _check_settings(scale, kernel_size, bucket, max_batch, noise)
     if len(hr_images) == 0:
         raise ValueError("hr_images is empty")
     setup = _setup(protocol, scale, kernel_size, seed)
-
-    # 1. Degrade every image with every test kernel; score the bicubic baseline.
-    names, hrs, true_kernels = [], [], []
-    records: dict[tuple[int, int], dict] = {}
-    lrs: dict[tuple[int, int], np.ndarray] = {}
-    noise_key = jax.random.fold_in(jax.random.key(seed), 1)
-    for i, (name, image) in enumerate(hr_images):
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] not in (1, 3):
-            raise ValueError(f"hr_images[{i}] ({name!r}) must be (H, W, 1 | 3), got {image.shape}")
-        _checks.check_float(f"hr_images[{i}]", image)
-        _checks.check_finite(f"hr_images[{i}]", image)
-        hr = io.mod_crop(image.astype(np.float32), scale)
-        names.append(name)
-        hrs.append(hr)
-        kernels = setup.kernels_for(i)
-        true_kernels.append(kernels)
-        batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
-        if noise > 0:
-            sigma = jnp.full((len(kernels),), noise, jnp.float32)
-            lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma,
-                          jax.random.fold_in(noise_key, i))
-        else:
-            lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
-        bicubic = np.asarray(_bicubic_up(lr, float(scale)))
-        lr = np.asarray(lr)
-        for k in range(len(kernels)):
-            p, s = _scores(bicubic[k], hr, scale)
-            records[k, i] = {"kernel": setup.labels[k], "image": name,
-                             "bicubic_psnr": float(p), "bicubic_ssim": float(s)}
-            lrs[k, i] = lr[k]
-
-    # 2. Run the model, one group per padded LR size.
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-    for key, lr in lrs.items():
-        h, w = lr.shape[:2]
-        groups[(h + -h % bucket, w + -w % bucket)].append(key)
-    shapes = set()
-    for keys in groups.values():
-        inputs = np.stack([pad_to_multiple(_to_rgb(lrs[key])[None], bucket)[0] for key in keys])
-        shapes.add((min(max_batch, len(keys)), *inputs.shape[1:]))
-        run = (_with_true_kernels(predict_fn, np.stack([true_kernels[i][k] for k, i in keys]), max_batch)
-               if oracle_kernel else predict_fn)
-        for start, sr_batch, kernel_batch in iter_batches(run, inputs, max_batch):
-            for j, sr in enumerate(sr_batch):
-                k, i = keys[start + j]
-                h, w, channels = lrs[k, i].shape
-                if sr.shape[:2] != (scale * inputs.shape[1], scale * inputs.shape[2]):
-                    raise ValueError(f"predict_fn returned sr of size {sr.shape[:2]} for LR "
-                                     f"input {inputs.shape[1:3]} at scale {scale}")
-                sr = sr[:scale * h, :scale * w]
-                if channels == 1:
-                    sr = sr.mean(axis=-1, keepdims=True)
-                p, s = _scores(jnp.asarray(sr, jnp.float32), hrs[i], scale)
-                record = records[k, i]
-                record.update(psnr=float(p), ssim=float(s))
-                if kernel_batch is not None:
-                    record.update(kernel_errors(kernel_batch[j], true_kernels[i][k]))
-                else:
-                    record.update(kernel_mae=None, kernel_psnr=None, kernel_psnr_max=None)
-
-    # 3. Aggregate.
-    per_image = [records[key] for key in sorted(records)]
-    rows = []
-    for k, (label, params) in enumerate(zip(setup.labels, setup.params)):
-        mine = [records[k, i] for i in range(len(names))]
-        rows.append({"label": label, "params": params,
-                     **{m: _mean(mine, m) for m in METRICS}})
+    cases = degrade_cases(setup, hr_images, scale, noise, seed)
+    shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
+    order = sorted(range(len(cases)), key=lambda n: (cases[n].row, n))  # kernel-major, as the tables read
+    cases = [cases[n] for n in order]
+    records = [score_case(case, scale) for case in cases]
     return {
         "protocol": protocol, "scale": scale, "kernel_size": setup.spec.kernel_size,
         "noise": float(noise), "seed": seed, "bucket": bucket, "max_batch": max_batch,
         "oracle_kernel": bool(oracle_kernel),
-        "images": names,
+        "images": [name for name, _ in hr_images],
         "num_compiled_shapes": len(shapes),
         "compiled_shapes": [list(s) for s in sorted(shapes)],
-        "kernels": rows,
-        "per_image": per_image,
-        "mean": {m: _mean(per_image, m) for m in METRICS},
+        "per_image": records,
+        **summarize(records, cases, setup.labels, setup.params),
     }
 
 

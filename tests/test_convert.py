@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
-from jaxsr import convert  # noqa: E402
+from jaxsr import convert, predict, torch_import  # noqa: E402
 from jaxsr.models import dan  # noqa: E402
 
 K, CODE, T = 11, 10, 2
@@ -211,12 +211,18 @@ LR = np.random.default_rng(3).random((2, 3, 7, 10)).astype(np.float32)  # non-sq
 
 
 # ----------------------------------------------------------------------------- tests
+def convert_dan(sd, model):
+    """The generic importer with the DAN file's own official map."""
+    name = "danv1" if isinstance(model, dan.DANv1) else "danv2"
+    return torch_import.convert_state_dict(sd, model, dan.SPECS[name].official)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_converted_weights_reproduce_pytorch(version, scale):
     net = reference(version, scale)
     model = jax_model(version, scale)
-    params, extras = convert.convert_state_dict(state_dict(net, prefix="module."), model)
+    params, extras = convert_dan(state_dict(net, prefix="module."), model)
     np.testing.assert_array_equal(extras["pca_matrix"], pca_matrix())
     assert_same_outputs(net, model.clone(pca_matrix=extras["pca_matrix"]), params, LR)
 
@@ -230,7 +236,7 @@ def test_bad_checkpoints_name_every_offending_key():
     sd["Estimator.out.weight"] = sd["Estimator.out.weight"][:, :, :1]
     sd["encoder"] = sd["encoder"][:, :, :5]
     with pytest.raises(ValueError) as err:
-        convert.convert_state_dict(sd, model)
+        convert_dan(sd, model)
     msg = str(err.value)
     for key in ("missing (1): Restorer.body.1.body.3.body.2.bias", "unexpected (1): Restorer.body.7.body.0.weight",
                 "Estimator.out.weight: checkpoint (10, 16, 1, 3), expected (10, 16, 3, 3)", "encoder"):
@@ -248,7 +254,7 @@ def test_each_kind_of_mismatch_alone_raises(what):
     else:
         sd["Restorer.head2.weight"] = np.zeros((16, 9, 1, 1), np.float32)
     with pytest.raises(ValueError, match=what.replace("misshaped", "mis-shaped")):
-        convert.convert_state_dict(sd, model)
+        convert_dan(sd, model)
 
 
 def test_load_official_checkpoint_and_cli(tmp_path):
@@ -258,7 +264,7 @@ def test_load_official_checkpoint_and_cli(tmp_path):
     path = tmp_path / "danv2_x3.pth"
     torch.save({"module." + k: v for k, v in net.state_dict().items()}, path)
     cfg = ml_collections.ConfigDict({"scale": 3, "model": {"name": "danv2", "kernel_size": K, "num_iters": T, **V2}})
-    model, params, extras = convert.load_official_checkpoint(str(path), cfg)
+    model, params, extras = predict.load_official(str(path), cfg)
     np.testing.assert_array_equal(model.pca_matrix.array, pca_matrix(1))
     assert_same_outputs(net, model, params, LR)
 
@@ -275,16 +281,14 @@ def test_load_official_checkpoint_and_cli(tmp_path):
 
 def test_official_checkpoint_through_the_eval_predictor(tmp_path):
     """`python -m jaxsr.main --mode=eval|infer --official=X.pth` builds its predictor this way."""
-    from jaxsr import cli
-
     net = reference(1, 2, seed=2)
     path = tmp_path / "danv1_x2.pth"
     torch.save(net.state_dict(), path)
     cfg = ml_collections.ConfigDict({"scale": 2, "model": {"name": "danv1", "kernel_size": K, "num_iters": T, **V1},
                                      "eval": {"num_iters": -1}})
-    predict, source = cli.load_predictor(cfg, str(tmp_path), official=str(path))
+    predict_fn, source = predict.build(cfg, str(tmp_path), official=str(path))
     assert str(path) in source
-    sr, kernel = predict(jnp.asarray(LR.transpose(0, 2, 3, 1)))
+    sr, kernel = predict_fn(jnp.asarray(LR.transpose(0, 2, 3, 1)))
     with torch.no_grad():
         srs, _, kernels = (x.numpy() for x in net(torch.from_numpy(LR)))
     assert rel_err(sr, srs[-1].transpose(0, 2, 3, 1)) <= 1e-5

@@ -1,12 +1,12 @@
 """Importing official DSSR weights: a PyTorch model with the official key names and layer
 order (written here from the released code's structure), random weights, converted with
-`jaxsr.convert.convert_state_dict`, must give the same details, per-step and averaged outputs."""
+`jaxsr.torch_import.convert_state_dict`, must give the same details, per-step and averaged outputs."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr import convert
+from jaxsr import torch_import
 from jaxsr.models import dssr
 
 torch = pytest.importorskip("torch")
@@ -100,10 +100,9 @@ class TorchDSSR(tnn.Module):
         return details, outs, sum(outs) / self.steps
 
 
-@pytest.fixture(autouse=True)
-def register_dssr(monkeypatch):
-    """The importer entry is registered in jaxsr.convert.ARCHS; kept as a fixture for the tests' signatures."""
-    return convert.ARCHS["dssr"]
+def convert(sd, model):
+    """The generic importer with the DSSR file's own official map."""
+    return torch_import.convert_state_dict(sd, model, dssr.OFFICIAL)
 
 
 def relative_error(got, want):
@@ -125,7 +124,7 @@ def test_converted_weights_reproduce_the_official_forward(scale):
 
     model = dssr.DSSR(scale=scale, features=16, structure_blocks=2, refine_blocks=1, num_iters=3)
     sd = {f"module.{k}": v for k, v in net.state_dict().items()}  # as saved through DataParallel
-    params, extras = convert.convert_state_dict(sd, model)
+    params, extras = convert(sd, model)
     assert extras == {}
     out = jax.jit(model.apply)({"params": params}, jnp.asarray(lr))
     for t in range(3):
@@ -140,7 +139,7 @@ def test_full_size_checkpoint_maps_every_key():
     net = TorchDSSR(4)
     sd = net.state_dict()
     assert sum(v.numel() for v in sd.values()) == 8_902_278
-    params, _ = convert.convert_state_dict(sd, dssr.DSSR(scale=4))
+    params, _ = convert(sd, dssr.DSSR(scale=4))
     assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params)) == 8_902_278
     # the transposed conv keeps PyTorch's (in, out, k, k) weight, axes reversed
     np.testing.assert_array_equal(params["step"]["up"]["kernel"], sd["up.weight"].numpy().transpose(2, 3, 1, 0))
@@ -151,6 +150,6 @@ def test_mismatched_checkpoint_names_the_keys():
     sd["extra.weight"] = sd.pop("conv2.weight")
     model = dssr.DSSR(scale=2, features=8, structure_blocks=1, refine_blocks=1)
     with pytest.raises(ValueError) as err:
-        convert.convert_state_dict(sd, model)
+        convert(sd, model)
     msg = str(err.value)
     assert "conv2.weight" in msg and "extra.weight" in msg and "feat_ext.crb.crb.1.conv1.weight" in msg

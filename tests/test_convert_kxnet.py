@@ -10,7 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 tnn, F = torch.nn, torch.nn.functional
 
-from jaxsr import convert  # noqa: E402
+import dataclasses  # noqa: E402
+
+from jaxsr import torch_import  # noqa: E402
 from jaxsr.models import kxnet  # noqa: E402
 
 T, AUX_X, AUX_K = 2, 4, 5
@@ -114,11 +116,9 @@ class TorchKXNet(tnn.Module):
 
 # ----------------------------------------------------------------------------- helpers
 @pytest.fixture
-def kx_arch(monkeypatch):
-    """Register KXNet with the converter for this test, whatever fields `convert.Arch` has."""
-    # Without the stacking hook: these tests stack the official per-stage keys themselves.
-    monkeypatch.setitem(convert.ARCHS, "kxnet", convert.Arch(
-        kxnet.KXNet, kxnet.official_key_map, kxnet.official_buffers, kxnet.official_extras))
+def kx_arch():
+    """KXNet's official map without the stacking hook: these tests stack the per-stage keys themselves."""
+    return dataclasses.replace(kxnet.OFFICIAL, prepare_state_dict=None)
 
 
 def jax_model(scale):
@@ -140,7 +140,7 @@ def test_converted_checkpoint_reproduces_pytorch(kx_arch, scale, h, w):
         want_sr, want_k = (a.numpy() for a in tm(torch.from_numpy(y)))
 
     model = jax_model(scale)
-    params, extras = convert.convert_state_dict(kxnet.stack_official_stages(tm.state_dict(), model), model, "kxnet")
+    params, extras = torch_import.convert_state_dict(kxnet.stack_official_stages(tm.state_dict(), model), model, kx_arch)
     np.testing.assert_array_equal(extras["initial_aux_kernel_map"], tm.kernel_map0.detach().numpy())
     n_state = sum(v.numel() for v in tm.state_dict().values())
     n_train = sum(p.numel() for p in tm.parameters() if p.requires_grad)
@@ -159,12 +159,12 @@ def test_module_prefix_and_fewer_stages(kx_arch):
     tm = torch_model(2)
     sd = {f"module.{k}": v for k, v in tm.state_dict().items()}
     model = jax_model(2)
-    params, _ = convert.convert_state_dict(kxnet.stack_official_stages(sd, model), model, "kxnet")
+    params, _ = torch_import.convert_state_dict(kxnet.stack_official_stages(sd, model), model, kx_arch)
     assert params["stages"]["gamma"].shape == (T, 1)
     np.testing.assert_array_equal(params["stages"]["gamma"], tm.gamma_stage.detach().numpy())
     short = model.clone(num_stages=1)
     with pytest.raises(ValueError, match=r"unexpected .*X_stage\.1\.X_ProNet\.resx1\.0\.weight"):
-        convert.convert_state_dict(kxnet.stack_official_stages(sd, short), short, "kxnet")
+        torch_import.convert_state_dict(kxnet.stack_official_stages(sd, short), short, kx_arch)
 
 
 def test_bad_checkpoints_name_the_keys(kx_arch):
@@ -176,10 +176,10 @@ def test_bad_checkpoints_name_the_keys(kx_arch):
         kxnet.stack_official_stages(partial, model)
     wrong = dict(sd, AV_X_ker=np.zeros((AUX_X + 1, 3, 3, 3), np.float32), kernel_map0=np.zeros((3, 7, 7)))
     with pytest.raises(ValueError, match=r"mis-shaped.*AV_X_ker.*kernel_map0"):
-        convert.convert_state_dict(kxnet.stack_official_stages(wrong, model), model, "kxnet")
+        torch_import.convert_state_dict(kxnet.stack_official_stages(wrong, model), model, kx_arch)
     missing = {k: v for k, v in sd.items() if k != "eta_stage"}
     with pytest.raises(ValueError, match=r"missing \(1\): eta_stage"):
-        convert.convert_state_dict(kxnet.stack_official_stages(missing, model), model, "kxnet")
+        torch_import.convert_state_dict(kxnet.stack_official_stages(missing, model), model, kx_arch)
 
 
 def test_official_x4_checkpoint_layout():
@@ -189,7 +189,7 @@ def test_official_x4_checkpoint_layout():
     model = kxnet.KXNet(scale=4, kernel_size=21)
     key_map = kxnet.official_key_map(model)
     assert sum(19 if "*" in k else 1 for k in key_map) == 19 * 2 * 18 + 4
-    flat = jax.tree_util.tree_flatten_with_path(convert.traced_param_shapes(model))[0]
+    flat = jax.tree_util.tree_flatten_with_path(torch_import.traced_param_shapes(model))[0]
     shapes = {tuple(p.key for p in path): leaf.shape for path, leaf in flat}
     assert {path for path, _ in key_map.values()} == set(shapes)
     n = sum(int(np.prod(shape)) for shape in shapes.values())

@@ -1,6 +1,6 @@
 """USRNet checkpoint import: a PyTorch USRNet written here with the official state-dict names
 (`p.m_head`, `p.m_down1.0.res.0`, ..., `h.mlp.4`), random weights, converted with
-`jaxsr.convert.convert_state_dict` and compared output for output."""
+`jaxsr.torch_import.convert_state_dict` and compared output for output."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from jaxsr import convert  # noqa: E402
+from jaxsr import predict as predict_lib, torch_import  # noqa: E402
 from jaxsr.models import kenet as K  # noqa: E402
 from jaxsr.models import usrnet as U  # noqa: E402
 
@@ -105,9 +105,9 @@ SMALL = dict(num_iters=2, features=(8, 8, 16, 16), num_blocks=2, hyper_features=
 
 
 @pytest.fixture
-def usrnet_arch(monkeypatch):
-    """The importer entry is registered in jaxsr.convert.ARCHS; kept as a fixture for the tests' signatures."""
-    return convert.ARCHS["usrnet"]
+def usrnet_arch():
+    """USRNet's official map, from its model file."""
+    return U.OFFICIAL
 
 
 def torch_model(fields, seed=0):
@@ -141,7 +141,7 @@ def run_torch(net, lr, kernel, sigma, scale):
 def test_converted_weights_reproduce_pytorch(scale, usrnet_arch):
     net = torch_model(SMALL, seed=scale)
     model = U.USRNet(scale=scale, **SMALL)
-    params, extras = convert.convert_state_dict(net.state_dict(), model, "usrnet")
+    params, extras = torch_import.convert_state_dict(net.state_dict(), model, usrnet_arch)
     assert extras == {}
     lr, kernel, sigma = inputs(scale, h=9 if scale != 4 else 5, w=7 if scale != 4 else 6, seed=scale)
     want = run_torch(net, lr, kernel, sigma, scale)
@@ -164,7 +164,7 @@ def test_key_map_covers_the_official_names(usrnet_arch):
 def test_mismatched_checkpoint_names_the_keys(usrnet_arch):
     net = torch_model(dict(SMALL, num_blocks=1))
     with pytest.raises(ValueError, match=r"missing .*p\.m_down1\.1\.res\.0\.weight"):
-        convert.convert_state_dict(net.state_dict(), U.USRNet(scale=2, **SMALL), "usrnet")
+        torch_import.convert_state_dict(net.state_dict(), U.USRNet(scale=2, **SMALL), usrnet_arch)
 
 
 def test_official_pth_drives_the_kenet_pipeline(tmp_path, usrnet_arch, monkeypatch):
@@ -181,7 +181,8 @@ def test_official_pth_drives_the_kenet_pipeline(tmp_path, usrnet_arch, monkeypat
     shapes = jax.eval_shape(kenet.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
     rng = np.random.default_rng(0)
     kparams = jax.tree.map(lambda x: jnp.asarray(rng.uniform(-0.3, 0.3, x.shape), jnp.float32), shapes)
-    predict = K.build_predictor(cfg, kenet, kparams)
+    usr_model, usr_params, _, _ = predict_lib.load_restorer(cfg, "usrnet")
+    predict = predict_lib.two_step(predict_lib.bind(K.SPEC, kenet, kparams), predict_lib.bind(U.SPEC, usr_model, usr_params))
     lr, kernel, _ = inputs(2, h=8, w=8, k=7, seed=4)
     sr, est = predict(jnp.asarray(lr))
     assert est.shape == (2, 7, 7)
@@ -192,5 +193,5 @@ def test_official_pth_drives_the_kenet_pipeline(tmp_path, usrnet_arch, monkeypat
     np.testing.assert_allclose(np.asarray(sr_gt), run_torch(net, lr, kernel, np.zeros(2, np.float32), 2),
                                atol=1e-5 * np.abs(want).max(), rtol=0)
     with pytest.raises(ValueError, match="exactly one of"):
-        K.build_predictor(ml_collections.ConfigDict({"scale": 2, "eval": {"noise": 0.0}, "pipeline": {
-            "usrnet_workdir": "", "usrnet_official": ""}}), kenet, kparams)
+        predict_lib.load_restorer(ml_collections.ConfigDict({"scale": 2, "eval": {"noise": 0.0}, "pipeline": {
+            "usrnet_workdir": "", "usrnet_official": ""}}), "usrnet")

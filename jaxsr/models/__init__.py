@@ -1,15 +1,31 @@
 """Flax models, one file per system; shared blocks in `layers.py`.
 
-`REGISTRY` maps `cfg.model.name` to the module that implements it. Each such module exposes
-`create_model(cfg, pca_matrix=None) -> flax.linen.Module` and
-`compute_loss(outputs, batch, cfg) -> (loss, metrics)`; the single training loop in
-`jaxsr.train` needs nothing else.
+Every model file ends with one `ModelSpec` per model name it implements (`SPEC`, or `SPECS`
+for DANv1/DANv2). The spec is the whole contract between a model and the rest of jaxsr:
+
+    create(cfg, pca_matrix=None) -> flax.linen.Module
+    init(model, rng, lr) -> variables                  default: model.init(rng, lr)
+    forward(model, variables, batch) -> outputs         default: model.apply(variables, batch["lr"])
+    loss(outputs, batch, cfg) -> (loss, metrics)
+    predict(model, variables, lr, *, num_iters=None, kernel=None, noise_sigma=None)
+        -> (sr or None, kernel or None)                  default: the last iteration's sr/kernel
+    non_blind: the model restores with a given kernel (validation passes the true one)
+    official: the `jaxsr.torch_import.OfficialMap` of its official PyTorch checkpoints, or None
+    restorer: the name of the non-blind model that turns its kernels into images (KENet)
+
+`jaxsr.train`, `jaxsr.predict` and the converter read specs through `get(name)`; nothing
+probes a model module for optional functions. Model files import only `jaxsr.ops`,
+`jaxsr.losses`, `jaxsr.torch_import` and each other's layers, never the trainer.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from types import ModuleType
+from typing import Any, Callable
 
+import jax
+
+# cfg.model.name -> the file that implements it
 REGISTRY: dict[str, str] = {
     "danv1": "jaxsr.models.dan",
     "danv2": "jaxsr.models.dan",
@@ -20,14 +36,62 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def get(name: str) -> ModuleType:
+def default_init(model, rng, lr):
+    return model.init(rng, lr)
+
+
+def default_forward(model, variables, batch):
+    return model.apply(variables, batch["lr"])
+
+
+def default_predict(model, variables, lr, *, num_iters=None, kernel=None, noise_sigma=None):
+    """The last iteration's SR and kernel of a blind model that returns {"sr", "kernel"?}."""
+    del noise_sigma  # a blind model estimates what it needs
+    if kernel is not None:
+        raise ValueError(f"{type(model).__name__} is a blind model and cannot restore with a given kernel; "
+                         f"the true-kernel bound (eval.oracle_kernel=True) needs a non-blind model such as usrnet")
+    out = model.apply(variables, lr, num_iters=num_iters)
+    return out["sr"][-1], (out["kernel"][-1] if "kernel" in out else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the training loop, eval, infer and the converter know about one model."""
+    name: str
+    create: Callable[..., Any]
+    loss: Callable[..., Any]
+    init: Callable[..., Any] = default_init
+    forward: Callable[..., Any] = default_forward
+    predict: Callable[..., Any] = default_predict
+    non_blind: bool = False
+    official: Any = None          # jaxsr.torch_import.OfficialMap | None
+    # module fields of the published model variants, by name; the first is the default
+    official_variants: dict = dataclasses.field(default_factory=dict)
+    restorer: str | None = None   # a kernel estimator's non-blind partner (cfg.pipeline)
+
+    def jit_predict(self, model, num_iters: int | None = None):
+        """predict(params, lr, kernel=None, noise_sigma=None) -> (sr, kernel), jitted. The
+        parameters are an argument: closed over, XLA would embed them as constants."""
+        return jax.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
+            model, {"params": params}, lr, num_iters=num_iters, kernel=kernel, noise_sigma=noise_sigma))
+
+
+def get(name: str) -> ModelSpec:
+    """The spec of `cfg.model.name`; an unknown name lists the known ones."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown model name {name!r}; known: {sorted(REGISTRY)}")
-    return importlib.import_module(REGISTRY[name])
+        raise ValueError(f"config key model.name must be one of {sorted(REGISTRY)}, got {name!r}")
+    module = importlib.import_module(REGISTRY[name])
+    specs = getattr(module, "SPECS", None) or {module.SPEC.name: module.SPEC}
+    return specs[name]
+
+
+def with_official_checkpoints() -> list[str]:
+    """Model names whose official PyTorch checkpoints can be imported."""
+    return sorted(name for name in REGISTRY if get(name).official is not None)
 
 
 def module_from_config(cls, cfg, *, names: tuple[str, ...], drop: tuple[str, ...] = (), **fixed):
-    """`cls(**cfg.model fields, **fixed)` for the training-loop API's `create_model`.
+    """`cls(**cfg.model fields, **fixed)` for a spec's `create`.
 
     `cfg.model.name` must be one of `names`; keys in `drop` are config-only (e.g. a PCA path);
     an unknown field fails with a message listing the valid ones; lists become tuples so the

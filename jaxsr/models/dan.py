@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -25,8 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
+from jaxsr.models import ModelSpec, module_from_config
 from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks, pca
+from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
 
 Array = jax.Array
 
@@ -265,7 +268,6 @@ def create_model(cfg, pca_matrix=None) -> nn.Module:
 
     The PCA matrix is `pca_matrix` if given, else taken from the config.
     """
-    from jaxsr.models import module_from_config
     name = cfg.model.get("name")
     matrix = pca_matrix if pca_matrix is not None else pca_matrix_from_config(cfg.model)
     if name in MODELS and matrix is None:
@@ -302,3 +304,91 @@ def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) 
         metrics[f"l1_sr_iter{t}"] = sr_per_iter[t]
         metrics[f"{k_name}_iter{t}"] = k_per_iter[t]
     return loss, metrics
+
+
+# ----------------------------------------------------------------------------- official checkpoints
+def _upsampler_map(torch_prefix: str, flax_prefix: tuple[str, ...], scale: int,
+                   sequential_at_x1: bool) -> KeyMap:
+    up = flax_prefix + ("upsampler",)
+    if scale == 1 and not sequential_at_x1:          # DANv2 x1: a bare conv
+        return conv_keys(torch_prefix, up + ("tail",))
+    stages = 2 if scale == 4 else 1                  # conv, shuffle[, conv, shuffle], conv
+    out: KeyMap = {}
+    for i in range(stages):
+        out |= conv_keys(f"{torch_prefix}.{2 * i}", up + (f"up_{i}",))
+    return out | conv_keys(f"{torch_prefix}.{2 * stages}", up + ("tail",))
+
+
+def _crb_map(torch_prefix: str, flax_path: tuple[str, ...]) -> KeyMap:
+    # official CRB body: [conv, LReLU, conv, CA]; CA body: [conv, LReLU, conv, Sigmoid]
+    return (conv_keys(f"{torch_prefix}.body.0", flax_path + ("conv1",))
+            | conv_keys(f"{torch_prefix}.body.2", flax_path + ("conv2",))
+            | conv_keys(f"{torch_prefix}.body.3.body.0", flax_path + ("ca", "squeeze"))
+            | conv_keys(f"{torch_prefix}.body.3.body.2", flax_path + ("ca", "excite")))
+
+
+def _dpcg_map(torch_prefix: str, flax_path: tuple[str, ...], num_blocks: int) -> KeyMap:
+    out: KeyMap = {}
+    for b in range(num_blocks):
+        t, f = f"{torch_prefix}.body.{b}", flax_path + (f"block_{b}",)
+        out |= (conv_keys(f"{t}.body1.0", f + ("main_conv1",)) | conv_keys(f"{t}.body1.2", f + ("main_conv2",))
+                | conv_keys(f"{t}.body2.0", f + ("cond_conv1",)) | conv_keys(f"{t}.body2.2", f + ("cond_conv2",)))
+    return out
+
+
+def danv1_key_map(model: DANv1) -> KeyMap:
+    r, e = ("restorer",), ("estimator",)
+    out = conv_keys("Restorer.head", r + ("head",))
+    for i in range(model.restorer_blocks):
+        out |= _crb_map(f"Restorer.body.{i}", r + (f"block_{i}",))
+    out |= conv_keys("Restorer.fusion", r + ("fusion",))
+    out |= _upsampler_map("Restorer.upscale", r, model.scale, sequential_at_x1=True)
+    out |= conv_keys("Estimator.head_LR", e + ("head_lr",)) | conv_keys("Estimator.head_HR", e + ("head_hr",))
+    for i in range(model.estimator_blocks):
+        out |= _crb_map(f"Estimator.body.{i}", e + (f"block_{i}",))
+    return out | conv_keys("Estimator.out", e + ("out",))
+
+
+def danv2_key_map(model: DANv2) -> KeyMap:
+    r, e = ("restorer",), ("estimator",)
+    out = conv_keys("Restorer.head1", r + ("head_image",)) | conv_keys("Restorer.head2", r + ("head_code",))
+    for g in range(model.restorer_groups):
+        out |= _dpcg_map(f"Restorer.body.{g}", r + (f"group_{g}",), model.restorer_blocks)
+    out |= conv_keys("Restorer.fusion", r + ("fusion",))
+    out |= _upsampler_map("Restorer.upscale", r, model.scale, sequential_at_x1=False)
+    out |= conv_keys("Estimator.head_LR.0", e + ("head_lr",)) | conv_keys("Estimator.head_HR.0", e + ("head_hr",))
+    out |= _dpcg_map("Estimator.body", e + ("body",), model.estimator_blocks)
+    return out | conv_keys("Estimator.tail.0", e + ("tail_conv",)) | conv_keys("Estimator.tail.2", e + ("tail_kernel",))
+
+
+def dan_buffers(model: _DAN) -> dict[str, tuple[int, ...]]:
+    """Buffers the official DAN checkpoints store, with their expected shapes."""
+    k, n = model.kernel_size, model.code_length
+    return {"encoder": (1, k * k, n), "init_kernel": (1, k, k), "init_ker_map": (1, n)}
+
+
+def dan_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The PCA projection: the official `encoder` is (1, k*k, n) with code = flat(k) @ encoder,
+    i.e. already jaxsr's (k*k, n) orientation; no transpose needed."""
+    return {"pca_matrix": np.asarray(buffers["encoder"][0], np.float32)} if "encoder" in buffers else {}
+
+
+def dan_prepare(model: _DAN, extras: Mapping[str, Any]) -> _DAN:
+    """The model to trace parameter shapes with: it gets the checkpoint's PCA when there is one."""
+    matrix = extras.get("pca_matrix")
+    if matrix is not None and matrix.shape == (model.kernel_size ** 2, model.code_length):
+        if model.pca_matrix is not None and not np.allclose(model.pca_matrix.array, matrix, atol=1e-6):
+            warnings.warn("the model's pca_matrix differs from the checkpoint's encoder buffer; its outputs "
+                          "will not match the official model unless it is rebuilt with extras['pca_matrix']")
+        return model.clone(pca_matrix=matrix)
+    if model.pca_matrix is None:  # any matrix of the right shape will do for tracing shapes
+        return model.clone(pca_matrix=np.zeros((model.kernel_size ** 2, model.code_length), np.float32))
+    return model
+
+
+def _spec(name: str, key_map) -> ModelSpec:
+    return ModelSpec(name=name, create=create_model, loss=compute_loss,
+                     official=OfficialMap(key_map, dan_buffers, dan_extras, dan_prepare))
+
+
+SPECS = {"danv1": _spec("danv1", danv1_key_map), "danv2": _spec("danv2", danv2_key_map)}

@@ -32,10 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
+from jaxsr.models import ModelSpec, module_from_config
 from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, scan_unroll, Upsampler, conv2d, leaky_relu, pixel_shuffle,
                                  torch_default_bias_init)
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import resize_bicubic_torch
+from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
 
 Array = jax.Array
 
@@ -197,12 +199,16 @@ class DSSR(nn.Module):
 def create_model(cfg, pca_matrix=None) -> DSSR:
     """DSSR from `cfg.scale` and `cfg.model`. Kernel-free: `pca_matrix` is accepted for the
     loop's uniform call and ignored."""
-    from jaxsr.models import module_from_config
+    del pca_matrix
     return module_from_config(DSSR, cfg, names=("dssr",))
 
 
-def predict(model: DSSR, variables, lr: Array, num_iters: int | None = None) -> tuple[Array, None]:
+def predict(model: DSSR, variables, lr: Array, *, num_iters: int | None = None, kernel: Array | None = None,
+            noise_sigma=None) -> tuple[Array, None]:
     """The averaged SR image over the T steps (the official test output); no kernel."""
+    del noise_sigma
+    if kernel is not None:
+        raise ValueError("DSSR is kernel-free and cannot restore with a given kernel (eval.oracle_kernel=True)")
     return model.apply(variables, lr, num_iters=num_iters)["sr_mean"], None
 
 
@@ -234,27 +240,19 @@ def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) 
 
 
 # ----------------------------------------------------------------------------- official checkpoints
-KeyMap = dict[str, tuple[tuple[str, ...], str]]
-
-
-def _conv(torch_name: str, flax_path: tuple[str, ...]) -> KeyMap:
-    return {f"{torch_name}.weight": (flax_path + ("kernel",), "conv"),
-            f"{torch_name}.bias": (flax_path + ("bias",), "identity")}
-
-
 def _cascade(torch_prefix: str, flax_path: tuple[str, ...], num_blocks: int) -> KeyMap:
     out: KeyMap = {}
     for i in range(num_blocks):
         for conv in ("conv1", "conv2"):
-            out |= _conv(f"{torch_prefix}.crb.crb.{i}.{conv}", flax_path + (f"block_{i}", conv))
+            out |= conv_keys(f"{torch_prefix}.crb.crb.{i}.{conv}", flax_path + (f"block_{i}", conv))
     return out
 
 
 def _affine(torch_prefix: str, flax_path: tuple[str, ...]) -> KeyMap:
     out: KeyMap = {}
     for i in range(4):
-        out |= _conv(f"{torch_prefix}.conv{i + 1}", flax_path + (f"conv_{i}",))
-    return out | _conv(f"{torch_prefix}.conv_gama", flax_path + ("gamma",)) | _conv(
+        out |= conv_keys(f"{torch_prefix}.conv{i + 1}", flax_path + (f"conv_{i}",))
+    return out | conv_keys(f"{torch_prefix}.conv_gama", flax_path + ("gamma",)) | conv_keys(
         f"{torch_prefix}.conv_beta", flax_path + ("beta",))
 
 
@@ -265,23 +263,16 @@ def official_key_map(model: DSSR) -> KeyMap:
     the (k, k, out, in) layout `ConvTranspose` stores.
     """
     s = ("step",)
-    out = _conv("conv1", ("head",)) | _conv("compress_in", s + ("compress",))
+    out = conv_keys("conv1", ("head",)) | conv_keys("compress_in", s + ("compress",))
     out |= _cascade("feat_ext", s + ("structure",), model.structure_blocks)
-    out |= _conv("up", s + ("up",)) | _conv("conv_recon", s + ("hr_image",)) | _conv("conv2", s + ("detail_embed",))
+    out |= conv_keys("up", s + ("up",)) | conv_keys("conv_recon", s + ("hr_image",)) | conv_keys("conv2", s + ("detail_embed",))
     out |= _affine("spatial_trans1", s + ("affine_hr",)) | _affine("spatial_trans2", s + ("affine_lr",))
-    out |= _conv("down", s + ("down",)) | _cascade("feat_refine", s + ("refine",), model.refine_blocks)
+    out |= conv_keys("down", s + ("down",)) | _cascade("feat_refine", s + ("refine",), model.refine_blocks)
     stages = 2 if model.scale == 4 else 1  # UPNet: conv, shuffle[, conv, shuffle], conv
     for i in range(stages):
-        out |= _conv(f"UPNet.{2 * i}", s + ("upsampler", f"up_{i}"))
-    return out | _conv(f"UPNet.{2 * stages}", s + ("upsampler", "tail"))
+        out |= conv_keys(f"UPNet.{2 * i}", s + ("upsampler", f"up_{i}"))
+    return out | conv_keys(f"UPNet.{2 * stages}", s + ("upsampler", "tail"))
 
 
-def official_buffers(model: DSSR) -> dict[str, tuple[int, ...]]:
-    """The official DSSR state dict holds parameters only."""
-    del model
-    return {}
-
-
-def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    del buffers
-    return {}
+OFFICIAL = OfficialMap(official_key_map)  # the official DSSR state dict holds parameters only
+SPEC = ModelSpec(name="dssr", create=create_model, loss=compute_loss, predict=predict, official=OFFICIAL)

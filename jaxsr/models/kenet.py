@@ -12,19 +12,19 @@ Training minimises the adaptive attention loss (§2.3, `adaptive_attention_loss`
 estimated and the true kernel; no image loss. `apply(variables, lr)` returns
 {"kernel": (1, N, l, l)} (a T = 1 axis, like the unfolded models).
 
-Blind SR (`build_predictor`): KENet's kernel is fed to a USRNet, either a jaxsr-trained one
-(`cfg.pipeline.usrnet_workdir`) or an official checkpoint (`cfg.pipeline.usrnet_official`).
+Blind SR: KENet's kernel is fed to a USRNet (its spec's `restorer`), either a jaxsr-trained
+one (`cfg.pipeline.usrnet_workdir`) or an official checkpoint (`cfg.pipeline.usrnet_official`);
+`jaxsr.predict` composes the two.
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsr.models import ModelSpec, module_from_config
 from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, torch_default_bias_init
 from jaxsr.ops import _checks
 
@@ -118,12 +118,16 @@ class KENet(nn.Module):
 # ----------------------------------------------------------------------------- training-loop API
 def create_model(cfg, pca_matrix=None) -> KENet:
     """KENet from `cfg.model` (its kernel size fixes the output; no scale field)."""
-    from jaxsr.models import module_from_config
+    del pca_matrix
     return module_from_config(KENet, cfg, names=("kenet",))
 
 
-def predict(model: KENet, variables, lr: Array, num_iters: int | None = None):
+def predict(model: KENet, variables, lr: Array, *, num_iters: int | None = None, kernel: Array | None = None,
+            noise_sigma=None):
     """(None, kernel (N, l, l)): KENet alone estimates the kernel and returns no image."""
+    del num_iters, noise_sigma
+    if kernel is not None:
+        raise ValueError("KENet estimates kernels; a given kernel goes to its restorer (cfg.pipeline)")
     return None, model.apply(variables, lr)["kernel"][-1]
 
 
@@ -146,71 +150,4 @@ def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) 
     return loss, metrics
 
 
-# ----------------------------------------------------------------------------- blind SR pipeline
-def make_pipeline(kenet_model: KENet, kenet_params, usrnet_model, usrnet_params, noise: float = 0.0,
-                  num_iters: int | None = None):
-    """predict(lr, kernel=None) -> (sr, kernel) for `jaxsr.evaluate` / `jaxsr.infer`.
-
-    Without `kernel`: KENet estimates it and USRNet restores with it; returns (sr, estimate).
-    With `kernel` (evaluate's `oracle_kernel=True`): USRNet restores with the given kernel,
-    the "GT kernel + USRNet" upper bound; returns (sr, None). `noise` ([0, 255] units) is the
-    noise level USRNet is told.
-    """
-    # Parameters are jit arguments, not closed-over constants (which XLA would embed).
-    @jax.jit
-    def blind(k_params, u_params, lr):
-        kernel = kenet_model.apply({"params": k_params}, lr)["kernel"][-1]
-        sigma = jnp.full((lr.shape[0],), noise, lr.dtype)
-        sr = usrnet_model.apply({"params": u_params}, lr, kernel, sigma, num_iters=num_iters)["sr"][-1]
-        return sr, kernel
-
-    @jax.jit
-    def oracle(u_params, lr, kernel):
-        sigma = jnp.full((lr.shape[0],), noise, lr.dtype)
-        return usrnet_model.apply({"params": u_params}, lr, kernel, sigma, num_iters=num_iters)["sr"][-1]
-
-    def predict_fn(lr, kernel=None):
-        if kernel is None:
-            return blind(kenet_params, usrnet_params, lr)
-        return oracle(usrnet_params, lr, kernel), None
-
-    return predict_fn
-
-
-def load_usrnet(cfg) -> tuple[Any, Any, str]:
-    """(USRNet model, params, description) named by `cfg.pipeline`: `usrnet_workdir` (a jaxsr
-    USRNet training run; its config.json is read) or `usrnet_official` (a .pth, architecture
-    `usrnet_official_variant`)."""
-    pipe = cfg.get("pipeline", None) or {}
-    workdir, official = pipe.get("usrnet_workdir", ""), pipe.get("usrnet_official", "")
-    if bool(workdir) == bool(official):
-        raise ValueError("KENet's blind-SR pipeline needs exactly one of cfg.pipeline.usrnet_workdir "
-                         f"(a jaxsr USRNet run) and cfg.pipeline.usrnet_official (a .pth); got "
-                         f"usrnet_workdir={workdir!r}, usrnet_official={official!r}")
-    from jaxsr.models import usrnet
-    if official:
-        model, params = usrnet.load_official(official, cfg.scale, pipe.get("usrnet_official_variant", "usrnet"))
-        return model, params, f"official USRNet {official}"
-    import ml_collections
-    from jaxsr import train
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"cfg.pipeline.usrnet_workdir={workdir!r} has no config.json; "
-                                f"is it a jaxsr training run?")
-    with open(path) as f:
-        usr_cfg = ml_collections.ConfigDict(json.load(f))
-    if usr_cfg.model.name != "usrnet":
-        raise ValueError(f"cfg.pipeline.usrnet_workdir={workdir!r} holds a {usr_cfg.model.name!r} run, not usrnet")
-    if int(usr_cfg.scale) != int(cfg.scale):
-        raise ValueError(f"the USRNet in {workdir!r} was trained at x{usr_cfg.scale}, but cfg.scale is {cfg.scale}")
-    model, params, step = train.restore_params(usr_cfg, workdir)
-    return model, params, f"USRNet {workdir} step {step}"
-
-
-def build_predictor(cfg, kenet_model: KENet, kenet_params):
-    """The blind-SR predict function (KENet -> USRNet) that `jaxsr.cli` uses for eval / infer."""
-    usr_model, usr_params, _ = load_usrnet(cfg)
-    pipe = cfg.get("pipeline", None) or {}
-    iters = int(pipe.get("usrnet_num_iters", -1))
-    return make_pipeline(kenet_model, kenet_params, usr_model, usr_params,
-                         noise=float(cfg.eval.get("noise", 0.0)), num_iters=iters if iters > 0 else None)
+SPEC = ModelSpec(name="kenet", create=create_model, loss=compute_loss, predict=predict, restorer="usrnet")

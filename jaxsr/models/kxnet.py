@@ -43,101 +43,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
-from jaxsr.models.layers import conv2d, pixel_shuffle, remat_cell, scan_unroll
+from jaxsr.models import ModelSpec, module_from_config
+from jaxsr.models.layers import conv2d, pixel_shuffle, remat_cell, scan_unroll, space_to_depth
 from jaxsr.ops import _checks, degrade
 from jaxsr.ops.imresize import resize_bicubic_torch
+from jaxsr.ops.unfolding import blur_down, kernel_gradient, transposed_blur
+from jaxsr.torch_import import OfficialMap, strip_prefix
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 AUX_KERNEL_INITS = ("aniso", "iso")
-METHODS = ("auto", "conv", "fft")
 
 
-# ----------------------------------------------------------------------------- operators
-def space_to_depth(x: Array, factor: int) -> Array:
-    """(N, H, W, C) -> (N, H/r, W/r, C·r²), the exact inverse of `layers.pixel_shuffle`."""
-    n, h, w, c = x.shape
-    if h % factor or w % factor:
-        raise ValueError(f"space_to_depth needs a size divisible by {factor}, got {h}x{w}")
-    x = x.reshape(n, h // factor, factor, w // factor, factor, c)
-    return x.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // factor, w // factor, c * factor * factor)
-
-
-def blur_down(x: Array, kernels: Array, scale: int) -> Array:
-    """(X ⊗ K)↓s with the library's degradation operators (reflect padding, s-fold)."""
-    return degrade.downsample_sfold(degrade.blur(x, kernels), scale)
-
-
-def _resolve(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "auto":  # XLA's CPU grouped/dilated convolutions are slow; FFTs are not
-        return "fft" if jax.default_backend() == "cpu" else "conv"
-    return method
-
-
-def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: str = "auto") -> Array:
-    """(D_s U_f(X))ᵀ vec(R) / (C·h·w): the data term's gradient w.r.t. the kernel.
-
-    Row (i, j, c) of D_s U_f(X) is the k×k patch of the reflect-padded X whose top-left corner
-    is (s·i, s·j), so tap (a, b) of the product is Σ X_pad[s·i + a, s·j + b, c] · R[i, j, c]:
-    a correlation of X_pad with R dilated by s, computed without materialising the
-    (C·h·w) × k² unfold matrix. method "conv": one grouped convolution with the dilated
-    residual as filter; "fft": the same correlation through real FFTs; "auto": "fft" on CPU.
-
-    x (N, H, W, C) with H > s·(h-1), residual (N, h, w, C) -> (N, size, size).
-    """
-    n, hh, ww, c = x.shape
-    h, w = residual.shape[1:3]
-    pad = size // 2
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    residual = residual.astype(xp.dtype)
-    if _resolve(method) == "fft":
-        # circular cross-correlation of X_pad with the zero-upsampled R; lags < size never wrap
-        hp, wp = xp.shape[1:3]
-        r_up = jnp.zeros_like(xp).at[:, :scale * h:scale, :scale * w:scale, :].set(residual)
-        spec = jnp.fft.rfft2(xp, axes=(1, 2)) * jnp.conj(jnp.fft.rfft2(r_up, axes=(1, 2)))
-        out = jnp.fft.irfft2(jnp.sum(spec, axis=-1), s=(hp, wp), axes=(1, 2))[:, :size, :size]
-    else:
-        xp = xp[:, :scale * (h - 1) + size, :scale * (w - 1) + size, :]  # the rows the patches touch
-        lhs = jnp.transpose(xp, (1, 2, 0, 3)).reshape(1, xp.shape[1], xp.shape[2], n * c)  # channel n*C + c
-        rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n]
-        out = jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides=(1, 1), padding="VALID", rhs_dilation=(scale, scale),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n, precision=_HIGHEST)
-        out = jnp.transpose(out[0], (2, 0, 1))
-    return out.astype(x.dtype) / (c * h * w)
-
-
-def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") -> Array:
-    """K ⊗ₛᵀ E: `F.conv_transpose2d(E, K, stride=s, padding=k//2, output_padding=s-1)` per image.
-
-    The adjoint of the zero-padded, stride-s correlation: E is dilated by s (zeros between
-    pixels) and convolved with K. method "conv": a grouped convolution with lhs dilation;
-    "fft": real FFTs on a canvas large enough that nothing wraps; "auto": "fft" on CPU.
-    e (N, h, w, C), kernels (N, k, k) -> (N, s·h, s·w, C).
-    """
-    n, h, w, c = e.shape
-    size = kernels.shape[-1]
-    pad = size // 2
-    kernels = kernels.astype(e.dtype)
-    if _resolve(method) == "fft":
-        hp, wp = scale * h + size - 1, scale * w + size - 1
-        e_up = jnp.zeros((n, hp, wp, c), e.dtype).at[:, :scale * h:scale, :scale * w:scale, :].set(e)
-        canvas = jnp.zeros((n, hp, wp), e.dtype).at[:, :size, :size].set(kernels)
-        spec = jnp.fft.rfft2(e_up, axes=(1, 2)) * jnp.fft.rfft2(canvas, axes=(1, 2))[..., None]
-        full = jnp.fft.irfft2(spec, s=(hp, wp), axes=(1, 2))
-        return full[:, pad:pad + scale * h, pad:pad + scale * w, :].astype(e.dtype)
-    lo, hi = size - 1 - pad, size - 1 - pad + scale - 1  # output_padding = s - 1 gives s·h rows
-    lhs = jnp.transpose(e, (1, 2, 3, 0)).reshape(1, h, w, c * n)  # channel c*N + n
-    rhs = jnp.tile(kernels[:, ::-1, ::-1], (c, 1, 1))  # same channel order
-    rhs = jnp.transpose(rhs, (1, 2, 0))[:, :, None, :]
-    out = jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides=(1, 1), padding=((lo, hi), (lo, hi)), lhs_dilation=(scale, scale),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c * n, precision=_HIGHEST)
-    return jnp.transpose(out.reshape(scale * h, scale * w, c, n), (3, 0, 1, 2))
-
-
+# ----------------------------------------------------------------------------- initial values
 # One compiled call instead of a dozen eagerly dispatched ops (these run at init time).
 _gaussians = jax.jit(degrade.gaussian_kernels, static_argnums=0)
 
@@ -303,7 +221,7 @@ class KXNet(nn.Module):
 def create_model(cfg, pca_matrix=None) -> KXNet:
     """KXNet from `cfg.scale` and `cfg.model`. `pca_matrix` is accepted for the common
     signature and ignored: KXNet works on kernels."""
-    from jaxsr.models import module_from_config
+    del pca_matrix
     return module_from_config(KXNet, cfg, names=("kxnet",))
 
 
@@ -372,8 +290,6 @@ def stack_official_stages(state_dict: Mapping[str, Any], model: KXNet) -> dict[s
     Keys of stages beyond `model.num_stages` are left as they are (the converter then reports
     them as unexpected); a layer missing in some stages raises `ValueError` naming the keys.
     """
-    from jaxsr.convert import strip_prefix  # lazy: convert imports the model files
-
     sd = strip_prefix(state_dict)
     out = dict(sd)
     missing = []
@@ -420,3 +336,8 @@ def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
     if "kernel_map0" in buffers:
         return {"initial_aux_kernel_map": np.asarray(buffers["kernel_map0"], np.float32)}
     return {}
+
+
+OFFICIAL = OfficialMap(official_key_map, official_buffers, official_extras,
+                       prepare_state_dict=stack_official_stages)
+SPEC = ModelSpec(name="kxnet", create=create_model, loss=compute_loss, official=OFFICIAL)

@@ -91,6 +91,15 @@ def pixel_shuffle(x: Array, factor: int) -> Array:
     return x.reshape(n, h * factor, w * factor, out_c)
 
 
+def space_to_depth(x: Array, factor: int) -> Array:
+    """(N, H, W, C) -> (N, H/r, W/r, C·r²), the exact inverse of `pixel_shuffle`."""
+    n, h, w, c = x.shape
+    if h % factor or w % factor:
+        raise ValueError(f"space_to_depth needs a size divisible by {factor}, got {h}x{w}")
+    x = x.reshape(n, h // factor, factor, w // factor, factor, c)
+    return x.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // factor, w // factor, c * factor * factor)
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-and-excitation: GAP -> 1x1 conv (C/r) -> LReLU(0.2) -> 1x1 conv (C) -> sigmoid, x * gate."""
     reduction: int = 16

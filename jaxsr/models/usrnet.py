@@ -2,7 +2,8 @@
 
 Each of the T stages alternates
   * a data step D: the closed-form minimiser of ||y - (x ⊗ k)↓s||² + α_t ||x - x_prev||²
-    for circular convolution and the s-fold downsampler, solved with FFTs (`data_step`);
+    for circular convolution and the s-fold downsampler, solved with FFTs
+    (`jaxsr.ops.unfolding.data_step`);
   * a prior step P: a ResUNet denoiser fed the data step's output and a constant map β_t.
 A small hyper-parameter MLP maps (noise level, scale) to the 2T values (α_1..α_T, β_1..β_T).
 As in the official code there is ONE ResUNet shared by all stages (`nn.scan`, params
@@ -29,8 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import losses
+from jaxsr.models import ModelSpec, module_from_config
 from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks
+from jaxsr.ops.unfolding import data_precompute, data_step
+from jaxsr.torch_import import OfficialMap
 
 Array = jax.Array
 
@@ -41,74 +45,6 @@ OFFICIAL_VARIANTS: dict[str, dict[str, Any]] = {
     "usrnet": dict(num_iters=8, hyper_features=64, features=(64, 128, 256, 512), num_blocks=2),
     "usrnet_tiny": dict(num_iters=6, hyper_features=32, features=(16, 32, 64, 64), num_blocks=2),
 }
-
-# Restores with a given kernel: the training loop's validator passes the true one.
-NON_BLIND = True
-
-
-# ----------------------------------------------------------------------------- data step (pure)
-def p2o(psf: Array, shape: tuple[int, int]) -> Array:
-    """Optical transfer function of a (N, k, k) point-spread function on an (H, W) grid.
-
-    The PSF goes in the top-left corner of a zero (H, W) canvas, is rolled by -(k // 2) on both
-    axes (its centre to the origin) and Fourier transformed, so multiplying by the result
-    is the circular convolution with the PSF centred. Returns complex (N, H, W).
-    """
-    n, kh, kw = psf.shape
-    h, w = shape
-    if kh > h or kw > w:
-        raise ValueError(f"kernel of size {kh}x{kw} is larger than the HR grid {h}x{w}; "
-                         f"use a larger LR input or a smaller kernel")
-    canvas = jnp.zeros((n, h, w), psf.dtype).at[:, :kh, :kw].set(psf)
-    canvas = jnp.roll(canvas, (-(kh // 2), -(kw // 2)), axis=(1, 2))
-    return jnp.fft.fft2(canvas, axes=(1, 2))
-
-
-def block_mean(x: Array, scale: int) -> Array:
-    """Mean of the scale x scale distinct blocks of a spectrum: (N, sH, sW, ...) -> (N, H, W, ...).
-
-    Block (i, j) is rows [i*H, (i+1)*H) and columns [j*W, (j+1)*W): in the Fourier domain,
-    s-fold downsampling averages these aliased copies.
-    """
-    n, sh, sw = x.shape[:3]
-    h, w = sh // scale, sw // scale
-    x = x.reshape(n, scale, h, scale, w, *x.shape[3:])
-    return jnp.mean(x, axis=(1, 3))
-
-
-def upsample_zeros(lr: Array, scale: int) -> Array:
-    """The adjoint of the s-fold downsampler: each LR pixel at the top-left of an s x s block of zeros."""
-    n, h, w, c = lr.shape
-    return jnp.zeros((n, h * scale, w * scale, c), lr.dtype).at[:, ::scale, ::scale, :].set(lr)
-
-
-def data_precompute(lr: Array, kernel: Array, scale: int) -> tuple[Array, Array]:
-    """(FB, FBᴴ·F(Sᵀy)) for `data_step`: the OTF of the blur on the HR grid and the Fourier
-    transform of Kᵀ Sᵀ y. `kernel` (N, k, k) is a jaxsr (correlation) kernel; it is flipped into
-    the convolution PSF that `p2o` expects."""
-    n, h, w, _ = lr.shape
-    fb = p2o(kernel[:, ::-1, ::-1].astype(lr.dtype), (h * scale, w * scale))
-    fbfy = jnp.conj(fb)[..., None] * jnp.fft.fft2(upsample_zeros(lr, scale), axes=(1, 2))
-    return fb, fbfy
-
-
-def data_step(x: Array, fb: Array, fbfy: Array, alpha: Array, scale: int) -> Array:
-    """argmin_z ||y - S K z||² + α ||z - x||² in closed form (S: s-fold downsampler, K: circular
-    convolution with OTF `fb`).
-
-    By the Woodbury identity, with d = Kᵀ Sᵀ y + α x and FR = F(d):
-        F(z) = (FR - FBᴴ · ⇑[ mean_blocks(FB · FR) / (mean_blocks(|FB|²) + α) ]) / α
-    where ⇑ tiles the (H, W) block means back to (sH, sW). x (N, sH, sW, C); alpha (N,).
-    """
-    alpha = alpha.astype(x.dtype)[:, None, None, None]
-    fb = fb[..., None]
-    fr = fbfy + jnp.fft.fft2(alpha * x, axes=(1, 2))
-    fbr = block_mean(fb * fr, scale)
-    inv_w = block_mean(jnp.abs(fb) ** 2, scale)
-    inv_wbr = fbr / (inv_w + alpha)
-    fx = (fr - jnp.conj(fb) * jnp.tile(inv_wbr, (1, scale, scale, 1))) / alpha
-    return jnp.real(jnp.fft.ifft2(fx, axes=(1, 2))).astype(x.dtype)
-
 
 # ----------------------------------------------------------------------------- prior (ResUNet)
 def conv_nobias(x: Array, features: int, kernel_size: int, *, stride: int = 1, padding: int | None = None,
@@ -264,7 +200,7 @@ class USRNet(nn.Module):
 # ----------------------------------------------------------------------------- training-loop API
 def create_model(cfg, pca_matrix=None) -> USRNet:
     """USRNet from `cfg.scale` and `cfg.model`."""
-    from jaxsr.models import module_from_config
+    del pca_matrix
     return module_from_config(USRNet, cfg, names=("usrnet",))
 
 
@@ -273,11 +209,13 @@ def forward(model: USRNet, variables, batch: Mapping[str, Array]) -> dict[str, A
     return model.apply(variables, batch["lr"], batch["kernel"], batch["noise_sigma"])
 
 
-def predict(model: USRNet, variables, lr: Array, num_iters: int | None = None,
+def predict(model: USRNet, variables, lr: Array, *, num_iters: int | None = None,
             kernel: Array | None = None, noise_sigma: Array | float | None = None):
-    """(last SR, None). Without a kernel a non-blind model has nothing to restore with: (None, None)."""
+    """(last SR, None): the restoration with the given kernel and noise level ([0, 255] units)."""
     if kernel is None:
-        return None, None
+        raise ValueError("USRNet is non-blind and needs the kernel: evaluate it with "
+                         "cfg.eval.oracle_kernel=True, or pair it with a kernel estimator "
+                         "(configs/kenet.py, cfg.pipeline)")
     return model.apply(variables, lr, kernel, noise_sigma, num_iters=num_iters)["sr"][-1], None
 
 
@@ -290,31 +228,6 @@ def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) 
     for t in range(per_iter.shape[0]):
         metrics[f"l1_sr_iter{t}"] = per_iter[t]
     return total, metrics
-
-
-def make_restorer(model: USRNet, params, num_iters: int | None = None):
-    """restore(lr, kernel, noise_sigma) -> last SR; jitted with the params as an argument (a
-    closed-over parameter tree would be embedded in the program as constants)."""
-    run = jax.jit(lambda p, lr, kernel, sigma: model.apply({"params": p}, lr, kernel, sigma,
-                                                           num_iters=num_iters)["sr"][-1])
-    return lambda lr, kernel, sigma: run(params, lr, kernel, sigma)
-
-
-def build_predictor(cfg, model: USRNet, params):
-    """predict(lr, kernel) -> (sr, None) for `jaxsr.evaluate` with `oracle_kernel=True` (the
-    "ground-truth kernel + USRNet" upper bound); noise level `cfg.eval.noise` ([0, 255] units)."""
-    num_iters = cfg.eval.num_iters if cfg.eval.get("num_iters", -1) > 0 else None
-    restore = make_restorer(model, params, num_iters)
-    noise = float(cfg.eval.get("noise", 0.0))
-
-    def predict_fn(lr, kernel=None):
-        if kernel is None:
-            raise ValueError("USRNet is non-blind and needs the kernel: evaluate it with "
-                             "cfg.eval.oracle_kernel=True, or pair it with a kernel estimator "
-                             "(configs/kenet.py, cfg.pipeline)")
-        return restore(lr, kernel, jnp.full((lr.shape[0],), noise, jnp.float32)), None
-
-    return predict_fn
 
 
 # ----------------------------------------------------------------------------- official checkpoints
@@ -348,24 +261,6 @@ def official_key_map(model: USRNet) -> dict[str, tuple[tuple[str, ...], str]]:
     return out
 
 
-def official_buffers(model: USRNet) -> dict[str, tuple[int, ...]]:
-    """The official checkpoints carry no buffers."""
-    return {}
-
-
-def official_extras(buffers: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    return {}
-
-
-def load_official(path: str, scale: int, variant: str = "usrnet") -> tuple[USRNet, dict]:
-    """(model, params) from an official USRNet/USRGAN .pth (needs torch and the "usrnet" entry
-    in `jaxsr.convert.ARCHS`). variant: "usrnet" (also USRGAN) or "usrnet_tiny"."""
-    from jaxsr import convert
-    if variant not in OFFICIAL_VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(OFFICIAL_VARIANTS)}, got {variant!r}")
-    if "usrnet" not in convert.ARCHS:
-        raise RuntimeError("jaxsr.convert.ARCHS has no 'usrnet' entry; register "
-                           "convert.Arch(usrnet.USRNet, usrnet.official_key_map, ...) first")
-    model = USRNet(scale=int(scale), **OFFICIAL_VARIANTS[variant])
-    params, _ = convert.convert_state_dict(convert.read_torch_checkpoint(path), model, "usrnet")
-    return model, params
+OFFICIAL = OfficialMap(official_key_map)  # the official checkpoints carry no buffers
+SPEC = ModelSpec(name="usrnet", create=create_model, loss=compute_loss, forward=forward, predict=predict,
+                 non_blind=True, official=OFFICIAL, official_variants=OFFICIAL_VARIANTS)

@@ -1,4 +1,6 @@
 """DSSR module: parameter count, shapes, the shared-parameter scan, loss, gradients, training."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -123,7 +125,7 @@ def test_steps_share_parameters_T_only_appends_and_predict_returns_the_mean(tiny
     @jax.jit
     def run(v, x):
         return (model.apply(v, x, num_iters=2), model.apply(v, x, num_iters=3),
-                dssr.predict(model, v, x, 3))
+                dssr.predict(model, v, x, num_iters=3))
 
     out2, out3, (predicted, kernel) = run(tiny_vars, lr)
     assert kernel is None  # kernel-free
@@ -262,13 +264,8 @@ def test_tiny_model_gradients_and_fit_a_fixed_batch():
 
 # ----------------------------------------------------------------------------- config
 def load_config(variant):
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "dssr.py"
-    spec = importlib.util.spec_from_file_location("cfg_dssr", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    from jaxsr import config_lib
+    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "dssr.py", variant)
 
 
 @pytest.mark.parametrize("variant", ["setting1_x2", "setting1_x3", "setting1_x4", "setting2_x2", "setting2_x4",

@@ -1,6 +1,8 @@
 """KENet: the adaptive attention loss against a NumPy transcription of the paper's formula,
 the estimator's structure and shapes, training, and the KENet -> USRNet pipeline through
 `jaxsr.evaluate` (blind, and with the true kernel as the upper bound)."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from jaxsr import evaluate as E
+from jaxsr import predict as predict_lib
 from jaxsr.models import kenet as K
 from jaxsr.models import usrnet as U
 from jaxsr.ops import degrade
@@ -264,7 +267,7 @@ def pipeline():
     kp = numpy_params(kenet)["params"]
     up = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(1).uniform(-0.2, 0.2, x.shape), jnp.float32),
                       jax.eval_shape(lambda: usr.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))["params"])
-    return K.make_pipeline(kenet, kp, usr, up), usr, up
+    return predict_lib.two_step(predict_lib.bind(K.SPEC, kenet, kp), predict_lib.bind(U.SPEC, usr, up)), usr, up
 
 
 def test_pipeline_through_evaluate_blind_and_oracle(pipeline):
@@ -307,13 +310,8 @@ def test_oracle_path_feeds_each_lr_its_own_kernel():
 
 # ----------------------------------------------------------------------------- configs
 def load_config(name, variant):
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    from jaxsr import config_lib
+    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.py", variant)
 
 
 @pytest.mark.parametrize("variant", ["x2", "x4", "tiny", "cpu"])

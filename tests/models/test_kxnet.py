@@ -1,6 +1,5 @@
 """KXNet: its operators against NumPy definitions, parameter counts, the scanned stages, training."""
 import functools
-import importlib.util
 import pathlib
 
 import jax
@@ -12,7 +11,7 @@ import pytest
 
 from jaxsr import config_lib
 from jaxsr.models import kxnet, layers
-from jaxsr.ops import degrade
+from jaxsr.ops import degrade, unfolding
 from jaxsr.ops.imresize import resize_bicubic_torch
 
 K = 5  # tiny kernel size for the fast tests
@@ -70,8 +69,8 @@ def test_kernel_gradient_equals_the_dense_unfold_formulation(scale, size, h, w, 
     x = rng.random((2, scale * h, scale * w, 3)).astype(np.float32)
     r = rng.standard_normal((2, h, w, 3)).astype(np.float32)
     k = rng.random((2, size, size)).astype(np.float32)
-    got = np.asarray(jax.jit(kxnet.kernel_gradient, static_argnums=(2, 3, 4))(x, r, size, scale, method))
-    fwd = np.asarray(jax.jit(kxnet.blur_down, static_argnums=2)(x, k, scale))
+    got = np.asarray(jax.jit(unfolding.kernel_gradient, static_argnums=(2, 3, 4))(x, r, size, scale, method))
+    fwd = np.asarray(jax.jit(unfolding.blur_down, static_argnums=2)(x, k, scale))
     for n in range(2):
         u = dense_unfold(x[n], size, scale)  # (C·h·w, k²)
         want = u.T @ r[n].transpose(2, 0, 1).ravel() / (3 * h * w)
@@ -98,7 +97,7 @@ def test_transposed_blur_matches_definition(scale, size, h, w, method):
     rng = np.random.default_rng(10 + scale)
     e = rng.standard_normal((2, h, w, 3)).astype(np.float32)
     k = rng.random((2, size, size)).astype(np.float32)  # asymmetric: catches a missing flip
-    got = np.asarray(jax.jit(kxnet.transposed_blur, static_argnums=(2, 3))(e, k, scale, method))
+    got = np.asarray(jax.jit(unfolding.transposed_blur, static_argnums=(2, 3))(e, k, scale, method))
     assert got.shape == (2, scale * h, scale * w, 3)
     for n in range(2):
         np.testing.assert_allclose(got[n], transposed_blur_reference(e[n].astype(np.float64), k[n], scale),
@@ -108,7 +107,7 @@ def test_transposed_blur_matches_definition(scale, size, h, w, method):
 def test_space_to_depth_inverts_pixel_shuffle_in_pytorch_order():
     r = 3
     x = np.random.default_rng(0).standard_normal((2, 6, 9, 2)).astype(np.float32)
-    d = np.asarray(kxnet.space_to_depth(jnp.asarray(x), r))
+    d = np.asarray(layers.space_to_depth(jnp.asarray(x), r))
     assert d.shape == (2, 2, 3, 2 * r * r)
     for c in range(2):
         for i in range(r):
@@ -243,7 +242,7 @@ def test_bad_arguments_raise_value_error(tiny_vars):
     with pytest.raises(ValueError, match="kernel_size"):
         model.clone(kernel_size=4).init(jax.random.key(0), rand((1, 6, 7, 3)))
     with pytest.raises(ValueError, match="method"):
-        kxnet.transposed_blur(rand((1, 3, 3, 3)), rand((1, 3, 3)), 2, "dft")
+        unfolding.transposed_blur(rand((1, 3, 3, 3)), rand((1, 3, 3)), 2, "dft")
 
 
 def test_jit_traces_once_for_a_fixed_shape(tiny_vars, forward):
@@ -312,7 +311,7 @@ def test_tiny_model_fits_a_fixed_batch_with_finite_gradients(tiny_vars):
     hr[1] = hr[1, ::-1]
     kernel = degrade.gaussian_kernels(K, jnp.array([0.7, 1.3]))
     hr = jnp.asarray(hr, jnp.float32)
-    batch = {"hr": hr, "kernel": kernel, "lr": kxnet.blur_down(hr, kernel, 2)}
+    batch = {"hr": hr, "kernel": kernel, "lr": unfolding.blur_down(hr, kernel, 2)}
     opt = optax.adam(2e-3, b1=0.9, b2=0.99)
     params = tiny_vars["params"]
     state = opt.init(params)
@@ -336,11 +335,7 @@ def test_tiny_model_fits_a_fixed_batch_with_finite_gradients(tiny_vars):
 
 
 def load_config(variant):
-    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "kxnet.py"
-    spec = importlib.util.spec_from_file_location("cfg_kxnet", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "kxnet.py", variant)
 
 
 @pytest.mark.parametrize("variant", [f"setting{i}_x{s}" for i in (1, 2) for s in (2, 3, 4)] + ["tiny", "cpu"])

@@ -1,5 +1,7 @@
 """USRNet: the FFT data step against a dense linear solve, parameter counts, shapes, the shared
 prior, gradients, the training-loop hooks and a short fit."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,7 +10,10 @@ import optax
 import pytest
 from scipy import ndimage
 
+from jaxsr import config_lib
+from jaxsr import predict as predict_lib
 from jaxsr.models import usrnet as U
+from jaxsr.ops import unfolding
 
 TINY = dict(num_iters=2, features=(4, 4, 8, 8), num_blocks=1, hyper_features=8)
 
@@ -75,8 +80,8 @@ def test_data_step_is_the_closed_form_solution(scale, lr_hw, k):
     kernel = random_kernels(rng, n, k)
     alpha = np.array([0.05, 2.0], np.float32)
 
-    fb, fbfy = U.data_precompute(jnp.asarray(lr), jnp.asarray(kernel), scale)
-    got = np.asarray(U.data_step(jnp.asarray(x), fb, fbfy, jnp.asarray(alpha), scale))
+    fb, fbfy = unfolding.data_precompute(jnp.asarray(lr), jnp.asarray(kernel), scale)
+    got = np.asarray(unfolding.data_step(jnp.asarray(x), fb, fbfy, jnp.asarray(alpha), scale))
 
     for i in range(n):
         a = dense_degradation(kernel[i], (h, w), scale)
@@ -91,7 +96,7 @@ def test_p2o_gives_centred_circular_convolution():
     rng = np.random.default_rng(1)
     psf = rng.random((1, 5, 5)).astype(np.float32)
     image = rng.random((9, 12))
-    otf = U.p2o(jnp.asarray(psf), (9, 12))
+    otf = unfolding.p2o(jnp.asarray(psf), (9, 12))
     got = np.real(np.fft.ifft2(np.asarray(otf)[0] * np.fft.fft2(image)))
     want = ndimage.convolve(image, psf[0].astype(np.float64), mode="wrap")
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -100,10 +105,10 @@ def test_p2o_gives_centred_circular_convolution():
 def test_block_mean_and_zero_upsampling():
     rng = np.random.default_rng(2)
     x = rng.random((1, 6, 9, 2))
-    got = np.asarray(U.block_mean(jnp.asarray(x), 3))
+    got = np.asarray(unfolding.block_mean(jnp.asarray(x), 3))
     want = np.mean([x[:, 2 * i:2 * i + 2, 3 * j:3 * j + 3] for i in range(3) for j in range(3)], axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    up = np.asarray(U.upsample_zeros(jnp.asarray(x, jnp.float32), 2))
+    up = np.asarray(unfolding.upsample_zeros(jnp.asarray(x, jnp.float32), 2))
     assert up.shape == (1, 12, 18, 2)
     np.testing.assert_allclose(up[:, ::2, ::2], x, rtol=1e-6)
     assert np.count_nonzero(up[:, 1::2]) == 0 and np.count_nonzero(up[:, :, 1::2]) == 0
@@ -157,8 +162,8 @@ def test_first_stage_is_prior_of_data_step(tiny_vars):
     out = apply(model, tiny_vars, lr, kernel, sigma)["sr"]
     p = tiny_vars["params"]
     hyper = U.HyperNet(4, 8).apply({"params": p["hyper"]}, sigma / 255.0, jnp.full((2,), 2.0))
-    fb, fbfy = U.data_precompute(lr, kernel, 2)
-    z = U.data_step(jnp.repeat(jnp.repeat(lr, 2, 1), 2, 2), fb, fbfy, hyper[:, 0], 2)
+    fb, fbfy = unfolding.data_precompute(lr, kernel, 2)
+    z = unfolding.data_step(jnp.repeat(jnp.repeat(lr, 2, 1), 2, 2), fb, fbfy, hyper[:, 0], 2)
     beta = jnp.broadcast_to(hyper[:, 2][:, None, None, None], (*z.shape[:3], 1))
     want = U.ResUNet(3, (4, 4, 8, 8), 1).apply({"params": p["prior"]}, jnp.concatenate([z, beta], -1))
     np.testing.assert_allclose(out[0], want, atol=1e-5)
@@ -228,7 +233,8 @@ def test_create_model_forward_and_loss(tiny_vars):
     want = np.mean(np.abs(np.asarray(out["sr"][-1], np.float64) - np.asarray(batch["hr"], np.float64)))
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     assert set(metrics) == {"loss", "l1_sr", "l1_sr_iter0", "l1_sr_iter1"}
-    assert U.predict(model, tiny_vars, batch["lr"]) == (None, None)  # non-blind: no kernel, no SR
+    with pytest.raises(ValueError, match="non-blind and needs the kernel"):
+        U.predict(model, tiny_vars, batch["lr"])
     with pytest.raises(ValueError, match="unknown cfg.model fields"):
         U.create_model(ml_collections.ConfigDict({"scale": 2, "model": {"name": "usrnet", "depth": 3}}))
 
@@ -259,7 +265,7 @@ def test_tiny_model_fits_a_fixed_batch_with_finite_nonzero_gradients(tiny_vars):
 
 def test_oracle_predictor_needs_a_kernel(tiny_vars):
     model, batch = tiny(2), make_batch()
-    predict = U.build_predictor(config(), model, tiny_vars["params"])
+    predict = predict_lib.bind(U.SPEC, model, tiny_vars["params"])
     sr, k = predict(batch["lr"], batch["kernel"])
     assert k is None
     np.testing.assert_allclose(sr, U.forward(model, tiny_vars, batch)["sr"][-1], atol=1e-5)
@@ -269,13 +275,7 @@ def test_oracle_predictor_needs_a_kernel(tiny_vars):
 
 # ----------------------------------------------------------------------------- configs
 def load_config(variant):
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "usrnet.py"
-    spec = importlib.util.spec_from_file_location("cfg_usrnet", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(variant)
+    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "usrnet.py", variant)
 
 
 @pytest.mark.parametrize("variant", ["kenet_x2", "kenet_x4", "kxnet2_x2", "kxnet2_x3", "kxnet2_x4", "tiny", "cpu"])

@@ -1,21 +1,17 @@
 """A non-finite loss stops training with a clear error and leaves the last checkpoint good."""
-import importlib.util
 import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-from jaxsr import checkpoints, train
+from jaxsr import checkpoints, config_lib, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    spec = importlib.util.spec_from_file_location("cfg_dan", REPO / "configs" / "dan.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config("tiny")
+    cfg = config_lib.load(REPO / "configs" / "dan.py:tiny")
     # Adam moves every weight by ~lr on the first step: 1e30 overflows the next forward pass.
     cfg.train.update(dict(learning_rate=1e30, steps=5, log_every=1, checkpoint_every=1, eval_every=100,
                           async_checkpoints=False))
@@ -23,10 +19,10 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
         train.train_and_evaluate(cfg, str(tmp_path))
     ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
     assert ckpt.latest_step() == 1
-    cfg_p = train.prepare_config(cfg)
-    _, model = train.build_model(cfg_p)
+    cfg_p = config_lib.prepare(cfg)
+    spec, model = train.build_model(cfg_p)
     tx, _ = train.make_optimizer(cfg_p)
-    abstract = jax.eval_shape(lambda: train.create_train_state(cfg_p, model, tx))
+    abstract = jax.eval_shape(lambda: train.create_train_state(cfg_p, spec, model, tx))
     state, data_state, _ = ckpt.restore(1, abstract)
     ckpt.close()
     assert int(state.step) == 1 and data_state

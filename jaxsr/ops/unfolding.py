@@ -1,0 +1,164 @@
+"""Operators of the unfolded (model-based) networks: the data term y = (x ⊗ k)↓s of blind SR,
+its gradients and its closed-form proximal step, as pure functions.
+
+KXNet's K and X steps (`kernel_gradient`, `transposed_blur`, `blur_down`) use the library's
+degradation (`degrade.blur`: cross-correlation, reflect padding; s-fold downsampling). Each
+has a grouped-convolution and an FFT formulation; `method="auto"` picks FFT on the CPU, where
+XLA's grouped and dilated convolutions are slow, and the convolution elsewhere.
+
+USRNet's data step (`data_precompute`, `data_step`) is the closed-form minimiser of
+||y - (x ⊛ k)↓s||² + α||x - x_prev||² for *circular* convolution and the s-fold
+downsampler, solved with FFTs.
+
+All of them are jittable and differentiable; no Flax.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsr.ops import degrade
+
+Array = jax.Array
+_HIGHEST = jax.lax.Precision.HIGHEST
+METHODS = ("auto", "conv", "fft")
+
+
+# ----------------------------------------------------------------------------- KXNet: gradients of the data term
+def blur_down(x: Array, kernels: Array, scale: int) -> Array:
+    """(X ⊗ K)↓s with the library's degradation operators (reflect padding, s-fold)."""
+    return degrade.downsample_sfold(degrade.blur(x, kernels), scale)
+
+
+def _resolve(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":  # XLA's CPU grouped/dilated convolutions are slow; FFTs are not
+        return "fft" if jax.default_backend() == "cpu" else "conv"
+    return method
+
+
+def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: str = "auto") -> Array:
+    """(D_s U_f(X))ᵀ vec(R) / (C·h·w): the data term's gradient w.r.t. the kernel.
+
+    Row (i, j, c) of D_s U_f(X) is the k×k patch of the reflect-padded X whose top-left corner
+    is (s·i, s·j), so tap (a, b) of the product is Σ X_pad[s·i + a, s·j + b, c] · R[i, j, c]:
+    a correlation of X_pad with R dilated by s, computed without materialising the
+    (C·h·w) × k² unfold matrix. method "conv": one grouped convolution with the dilated
+    residual as filter; "fft": the same correlation through real FFTs; "auto": "fft" on CPU.
+
+    x (N, H, W, C) with H > s·(h-1), residual (N, h, w, C) -> (N, size, size).
+    """
+    n, hh, ww, c = x.shape
+    h, w = residual.shape[1:3]
+    pad = size // 2
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    residual = residual.astype(xp.dtype)
+    if _resolve(method) == "fft":
+        # circular cross-correlation of X_pad with the zero-upsampled R; lags < size never wrap
+        hp, wp = xp.shape[1:3]
+        r_up = jnp.zeros_like(xp).at[:, :scale * h:scale, :scale * w:scale, :].set(residual)
+        spec = jnp.fft.rfft2(xp, axes=(1, 2)) * jnp.conj(jnp.fft.rfft2(r_up, axes=(1, 2)))
+        out = jnp.fft.irfft2(jnp.sum(spec, axis=-1), s=(hp, wp), axes=(1, 2))[:, :size, :size]
+    else:
+        xp = xp[:, :scale * (h - 1) + size, :scale * (w - 1) + size, :]  # the rows the patches touch
+        lhs = jnp.transpose(xp, (1, 2, 0, 3)).reshape(1, xp.shape[1], xp.shape[2], n * c)  # channel n*C + c
+        rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n]
+        out = jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides=(1, 1), padding="VALID", rhs_dilation=(scale, scale),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n, precision=_HIGHEST)
+        out = jnp.transpose(out[0], (2, 0, 1))
+    return out.astype(x.dtype) / (c * h * w)
+
+
+def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") -> Array:
+    """K ⊗ₛᵀ E: `F.conv_transpose2d(E, K, stride=s, padding=k//2, output_padding=s-1)` per image.
+
+    The adjoint of the zero-padded, stride-s correlation: E is dilated by s (zeros between
+    pixels) and convolved with K. method "conv": a grouped convolution with lhs dilation;
+    "fft": real FFTs on a canvas large enough that nothing wraps; "auto": "fft" on CPU.
+    e (N, h, w, C), kernels (N, k, k) -> (N, s·h, s·w, C).
+    """
+    n, h, w, c = e.shape
+    size = kernels.shape[-1]
+    pad = size // 2
+    kernels = kernels.astype(e.dtype)
+    if _resolve(method) == "fft":
+        hp, wp = scale * h + size - 1, scale * w + size - 1
+        e_up = jnp.zeros((n, hp, wp, c), e.dtype).at[:, :scale * h:scale, :scale * w:scale, :].set(e)
+        canvas = jnp.zeros((n, hp, wp), e.dtype).at[:, :size, :size].set(kernels)
+        spec = jnp.fft.rfft2(e_up, axes=(1, 2)) * jnp.fft.rfft2(canvas, axes=(1, 2))[..., None]
+        full = jnp.fft.irfft2(spec, s=(hp, wp), axes=(1, 2))
+        return full[:, pad:pad + scale * h, pad:pad + scale * w, :].astype(e.dtype)
+    lo, hi = size - 1 - pad, size - 1 - pad + scale - 1  # output_padding = s - 1 gives s·h rows
+    lhs = jnp.transpose(e, (1, 2, 3, 0)).reshape(1, h, w, c * n)  # channel c*N + n
+    rhs = jnp.tile(kernels[:, ::-1, ::-1], (c, 1, 1))  # same channel order
+    rhs = jnp.transpose(rhs, (1, 2, 0))[:, :, None, :]
+    out = jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides=(1, 1), padding=((lo, hi), (lo, hi)), lhs_dilation=(scale, scale),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c * n, precision=_HIGHEST)
+    return jnp.transpose(out.reshape(scale * h, scale * w, c, n), (3, 0, 1, 2))
+
+
+# ----------------------------------------------------------------------------- USRNet: the closed-form data step
+def p2o(psf: Array, shape: tuple[int, int]) -> Array:
+    """Optical transfer function of a (N, k, k) point-spread function on an (H, W) grid.
+
+    The PSF goes in the top-left corner of a zero (H, W) canvas, is rolled by -(k // 2) on both
+    axes (its centre to the origin) and Fourier transformed, so multiplying by the result
+    is the circular convolution with the PSF centred. Returns complex (N, H, W).
+    """
+    n, kh, kw = psf.shape
+    h, w = shape
+    if kh > h or kw > w:
+        raise ValueError(f"kernel of size {kh}x{kw} is larger than the HR grid {h}x{w}; "
+                         f"use a larger LR input or a smaller kernel")
+    canvas = jnp.zeros((n, h, w), psf.dtype).at[:, :kh, :kw].set(psf)
+    canvas = jnp.roll(canvas, (-(kh // 2), -(kw // 2)), axis=(1, 2))
+    return jnp.fft.fft2(canvas, axes=(1, 2))
+
+
+def block_mean(x: Array, scale: int) -> Array:
+    """Mean of the scale x scale distinct blocks of a spectrum: (N, sH, sW, ...) -> (N, H, W, ...).
+
+    Block (i, j) is rows [i*H, (i+1)*H) and columns [j*W, (j+1)*W): in the Fourier domain,
+    s-fold downsampling averages these aliased copies.
+    """
+    n, sh, sw = x.shape[:3]
+    h, w = sh // scale, sw // scale
+    x = x.reshape(n, scale, h, scale, w, *x.shape[3:])
+    return jnp.mean(x, axis=(1, 3))
+
+
+def upsample_zeros(lr: Array, scale: int) -> Array:
+    """The adjoint of the s-fold downsampler: each LR pixel at the top-left of an s x s block of zeros."""
+    n, h, w, c = lr.shape
+    return jnp.zeros((n, h * scale, w * scale, c), lr.dtype).at[:, ::scale, ::scale, :].set(lr)
+
+
+def data_precompute(lr: Array, kernel: Array, scale: int) -> tuple[Array, Array]:
+    """(FB, FBᴴ·F(Sᵀy)) for `data_step`: the OTF of the blur on the HR grid and the Fourier
+    transform of Kᵀ Sᵀ y. `kernel` (N, k, k) is a jaxsr (correlation) kernel; it is flipped into
+    the convolution PSF that `p2o` expects."""
+    n, h, w, _ = lr.shape
+    fb = p2o(kernel[:, ::-1, ::-1].astype(lr.dtype), (h * scale, w * scale))
+    fbfy = jnp.conj(fb)[..., None] * jnp.fft.fft2(upsample_zeros(lr, scale), axes=(1, 2))
+    return fb, fbfy
+
+
+def data_step(x: Array, fb: Array, fbfy: Array, alpha: Array, scale: int) -> Array:
+    """argmin_z ||y - S K z||² + α ||z - x||² in closed form (S: s-fold downsampler, K: circular
+    convolution with OTF `fb`).
+
+    By the Woodbury identity, with d = Kᵀ Sᵀ y + α x and FR = F(d):
+        F(z) = (FR - FBᴴ · ⇑[ mean_blocks(FB · FR) / (mean_blocks(|FB|²) + α) ]) / α
+    where ⇑ tiles the (H, W) block means back to (sH, sW). x (N, sH, sW, C); alpha (N,).
+    """
+    alpha = alpha.astype(x.dtype)[:, None, None, None]
+    fb = fb[..., None]
+    fr = fbfy + jnp.fft.fft2(alpha * x, axes=(1, 2))
+    fbr = block_mean(fb * fr, scale)
+    inv_w = block_mean(jnp.abs(fb) ** 2, scale)
+    inv_wbr = fbr / (inv_w + alpha)
+    fx = (fr - jnp.conj(fb) * jnp.tile(inv_wbr, (1, scale, scale, 1))) / alpha
+    return jnp.real(jnp.fft.ifft2(fx, axes=(1, 2))).astype(x.dtype)
