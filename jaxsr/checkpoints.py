@@ -5,6 +5,11 @@ Orbax writes each step into a temporary directory and renames it only when compl
 crash or SIGKILL mid-save leaves the previous checkpoints intact (the partial one is ignored).
 A fingerprint of the config (model, scale, degradation, parameter shapes) is saved beside the
 state; restoring under a different config fails with a message naming what differs.
+
+A checkpoint damaged after it was written (a disk fault, a half-synced copy) is not trusted:
+`restore_latest` falls back to the newest one that restores, moves the damaged ones aside into
+`<directory>.damaged/` (nothing is deleted) and says so; with checkpoints present it never
+silently starts from step 0.
 """
 from __future__ import annotations
 
@@ -15,6 +20,11 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+
+class ConfigMismatchError(ValueError):
+    """The checkpoint was written by a different config (not damage: never skipped)."""
 
 
 def fingerprint(cfg, params) -> dict[str, Any]:
@@ -70,12 +80,48 @@ class Checkpointer:
             diffs = _diff({k: v for k, v in meta.items() if k != "param_shapes"},
                           {k: v for k, v in current_meta.items() if k != "param_shapes"})
             if diffs:
-                raise ValueError(
+                raise ConfigMismatchError(
                     f"checkpoint {self.directory}/{step} was written by a different config:\n  "
                     + "\n  ".join(diffs[:20]) + "\nUse a new --workdir or the matching config.")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored["state"], restored["data"], meta
+
+    def restore_latest(self, abstract_state, current_meta: dict | None = None, log=print):
+        """(state, data_state, meta, step) of the newest checkpoint that restores, or None when
+        there is none. Damaged newer ones are moved to `<directory>.damaged/` with a message."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                return (*self.restore(step, abstract_state, current_meta), step)
+            except ConfigMismatchError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any read/parse/shape error means "damaged"
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                failures.append(f"step {step}: {reason}")
+                log(f"checkpoint {self.directory}/{step} cannot be restored ({reason}); "
+                    f"moving it to {self.directory}.damaged/ and trying the previous one")
+                self._set_aside(step)
+        if failures:
+            raise RuntimeError(
+                f"no checkpoint in {self.directory} can be restored, so training will not silently restart "
+                f"from step 0. The damaged ones are in {self.directory}.damaged/:\n  " + "\n  ".join(failures)
+                + "\nRestore a good copy, or use a new --workdir to start over.")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        """Move a damaged step out of Orbax's view (a later save may reuse the step number)."""
+        multihost_utils.sync_global_devices(f"jaxsr damaged checkpoint {step}")  # every host done reading
+        if jax.process_index() == 0:
+            target = f"{self.directory}.damaged"
+            os.makedirs(target, exist_ok=True)
+            name, n = os.path.join(target, str(step)), 1
+            while os.path.exists(name):
+                name, n = os.path.join(target, f"{step}.{n}"), n + 1
+            os.replace(os.path.join(self.directory, str(step)), name)
+        multihost_utils.sync_global_devices(f"jaxsr damaged checkpoint {step} moved")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

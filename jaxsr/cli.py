@@ -5,8 +5,27 @@ import os
 
 import jax
 
-from jaxsr import predict as predict_lib, train as train_lib
+from jaxsr import config_lib, predict as predict_lib, train as train_lib
 from jaxsr.data import datasets
+
+
+ACCELERATOR_HELP = """\
+this is a paper-scale run ({steps:,} steps at batch {batch}) and JAX is on the CPU backend ({devices}).
+It would take months here. Install JAX's accelerator build and check it sees the devices:
+  NVIDIA GPU (CUDA 12):  pip install -e '.[cuda12]'
+  Cloud TPU VM:          pip install -e '.[tpu]'
+  then:                  python -c "import jax; print(jax.devices())"
+To train on the CPU anyway, add --config.train.require_accelerator=False."""
+
+
+def check_backend(cfg, mode: str, backend: str | None = None) -> None:
+    """Refuse to *train* a config marked `train.require_accelerator` (the paper variants) on the
+    CPU backend; eval and infer are fine on a CPU."""
+    backend = backend or jax.default_backend()
+    if mode == "train" and cfg.train.get("require_accelerator", False) and backend == "cpu":
+        raise SystemExit("error: " + ACCELERATOR_HELP.format(
+            steps=int(cfg.train.steps), batch=int(cfg.data.batch_size),
+            devices=f"{jax.device_count()} CPU device(s)"))
 
 
 def train(cfg, workdir: str) -> dict:

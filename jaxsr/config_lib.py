@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
         steps=400_000, learning_rate=2e-4, lr_milestones=(100_000, 200_000, 300_000), lr_gamma=0.5,
         b1=0.9, b2=0.99, weight_decay=0.0, grad_clip=0.0,
         log_every=100, eval_every=5_000, checkpoint_every=5_000, keep_checkpoints=3,
-        async_checkpoints=True))
+        async_checkpoints=True,
+        require_accelerator=False))  # True for paper-scale runs: training refuses the CPU backend
 
     cfg.eval = ml_collections.ConfigDict(dict(
         protocol="gaussian8", dirs=("../shared/data/Set5",), noise=0.0, bucket=16, max_batch=8,
@@ -99,6 +100,7 @@ def paper_data(cfg: ml_collections.ConfigDict, **data) -> ml_collections.ConfigD
     Set5 + Set14 for evaluation, decoded on access; `data` overrides fields of cfg.data."""
     cfg.data.update(dict(train_dirs=PAPER_TRAIN_DIRS, val_dirs=("../shared/data/Set5",), cache=False,
                          num_threads=16, **data))
+    cfg.train.require_accelerator = True
     cfg.eval.dirs = ("../shared/data/Set5", "../shared/data/Set14")
     return cfg
 

@@ -34,6 +34,7 @@ def main(argv):
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
           f"{jax.process_count()} processes", flush=True)
     cfg, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    cli.check_backend(cfg, _MODE.value)
     if _MODE.value == "train":
         cli.train(cfg, workdir)
     elif _MODE.value == "eval":

@@ -8,7 +8,9 @@ the metric files (`jaxsr.metric_writer`) live in modules of their own.
 
 Reproducibility: the step's randomness depends only on (seed, step) and the data iterator's
 state is checkpointed, so a run killed at any point and restarted produces the same losses as
-an uninterrupted one.
+an uninterrupted one. SIGTERM / SIGINT (a preemption notice) finish the current step, save a
+checkpoint at it and return normally (`jaxsr.preemption`); a damaged latest checkpoint is
+skipped for the newest good one (`Checkpointer.restore_latest`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsr import checkpoints, config_lib, models, sharding
+from jaxsr import checkpoints, config_lib, models, preemption, sharding
 from jaxsr import io as jio
 from jaxsr.data import datasets, pipeline
 from jaxsr.metric_writer import MetricWriter
@@ -159,10 +161,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                                     save_every=cfg.train.checkpoint_every, async_save=cfg.train.async_checkpoints)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     start_step = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
-        state, data_state, _ = ckpt.restore(latest, abstract, meta)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+    restored = ckpt.restore_latest(abstract, meta, log=log)
+    if restored is not None:
+        state, data_state, _, _ = restored
         data_iter.set_state(data_state)
         start_step = int(state.step)
         log("resumed from %s at step %d", ckpt.directory, start_step)
@@ -174,6 +176,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     writer = MetricWriter(workdir, start_step)
     interactive = sys.stdout.isatty() and jax.process_index() == 0
 
+    stop = preemption.StopSignal()
     pending: list[dict] = []
     last_val: dict[str, float] = {}
     t0 = t_log = time.time()
@@ -222,12 +225,21 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 if jax.process_index() == 0:
                     jio.write_image(os.path.join(workdir, "validation", f"step_{step:08d}.png"), grid)
                 log("step %d validation: %s", step, ", ".join(f"{k[4:]} {v:.4g}" for k, v in last_val.items()))
-            if step % cfg.train.checkpoint_every == 0 or step == total:
+            stopping = stop(step)
+            if stopping or step % cfg.train.checkpoint_every == 0 or step == total:
+                if stopping and pending:
+                    writer.write(step, flush_metrics(step))
                 flush_metrics(step)  # never checkpoint past a non-finite step
                 # Orbax writes JSON items from the first host only. That suffices: every host's
                 # iterator is at the same position ({"next_index": step * local_batch}).
-                ckpt.save(step, state, data_iter.get_state(), meta, force=step == total)
+                ckpt.save(step, state, data_iter.get_state(), meta, force=stopping or step == total)
+            if stopping:
+                ckpt.wait()
+                log("\nstopped by %s after step %d/%d; checkpoint saved in %s. Run the same command to resume.",
+                    stop.received, step, total, ckpt.directory)
+                break
     finally:
+        stop.close()
         if interactive:
             sys.stdout.write("\n")
         ckpt.close()

@@ -68,3 +68,41 @@ def test_missing_data_folder_names_key(tmp_path):
     cfg.data.train_dirs = (str(tmp_path / "nope"),)
     with pytest.raises(ValueError, match="data.train_dirs.*nope"):
         train.train_and_evaluate(cfg, str(tmp_path / "wd"))
+
+
+# ----------------------------------------------------------------------------- CPU-backend guard
+PAPER_VARIANTS = [("dan", "setting1_x4"), ("danv2", "setting2_x2"), ("kxnet", "setting2_x4"), ("dssr", "setting1_x3"),
+                  ("kenet", "x4"), ("usrnet", "kenet_x4")]
+
+
+@pytest.mark.parametrize("name, variant", PAPER_VARIANTS)
+def test_paper_variant_refuses_to_train_on_cpu(name, variant):
+    from jaxsr import cli
+    cfg = load(name, variant)
+    with pytest.raises(SystemExit, match=r"(?s)paper-scale run.*pip install -e '\.\[cuda12\]'.*"
+                                         r"pip install -e '\.\[tpu\]'.*require_accelerator=False"):
+        cli.check_backend(cfg, "train", backend="cpu")
+    for mode in ("eval", "infer"):  # CPU is fine for these
+        cli.check_backend(cfg, mode, backend="cpu")
+    cli.check_backend(cfg, "train", backend="gpu")
+    cfg.train.require_accelerator = False  # the explicit override
+    cli.check_backend(cfg, "train", backend="cpu")
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_small_variants_train_on_cpu(name):
+    from jaxsr import cli
+    for variant in ("tiny", "cpu"):
+        cli.check_backend(load(name, variant), "train", backend="cpu")
+
+
+def test_main_stops_a_paper_run_on_cpu_before_any_work(tmp_path):
+    import os
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "jaxsr.main", "--config=configs/dan.py:setting1_x4",
+                          f"--workdir={tmp_path / 'wd'}"], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert res.returncode == 1
+    assert "paper-scale run (400,000 steps at batch 64)" in res.stderr and "'.[cuda12]'" in res.stderr
+    assert not (tmp_path / "wd").exists()  # nothing written

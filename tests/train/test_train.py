@@ -1,5 +1,7 @@
 """End-to-end tests of `python -m jaxsr.main` on the tiny DANv1 config: resume after SIGKILL,
-1-vs-4-device equivalence, config errors, non-finite loss, eval and infer."""
+stop on SIGTERM and resume, a damaged checkpoint, 1-vs-4-device equivalence, config errors,
+eval and infer."""
+import shutil
 import json
 import os
 import pathlib
@@ -32,30 +34,52 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def _wait_for(condition, proc, what, timeout=600):
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run exited before {what}"
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
+# The SIGTERM run validates at step 3 (seconds of compilation: a window for the signal, which
+# changes no loss) and has no regular checkpoint before the end.
+TERM_ARGS = ("--config.train.checkpoint_every=1000", "--config.train.eval_every=3")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three tiny runs: uninterrupted on 1 device, killed + resumed, and on 4 devices."""
+    """Tiny runs: uninterrupted on 1 device, killed + resumed, stopped by SIGTERM + resumed, and on
+    4 devices."""
     root = tmp_path_factory.mktemp("train")
-    full, killed, four = root / "full", root / "killed", root / "four"
+    full, killed, termed, four = root / "full", root / "killed", root / "termed", root / "four"
     procs = [subprocess.Popen(_cmd(full), cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
              subprocess.Popen(_cmd(killed), cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
+                              stderr=subprocess.DEVNULL),
+             subprocess.Popen(_cmd(termed, *TERM_ARGS), cwd=REPO, env=_env(1), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)]
     # SIGKILL the second run as soon as its step-4 checkpoint is complete (mid-run, no cleanup).
-    deadline = time.time() + 600
-    while not (killed / "checkpoints" / "4").is_dir():
-        assert procs[1].poll() is None, "run to be killed exited early"
-        assert time.time() < deadline, "no checkpoint 4 within 10 minutes"
-        time.sleep(0.2)
+    _wait_for(lambda: (killed / "checkpoints" / "4").is_dir(), procs[1], "checkpoint 4")
     procs[1].send_signal(signal.SIGKILL)
     procs[1].wait()
+    # SIGTERM the third between checkpoints, once it has logged step 2.
+    _wait_for(lambda: len(_losses(termed)) >= 2 if (termed / "metrics.jsonl").is_file() else False, procs[2],
+              "step 2 of the SIGTERM run")
+    procs[2].send_signal(signal.SIGTERM)
+    termed_out = procs[2].communicate()[0].decode()
+    assert procs[2].returncode == 0, termed_out
+    termed_steps = sorted(int(p.name) for p in (termed / "checkpoints").iterdir() if p.name.isdigit())
     out = procs[0].communicate()[0].decode()
     assert procs[0].returncode == 0, out
     resumed = subprocess.run(_cmd(killed), cwd=REPO, env=_env(1), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    termed_resumed = subprocess.run(_cmd(termed, *TERM_ARGS), cwd=REPO, env=_env(1), capture_output=True, text=True)
+    assert termed_resumed.returncode == 0, termed_resumed.stdout + termed_resumed.stderr
     four_run = subprocess.run(_cmd(four), cwd=REPO, env=_env(4), capture_output=True, text=True)
     assert four_run.returncode == 0, four_run.stdout + four_run.stderr
     return dict(full=full, killed=killed, four=four, full_out=out, resumed_out=resumed.stdout,
-                four_out=four_run.stdout)
+                four_out=four_run.stdout, termed=termed, termed_out=termed_out, termed_steps=termed_steps,
+                termed_resumed_out=termed_resumed.stdout)
 
 
 def test_run_prints_gain_and_writes_outputs(runs):
@@ -72,6 +96,54 @@ def test_resume_after_sigkill_reproduces_losses(runs):
     assert sorted(killed) == sorted(full)
     for step in range(1, STEPS + 1):
         np.testing.assert_allclose(killed[step], full[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(runs):
+    """A preemption notice between checkpoints loses nothing: the run stops after its current step
+    with a checkpoint at that step, and the resumed run's losses equal the uninterrupted run's."""
+    stopped = runs["termed_steps"]
+    assert len(stopped) == 1 and 2 <= stopped[0] < STEPS, stopped  # not a regular checkpoint (every 1000)
+    assert f"stopped by SIGTERM after step {stopped[0]}/{STEPS}" in runs["termed_out"]
+    assert f"at step {stopped[0]}" in runs["termed_resumed_out"]
+    full, termed = _losses(runs["full"]), _losses(runs["termed"])
+    assert sorted(termed) == sorted(full)
+    for step in range(1, STEPS + 1):
+        np.testing.assert_allclose(termed[step], full[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def _largest_file(folder):
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(runs, tmp_path):
+    """A file of the latest checkpoint truncated after it was written: resume uses the newest one that
+    restores, says which and why, keeps the damaged one aside, and reproduces the losses."""
+    work = tmp_path / "damaged"
+    shutil.copytree(runs["full"], work)
+    victim = _largest_file(work / "checkpoints" / str(STEPS) / "state")
+    victim.write_bytes(victim.read_bytes()[:100])
+    res = subprocess.run(_cmd(work), cwd=REPO, env=_env(1), capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"checkpoint {work / 'checkpoints'}/{STEPS} cannot be restored" in res.stdout
+    assert f"at step {STEPS - 2}" in res.stdout
+    assert (work / "checkpoints.damaged" / str(STEPS)).is_dir()  # set aside, not deleted
+    assert (work / "checkpoints" / str(STEPS)).is_dir()  # rewritten by the resumed run
+    full, again = _losses(runs["full"]), _losses(work)
+    for step in range(1, STEPS + 1):
+        np.testing.assert_allclose(again[step], full[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_no_restorable_checkpoint_refuses_to_restart_from_zero(runs, tmp_path):
+    work = tmp_path / "all_damaged"
+    shutil.copytree(runs["full"], work)
+    for step_dir in (work / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            (step_dir / "meta" / "metadata").write_text("{not json")
+    res = subprocess.run(_cmd(work), cwd=REPO, env=_env(1), capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "will not silently restart from step 0" in res.stderr
+    assert not [p for p in (work / "checkpoints").iterdir() if p.name.isdigit()]  # nothing trained from 0
+    assert len(list((work / "checkpoints.damaged").iterdir())) == STEPS // 2  # every one kept aside
 
 
 def test_four_devices_match_one_device(runs):
