@@ -199,6 +199,21 @@ def test_wrong_sizes_name_the_file(div2krk, tmp_path):
         E.evaluate_paired(fake_model(2), paired.find_pairs(hr_dir, lr_dir), scale=2)
 
 
+def test_gray_stored_as_rgb_and_channel_mismatch(tmp_path):
+    rng = np.random.default_rng(0)
+    gray_hr = np.round(rng.random((9, 8, 1)) * 255) / 255
+    io.write_image(tmp_path / "hr/a.png", np.repeat(gray_hr, 3, axis=-1))     # gray content, RGB file
+    io.write_image(tmp_path / "lr/a_x4.png", gray_hr[:2, :2])                  # a gray file
+    io.write_image(tmp_path / "hr/b.png", rng.random((8, 8, 3)))               # colour
+    io.write_image(tmp_path / "lr/b_x4.png", rng.random((2, 2, 1)))            # gray
+    pairs = paired.find_pairs(tmp_path / "hr", tmp_path / "lr")
+    case = E.paired_cases(pairs[:1], SCALE)[0]
+    assert case.hr.shape == (8, 8, 1) and case.lr.shape == (2, 2, 1) and case.kernel is None
+    np.testing.assert_allclose(case.hr, gray_hr[:8], atol=1e-7)
+    with pytest.raises(ValueError, match=r"b\.png has 3 channel\(s\) and .*b_x4\.png has 1"):
+        E.paired_cases(pairs[1:], SCALE)
+
+
 def _touch(folder, *names):
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -340,3 +355,13 @@ def test_cli_errors_before_loading_a_model(div2krk, no_model, tmp_path):
     with pytest.raises(ValueError, match="oracle_kernel=True needs ground-truth kernels.*gt_k_x2"):
         cli.evaluate(_cfg(2, dirs=(str(div2krk),), oracle_kernel=True), str(tmp_path))
     assert no_model == []
+
+
+def test_cli_evaluate_synthetic_protocol_unchanged(set5_crops, no_model, tmp_path):
+    """The same cli loop still runs the degrading protocols (and resolves eval.dirs first)."""
+    io.write_image(tmp_path / "hr" / "baby.png", set5_crops[0][1])
+    cfg = _cfg(protocol="gaussian8", dirs=(str(tmp_path / "hr"),))
+    results = cli.evaluate(cfg, str(tmp_path))
+    assert list(results) == ["hr_gaussian8_x4"] and len(results["hr_gaussian8_x4"]["kernels"]) == 8
+    with pytest.raises(ValueError, match="eval.dirs: the folder .*missing"):
+        cli.evaluate(_cfg(protocol="gaussian8", dirs=(str(tmp_path / "missing"),)), str(tmp_path))
