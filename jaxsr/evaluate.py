@@ -435,7 +435,9 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
                           "kernel_file": None if pair.kernel is None else str(pair.kernel)}
             if case.kernel is not None:
                 kernel_sizes.add(int(case.kernel.shape[0]))
-    folders = lambda attr: sorted({str(getattr(p, attr).parent) for p in pairs if getattr(p, attr) is not None})
+    def folders(attr: str) -> list[str]:
+        return sorted({str(getattr(p, attr).parent) for p in pairs if getattr(p, attr) is not None})
+
     means = {m: _mean(records, m) for m in METRICS}
     return {
         "protocol": PAIRED, "scale": scale,

@@ -299,6 +299,7 @@ def _cfg(scale=SCALE, **eval_keys):
 def test_config_keys_are_validated():
     cfg = config_lib.base_config()
     assert (cfg.eval.lr_dir, cfg.eval.hr_dir, cfg.eval.kernel_dir) == ("", "", "")
+    assert config_lib.EVAL_PROTOCOLS == (*E.PROTOCOLS, E.PAIRED)
     config_lib.validate_eval(_cfg())
     config_lib.validate_eval(_cfg(lr_dir="a", hr_dir="b", kernel_dir="c"))
     with pytest.raises(ValueError, match="config key eval.hr_dir is empty"):
