@@ -38,22 +38,67 @@ def train(cfg, workdir: str) -> dict:
     return result
 
 
+def paired_sets(cfg) -> list[tuple[str, list]]:
+    """(set name, `jaxsr.paired.Pair`s) of `eval.protocol=paired`: `eval.lr_dir` + `eval.hr_dir`
+    (+ `eval.kernel_dir`) as one set named after the LR folder, else every entry of `eval.dirs` as
+    a root in DIV2KRK's layout, named after the root. Files are matched here, before any model
+    is loaded, so a missing or unmatched file fails fast."""
+    from jaxsr import paired
+    e = cfg.eval
+    oracle = bool(e.get("oracle_kernel", False))
+    if e.get("lr_dir"):
+        for key in config_lib.PAIRED_KEYS:
+            if e.get(key) and not os.path.isdir(e[key]):
+                raise FileNotFoundError(f"config key eval.{key}: folder {e[key]!r} does not exist")
+        if oracle and not e.get("kernel_dir"):
+            raise ValueError("config key eval.kernel_dir is empty, but eval.oracle_kernel=True gives the model the "
+                             "ground-truth kernels; set eval.kernel_dir or eval.oracle_kernel=False")
+        name = os.path.basename(os.path.normpath(e.lr_dir))
+        return [(name, paired.find_pairs(e.hr_dir, e.lr_dir, e.get("kernel_dir") or None))]
+    if not e.dirs:
+        raise ValueError("config key eval.dirs is empty; eval.protocol=paired needs eval.lr_dir and eval.hr_dir, "
+                         "or DIV2KRK-style roots in eval.dirs")
+    sets = []
+    for root in e.dirs:
+        try:
+            hr_dir, lr_dir, kernel_dir = paired.div2krk_dirs(root, cfg.scale)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"config key eval.dirs: {error}. With eval.protocol=paired an entry of eval.dirs is a "
+                              f"DIV2KRK-style root; for other layouts set eval.lr_dir and eval.hr_dir") from None
+        if oracle and kernel_dir is None:
+            raise ValueError(f"config key eval.oracle_kernel=True needs ground-truth kernels, but {root} has no "
+                             f"gt_k_x{cfg.scale}/ folder")
+        sets.append((os.path.basename(os.path.normpath(root)), paired.find_pairs(hr_dir, lr_dir, kernel_dir)))
+    return sets
+
+
 def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     from jaxsr import evaluate as evaluate_lib
     train_lib.check_config(cfg)
-    predict, source = predict_lib.build(cfg, workdir, official)
+    protocol = cfg.eval.protocol
     oracle = bool(cfg.eval.get("oracle_kernel", False))  # predict_fn(lr, true kernel): non-blind upper bound
+    if protocol == evaluate_lib.PAIRED:
+        sets = paired_sets(cfg)
+    else:
+        for folder in cfg.eval.dirs:
+            datasets.resolve_image_paths([folder], key="eval.dirs")  # a clear error for a wrong folder
+        sets = list(cfg.eval.dirs)
+    predict, source = predict_lib.build(cfg, workdir, official)
     results = {}
-    for folder in cfg.eval.dirs:
-        datasets.resolve_image_paths([folder], key="eval.dirs")  # a clear error for a wrong folder
-        images = evaluate_lib.load_hr_images(folder)
-        spec = config_lib.degradation_spec(cfg)
-        result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=cfg.eval.protocol,
-                                       kernel_size=spec.kernel_size, noise=cfg.eval.noise,
-                                       bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch,
-                                       oracle_kernel=oracle)
-        name = (f"{os.path.basename(os.path.normpath(folder))}_{cfg.eval.protocol}_x{cfg.scale}"
-                + ("_gt_kernel" if oracle else ""))
+    for entry in sets:
+        if protocol == evaluate_lib.PAIRED:
+            set_name, pairs = entry
+            result = evaluate_lib.evaluate_paired(predict, pairs, scale=cfg.scale, bucket=cfg.eval.bucket,
+                                                  max_batch=cfg.eval.max_batch, oracle_kernel=oracle)
+        else:
+            set_name = os.path.basename(os.path.normpath(entry))
+            images = evaluate_lib.load_hr_images(entry)
+            spec = config_lib.degradation_spec(cfg)
+            result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=protocol,
+                                           kernel_size=spec.kernel_size, noise=cfg.eval.noise,
+                                           bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch,
+                                           oracle_kernel=oracle)
+        name = f"{set_name}_{protocol}_x{cfg.scale}" + ("_gt_kernel" if oracle else "")
         result["source"] = source
         if jax.process_index() == 0:
             evaluate_lib.save_results(result, os.path.join(workdir, "eval"), name)

@@ -18,6 +18,8 @@ import ml_collections
 from jaxsr.ops import degrade, pca
 
 DEGRADATION_PRESETS = ("setting1", "setting2", "kxnet1", "kxnet2", "kenet", "custom")
+EVAL_PROTOCOLS = ("gaussian8", "setting2", "kxnet", "paired")  # jaxsr.evaluate.PROTOCOLS + PAIRED
+PAIRED_KEYS = ("lr_dir", "hr_dir", "kernel_dir")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -52,9 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
         async_checkpoints=True,
         require_accelerator=False))  # True for paper-scale runs: training refuses the CPU backend
 
+    # protocol: gaussian8 | setting2 | kxnet degrade the HR images of `dirs`; "paired" reads published
+    # LR files: `lr_dir` + `hr_dir` (+ `kernel_dir`, ground-truth kernels), or else every entry of
+    # `dirs` is a root in DIV2KRK's layout (gt/, lr_x<s>/, gt_k_x<s>/). See jaxsr.paired.
     cfg.eval = ml_collections.ConfigDict(dict(
         protocol="gaussian8", dirs=("../shared/data/Set5",), noise=0.0, bucket=16, max_batch=8,
-        num_iters=-1))  # -1: the model's own T
+        num_iters=-1,  # -1: the model's own T
+        lr_dir="", hr_dir="", kernel_dir=""))
     cfg.infer = ml_collections.ConfigDict(dict(tile=256, overlap=16))
     return cfg
 
@@ -191,6 +197,36 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         if int(cfg.train[key]) < 1:
             raise ValueError(f"config key train.{key} must be >= 1, got {cfg.train[key]}")
+    validate_eval(cfg)
+
+
+def validate_eval(cfg: ml_collections.ConfigDict) -> None:
+    """The eval section: a known protocol, and the paired protocol's folders given consistently."""
+    e = cfg.get("eval") or ml_collections.ConfigDict()
+    protocol = e.get("protocol", "gaussian8")
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"config key eval.protocol must be one of {EVAL_PROTOCOLS}, got {protocol!r}")
+    given = {}
+    for key in PAIRED_KEYS:
+        value = e.get(key, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise ValueError(f"config key eval.{key} must be a folder path (a string), got {value!r}")
+        given[key] = value
+    set_keys = [k for k, v in given.items() if v]
+    if protocol != "paired":
+        if set_keys:
+            raise ValueError(f"config key eval.{set_keys[0]} is only read by eval.protocol='paired' (got protocol "
+                             f"{protocol!r}); add --config.eval.protocol=paired or leave it empty")
+        return
+    if bool(given["lr_dir"]) != bool(given["hr_dir"]):
+        missing = "hr_dir" if given["lr_dir"] else "lr_dir"
+        raise ValueError(f"config key eval.{missing} is empty: eval.protocol='paired' needs both eval.lr_dir and "
+                         f"eval.hr_dir, or neither (then every entry of eval.dirs is a DIV2KRK-style root)")
+    if given["kernel_dir"] and not given["lr_dir"]:
+        raise ValueError("config key eval.kernel_dir needs eval.lr_dir and eval.hr_dir (a DIV2KRK root in "
+                         "eval.dirs brings its own gt_k_x<s>/ kernels)")
 
 
 SMALL_RUNS = {

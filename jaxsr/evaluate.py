@@ -1,4 +1,4 @@
-"""The synthetic test protocols: degrade HR images, super-resolve them, score the results.
+"""The test protocols: degrade HR images (or read published LR files), super-resolve, score.
 
 A model enters only as a *predict function* (see `jaxsr.infer`)::
 
@@ -17,6 +17,11 @@ Protocols (`PROTOCOLS`):
   uint8.
 
 `noise` may be given for any protocol; it is added after downsampling, before rounding.
+
+``"paired"`` (`evaluate_paired`) degrades nothing: it reads published LR files beside their HR
+files (and ground-truth kernels when shipped, e.g. DIV2KRK); `jaxsr.paired` finds and matches
+the files. The HR image is mod-cropped to a multiple of s and must then be exactly s times the
+LR size. Its table has one row, "paired"; the scores are the same as below.
 
 Scores (per kernel x image): PSNR / SSIM on MATLAB's Y channel with `scale` border pixels
 cropped (`jaxsr.ops.metrics`), for the model and for the bicubic baseline
@@ -52,17 +57,19 @@ from numbers import Real
 from pathlib import Path
 from typing import Literal
 
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import io
+from jaxsr import io, paired
 from jaxsr.infer import PredictFn, iter_batches, pad_to_multiple
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
 
 Protocol = Literal["gaussian8", "setting2", "kxnet"]
-PROTOCOLS: tuple[str, ...] = ("gaussian8", "setting2", "kxnet")
+PROTOCOLS: tuple[str, ...] = ("gaussian8", "setting2", "kxnet")  # degrade HR images (`evaluate`)
+PAIRED = "paired"  # published LR files (`evaluate_paired`)
 METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim", "kernel_mae", "kernel_psnr",
            "kernel_psnr_max")
 _KXNET_KERNEL_SIZE = {2: 11, 3: 15, 4: 21}
@@ -183,6 +190,12 @@ def _with_true_kernels(predict_fn, kernels: np.ndarray, max_batch: int) -> Predi
     return predict
 
 
+def _stack_kernels(kernels: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, k, k): kernels of different odd sizes zero-padded around their centre to the largest."""
+    size = max(k.shape[0] for k in kernels)
+    return np.stack([np.pad(k, (size - k.shape[0]) // 2) for k in kernels])
+
+
 @dataclasses.dataclass
 class Case:
     """One (test kernel, image) pair: the HR target, the LR the model sees, the true kernel."""
@@ -241,7 +254,7 @@ def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int,
             missing = [f"{c.image} ({c.label})" for c in group if c.kernel is None]
             if missing:
                 raise ValueError(f"oracle_kernel=True needs the true kernel of every image; none for {missing}")
-            run = _with_true_kernels(predict_fn, np.stack([c.kernel for c in group]), max_batch)
+            run = _with_true_kernels(predict_fn, _stack_kernels([c.kernel for c in group]), max_batch)
         else:
             run = predict_fn
         for start, sr_batch, kernel_batch in iter_batches(run, inputs, max_batch):
@@ -307,6 +320,9 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     (one record per kernel x image) and `mean` (over all records). Kernel metrics are None
     when predict_fn returns no kernel.
     """
+    if protocol == PAIRED:
+        raise ValueError(f"protocol {PAIRED!r} scores LR files, it degrades no HR images: use "
+                         f"evaluate_paired(predict_fn, jaxsr.paired.find_pairs(hr_dir, lr_dir, kernel_dir), ...)")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     scale = _check_settings(scale, kernel_size, bucket, max_batch, noise)
@@ -330,6 +346,114 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     }
 
 
+# --------------------------------------------------------------------------- paired files
+
+def _stored_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        shape = iio.improps(path, index=0).shape
+    except Exception as error:  # imageio raises several types depending on the plugin
+        raise ValueError(f"could not read {path} as an image: {error}") from error
+    return int(shape[0]), int(shape[1])
+
+
+def _check_sizes(pair: paired.Pair, hr_size: tuple[int, int], lr_size: tuple[int, int], scale: int) -> None:
+    (big_h, big_w), (h, w) = hr_size, lr_size
+    cropped = (big_h - big_h % scale, big_w - big_w % scale)
+    if cropped != (scale * h, scale * w):
+        raise ValueError(f"LR file {pair.lr} is {h}x{w} but HR file {pair.hr} is {big_h}x{big_w} "
+                         f"(mod-cropped {cropped[0]}x{cropped[1]}); at x{scale} the LR must be "
+                         f"{cropped[0] // scale}x{cropped[1] // scale}")
+
+
+def _same_channels(pair: paired.Pair, hr: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A gray image stored as RGB (equal channels) is reduced to gray to match its partner."""
+    if hr.shape[-1] == lr.shape[-1]:
+        return hr, lr
+
+    def gray(image, path):
+        if np.array_equal(image[..., :1], image[..., 1:2]) and np.array_equal(image[..., :1], image[..., 2:]):
+            return image[..., :1]
+        raise ValueError(f"{pair.hr} has {hr.shape[-1]} channel(s) and {pair.lr} has {lr.shape[-1]}; "
+                         f"{path} is not gray, so they cannot be compared")
+
+    return (gray(hr, pair.hr), lr) if hr.shape[-1] == 3 else (hr, gray(lr, pair.lr))
+
+
+def paired_cases(pairs: Sequence[paired.Pair], scale: int, label: str = PAIRED) -> list[Case]:
+    """Step 1 of the paired protocol: the files of every pair read as a Case (row 0); the HR
+    mod-cropped and checked against the LR size, the kernel (if any) read with sum 1."""
+    cases = []
+    for pair in pairs:
+        hr = io.read_image(pair.hr, mode="keep")
+        lr = io.read_image(pair.lr, mode="keep")
+        _check_sizes(pair, hr.shape[:2], lr.shape[:2], scale)
+        hr, lr = _same_channels(pair, io.mod_crop(hr, scale), lr)
+        kernel = None if pair.kernel is None else paired.read_kernel(pair.kernel)
+        cases.append(Case(0, label, pair.name, hr, lr, kernel))
+    return cases
+
+
+def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scale: int, bucket: int = 16,
+                    max_batch: int = 8, oracle_kernel: bool = False) -> dict:
+    """Score `predict_fn` on published LR files (`pairs` from `jaxsr.paired.find_pairs`).
+
+    The same steps and scores as `evaluate` with the paired protocol as step 1: PSNR/SSIM on Y
+    (border = scale) of the model and of bicubic on the stored LR, and the kernel error against
+    the pair's ground-truth kernel when there is one (sizes may differ: the smaller is
+    zero-padded). oracle_kernel: feed the ground-truth kernels to predict_fn(lr, kernel); every
+    pair must have one. Every size is checked from the file headers before the model runs;
+    the images are then read one group of equal padded LR size at a time.
+    Returns the dict of `evaluate` (protocol "paired", one row "paired") with the folders, the
+    files of every record, and `kernel_size` (None when there are no kernels or several sizes).
+    """
+    scale = _check_settings(scale, None, bucket, max_batch, 0.0)
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("pairs is empty")
+    if oracle_kernel:
+        missing = [p.lr.name for p in pairs if p.kernel is None]
+        if missing:
+            raise ValueError(f"oracle_kernel=True needs the ground-truth kernel of every image; there is none for "
+                             f"{len(missing)} LR file(s): {missing[:20]}")
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, pair in enumerate(pairs):
+        h, w = _stored_size(pair.lr)
+        _check_sizes(pair, _stored_size(pair.hr), (h, w), scale)
+        if pair.kernel is not None and not pair.kernel.is_file():
+            raise FileNotFoundError(f"no kernel file at {pair.kernel}")
+        groups[(h + -h % bucket, w + -w % bucket)].append(i)
+    records: list[dict] = [{} for _ in pairs]
+    shapes: set[tuple[int, ...]] = set()
+    kernel_sizes: set[int] = set()
+    for indices in groups.values():  # one group in memory at a time (DIV2KRK's HR images are 2K)
+        cases = paired_cases([pairs[i] for i in indices], scale)
+        shapes |= run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
+        for i, case in zip(indices, cases):
+            pair = pairs[i]
+            records[i] = {**score_case(case, scale), "hr_file": str(pair.hr), "lr_file": str(pair.lr),
+                          "kernel_file": None if pair.kernel is None else str(pair.kernel)}
+            if case.kernel is not None:
+                kernel_sizes.add(int(case.kernel.shape[0]))
+    def folders(attr: str) -> list[str]:
+        return sorted({str(getattr(p, attr).parent) for p in pairs if getattr(p, attr) is not None})
+
+    means = {m: _mean(records, m) for m in METRICS}
+    return {
+        "protocol": PAIRED, "scale": scale,
+        "kernel_size": next(iter(kernel_sizes)) if len(kernel_sizes) == 1 else None,
+        "kernel_sizes": sorted(kernel_sizes), "bucket": bucket, "max_batch": max_batch,
+        "oracle_kernel": bool(oracle_kernel),
+        "hr_dirs": folders("hr"), "lr_dirs": folders("lr"), "kernel_dirs": folders("kernel"),
+        "images": [p.name for p in pairs],
+        "num_compiled_shapes": len(shapes),
+        "compiled_shapes": [list(s) for s in sorted(shapes)],
+        "per_image": records,
+        "kernels": [{"label": PAIRED, "params": {}, **means}],
+        "mean": dict(means),
+    }
+
+
 # --------------------------------------------------------------------------- reports
 
 def _cell(value: float | None, digits: int, scientific: bool = False) -> str:
@@ -343,10 +467,18 @@ def _cell(value: float | None, digits: int, scientific: bool = False) -> str:
 def format_markdown(result: dict) -> str:
     """A Markdown table: one row per test kernel plus the mean; bicubic and model PSNR/SSIM
     (Y channel, border = scale) and the kernel error."""
-    title = (f"**{result['protocol']}** x{result['scale']}, kernel {result['kernel_size']}x"
-             f"{result['kernel_size']}, noise {result['noise']:g}, {len(result['images'])} "
-             f"image(s), {result['num_compiled_shapes']} compiled shape(s)"
-             + (", true kernel given to the model" if result.get("oracle_kernel") else ""))
+    if result["protocol"] == PAIRED:
+        size = result.get("kernel_size")
+        kernels = (f"ground-truth kernels {size}x{size}" if size else
+                   "ground-truth kernels of several sizes" if result.get("kernel_sizes") else "no ground-truth kernels")
+        lr_dirs = ", ".join(Path(d).name for d in result.get("lr_dirs", ()))
+        title = (f"**{PAIRED}** x{result['scale']}, {len(result['images'])} image pair(s), LR files from "
+                 f"{lr_dirs}, {kernels}")
+    else:
+        title = (f"**{result['protocol']}** x{result['scale']}, kernel {result['kernel_size']}x"
+                 f"{result['kernel_size']}, noise {result['noise']:g}, {len(result['images'])} image(s)")
+    title += (f", {result['num_compiled_shapes']} compiled shape(s)"
+              + (", true kernel given to the model" if result.get("oracle_kernel") else ""))
     header = ("| kernel | bicubic PSNR | bicubic SSIM | PSNR | SSIM | kernel MAE | kernel PSNR |\n"
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 

@@ -2,8 +2,9 @@
 
 Any config key can be overridden on the command line, e.g. `--config.train.steps=1000`.
 - train: train (resuming from DIR's latest checkpoint), validating periodically.
-- eval:  the official test protocol (cfg.eval.protocol) on cfg.eval.dirs, with a jaxsr checkpoint
-         from DIR or an official PyTorch checkpoint (--official=model.pth); tables in DIR/eval/.
+- eval:  the official test protocol (cfg.eval.protocol) on cfg.eval.dirs, or published LR files
+         (protocol "paired": cfg.eval.lr_dir/hr_dir/kernel_dir or DIV2KRK roots in cfg.eval.dirs), with
+         a jaxsr checkpoint from DIR or an official PyTorch checkpoint (--official=model.pth); tables in DIR/eval/.
 - infer: super-resolve real LR images (--input=file|folder|glob) into --output.
 """
 from __future__ import annotations

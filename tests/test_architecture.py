@@ -30,6 +30,9 @@ FORBIDDEN = {
     "jaxsr.data": ("jaxsr.models", "jaxsr.train", "jaxsr.predict", "jaxsr.cli"),
     "jaxsr.train": ("jaxsr.predict", "jaxsr.cli", "jaxsr.main", "jaxsr.convert", "jaxsr.evaluate", "jaxsr.infer"),
     "jaxsr.predict": ("jaxsr.cli", "jaxsr.main", "jaxsr.convert"),
+    # reading published test files: below evaluate, knows no model or config
+    "jaxsr.paired": ("jaxsr.models", "jaxsr.train", "jaxsr.predict", "jaxsr.cli", "jaxsr.evaluate",
+                     "jaxsr.config_lib"),
 }
 
 
