@@ -34,14 +34,6 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def _wait_for(condition, proc, what, timeout=600):
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run exited before {what}"
-        assert time.time() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.1)
-
-
 # The SIGTERM run validates at step 3 (seconds of compilation: a window for the signal, which
 # changes no loss) and has no regular checkpoint before the end.
 TERM_ARGS = ("--config.train.checkpoint_every=1000", "--config.train.eval_every=3")
@@ -58,14 +50,26 @@ def runs(tmp_path_factory):
                               stderr=subprocess.DEVNULL),
              subprocess.Popen(_cmd(termed, *TERM_ARGS), cwd=REPO, env=_env(1), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)]
-    # SIGKILL the second run as soon as its step-4 checkpoint is complete (mid-run, no cleanup).
-    _wait_for(lambda: (killed / "checkpoints" / "4").is_dir(), procs[1], "checkpoint 4")
-    procs[1].send_signal(signal.SIGKILL)
+    # SIGKILL the second run as soon as its step-4 checkpoint is complete (mid-run, no cleanup), and
+    # SIGTERM the third between checkpoints, once it has logged step 2; both watched in one loop.
+    def logged_two_steps():
+        try:
+            return len(_losses(termed)) >= 2
+        except (OSError, ValueError):  # not written yet, or a line half-written
+            return False
+
+    pending = {1: (lambda: (killed / "checkpoints" / "4").is_dir(), signal.SIGKILL),
+               2: (logged_two_steps, signal.SIGTERM)}
+    deadline = time.time() + 900
+    while pending:
+        for i, (ready, sig) in list(pending.items()):
+            assert procs[i].poll() is None, f"run {i} exited before its signal: {sig.name}"
+            if ready():
+                procs[i].send_signal(sig)
+                del pending[i]
+        assert time.time() < deadline, f"runs {sorted(pending)} never reached the point to signal them"
+        time.sleep(0.05)
     procs[1].wait()
-    # SIGTERM the third between checkpoints, once it has logged step 2.
-    _wait_for(lambda: len(_losses(termed)) >= 2 if (termed / "metrics.jsonl").is_file() else False, procs[2],
-              "step 2 of the SIGTERM run")
-    procs[2].send_signal(signal.SIGTERM)
     termed_out = procs[2].communicate()[0].decode()
     assert procs[2].returncode == 0, termed_out
     termed_steps = sorted(int(p.name) for p in (termed / "checkpoints").iterdir() if p.name.isdigit())
