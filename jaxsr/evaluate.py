@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import io
+from jaxsr import chart, io
 from jaxsr.infer import PredictFn, iter_batches, pad_to_multiple
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
@@ -375,12 +375,21 @@ def _json_safe(value):
     return value
 
 
-def save_results(result: dict, workdir: str | Path, name: str) -> tuple[Path, Path]:
-    """Write `<workdir>/<name>.md` (the table) and `<workdir>/<name>.json` (everything)."""
+def chart_title(result: dict, name: str) -> str:
+    return (f"{name}: {result['protocol']} x{result['scale']}, {len(result['images'])} image(s)"
+            + (", true kernel given" if result.get("oracle_kernel") else ""))
+
+
+def save_results(result: dict, workdir: str | Path, name: str) -> tuple[Path, Path, Path]:
+    """Write `<workdir>/<name>.md` (the table), `<workdir>/<name>.json` (everything) and
+    `<workdir>/<name>.png` (PSNR per test kernel, model vs bicubic; `jaxsr.chart`). Each file
+    appears only complete."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = workdir / f"{name}.md", workdir / f"{name}.json"
-    md_path.write_text(format_markdown(result), encoding="utf-8")
-    json_path.write_text(json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
-    return md_path, json_path
+    md_path, json_path, png_path = (workdir / f"{name}{ext}" for ext in (".md", ".json", ".png"))
+    texts = {md_path: format_markdown(result),
+             json_path: json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n"}
+    for path, text in texts.items():
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    io.write_image(png_path, chart.psnr_chart(result, chart_title(result, name)))
+    return md_path, json_path, png_path

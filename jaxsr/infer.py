@@ -160,7 +160,7 @@ class _Tiles:
                          for y, x in self.corners[index]])
 
 
-BAND_ROWS = 128  # HR rows handed on at a time
+BAND_ROWS = 64  # HR rows handed on at a time
 
 
 def _sr_bands(predict_fn: PredictFn, lr: np.ndarray, scale: int, tile: int | None, overlap: int,
