@@ -303,7 +303,7 @@ def kernel_image(kernel: np.ndarray, zoom: int = KERNEL_VIEW_ZOOM) -> np.ndarray
     return np.kron(np.clip(view, 0.0, 1.0), np.ones((zoom, zoom))).astype(np.float32)
 
 
-def _expand_inputs(inputs: str | Path | list) -> list[Path]:
+def expand_inputs(inputs: str | Path | list) -> list[Path]:
     """Files named by a path, a folder (its images), a glob pattern, or a list of these."""
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     if not items:
@@ -348,7 +348,7 @@ def infer_paths(predict_fn: PredictFn, inputs: str | Path | list, out_dir: str |
     a partial PNG, and the outputs of earlier images stay.
     """
     scale, tile, overlap, bucket, max_batch = _check_settings(scale, tile, overlap, bucket, max_batch)
-    files = _expand_inputs(inputs)
+    files = expand_inputs(inputs)
     out_dir = io.check_writable_folder(out_dir)
     written = []
     for path in files:
