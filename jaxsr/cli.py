@@ -65,6 +65,7 @@ def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | N
     from jaxsr import infer as infer_lib
     if not inputs:
         raise ValueError("--mode=infer needs --input=FILE|FOLDER|GLOB")
+    train_lib.check_config(cfg)
     infer_lib.expand_inputs(inputs)  # a wrong --input and an unwritable --output fail before the model is built
     io.check_writable_folder(out_dir)
     predict, source = predict_lib.build(cfg, workdir, official)

@@ -211,14 +211,18 @@ def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], sc
     cases = []
     noise_key = jax.random.fold_in(jax.random.key(seed), 1)
     for i, (name, image) in enumerate(hr_images):
-        hr = io.mod_crop(_check_hr(i, name, image).astype(np.float32), scale)
+        image = _check_hr(i, name, image)
         kernels = setup.kernels_for(i)
-        batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
-        if noise > 0:
-            sigma = jnp.full((len(kernels),), noise, jnp.float32)
-            lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma, jax.random.fold_in(noise_key, i))
-        else:
-            lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
+        try:
+            hr = io.mod_crop(image.astype(np.float32), scale)
+            batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
+            if noise > 0:
+                sigma = jnp.full((len(kernels),), noise, jnp.float32)
+                lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma, jax.random.fold_in(noise_key, i))
+            else:
+                lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
+        except ValueError as error:  # e.g. an image smaller than the kernel: name it
+            raise ValueError(f"hr_images[{i}] ({name!r}, {image.shape[0]}x{image.shape[1]}): {error}") from error
         lr = np.asarray(lr)
         cases += [Case(k, setup.labels[k], name, hr, lr[k], kernels[k]) for k in range(len(kernels))]
     return cases
@@ -317,7 +321,12 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
     order = sorted(range(len(cases)), key=lambda n: (cases[n].row, n))  # kernel-major, as the tables read
     cases = [cases[n] for n in order]
-    records = [score_case(case, scale) for case in cases]
+    records = []
+    for case in cases:
+        try:
+            records.append(score_case(case, scale))
+        except ValueError as error:  # e.g. too small for SSIM once the border is cropped
+            raise ValueError(f"image {case.image!r} ({case.hr.shape[0]}x{case.hr.shape[1]}): {error}") from error
     return {
         "protocol": protocol, "scale": scale, "kernel_size": setup.spec.kernel_size,
         "noise": float(noise), "seed": seed, "bucket": bucket, "max_batch": max_batch,
