@@ -15,6 +15,14 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 
+def _step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a blank line or one torn by a kill."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricWriter:
     """JSONL (one object per line, `step` included) and TensorBoard events, first host only.
 
@@ -31,7 +39,7 @@ class MetricWriter:
             return
         if os.path.exists(self.path):  # drop lines a killed run wrote after its last checkpoint
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+                kept = [line for line in f if _step(line) is not None and _step(line) <= resume_step]
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 f.writelines(kept)
