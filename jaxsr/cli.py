@@ -5,7 +5,7 @@ import os
 
 import jax
 
-from jaxsr import config_lib, predict as predict_lib, train as train_lib
+from jaxsr import config_lib, io, predict as predict_lib, train as train_lib
 from jaxsr.data import datasets
 
 
@@ -29,6 +29,7 @@ def check_backend(cfg, mode: str, backend: str | None = None) -> None:
 
 
 def train(cfg, workdir: str) -> dict:
+    io.check_writable_folder(workdir, "workdir")
     result = train_lib.train_and_evaluate(cfg, workdir)
     if result and "val_psnr" in result and jax.process_index() == 0:
         gain = result["val_psnr"] - result["val_bicubic_psnr"]
@@ -59,7 +60,8 @@ def paired_sets(cfg) -> list[tuple[str, list]]:
         raise ValueError("config key eval.dirs is empty; eval.protocol=paired needs eval.lr_dir and eval.hr_dir, "
                          "or DIV2KRK-style roots in eval.dirs")
     sets = []
-    for root in e.dirs:
+    for entry in e.dirs:
+        root = datasets.resolve_benchmark(entry, key="eval.dirs")
         try:
             hr_dir, lr_dir, kernel_dir = paired.div2krk_dirs(root, cfg.scale)
         except (FileNotFoundError, ValueError) as error:
@@ -68,7 +70,7 @@ def paired_sets(cfg) -> list[tuple[str, list]]:
         if oracle and kernel_dir is None:
             raise ValueError(f"config key eval.oracle_kernel=True needs ground-truth kernels, but {root} has no "
                              f"gt_k_x{cfg.scale}/ folder")
-        sets.append((os.path.basename(os.path.normpath(root)), paired.find_pairs(hr_dir, lr_dir, kernel_dir)))
+        sets.append((set_name(entry, root), paired.find_pairs(hr_dir, lr_dir, kernel_dir)))
     return sets
 
 
@@ -77,41 +79,58 @@ def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     train_lib.check_config(cfg)
     protocol = cfg.eval.protocol
     oracle = bool(cfg.eval.get("oracle_kernel", False))  # predict_fn(lr, true kernel): non-blind upper bound
+    # Every set and the output folder are checked before the model is built.
     if protocol == evaluate_lib.PAIRED:
         sets = paired_sets(cfg)
     else:
-        for folder in cfg.eval.dirs:
-            datasets.resolve_image_paths([folder], key="eval.dirs")  # a clear error for a wrong folder
-        sets = list(cfg.eval.dirs)
+        entries = [cfg.eval.dirs] if isinstance(cfg.eval.dirs, str) else list(cfg.eval.dirs)
+        folders = [datasets.resolve_benchmark(entry, key="eval.dirs") for entry in entries]
+        for folder in folders:
+            datasets.resolve_image_paths([folder], key="eval.dirs")
+        sets = [(set_name(entry, folder), (entry, folder)) for entry, folder in zip(entries, folders)]
+    out_dir = io.check_writable_folder(os.path.join(workdir, "eval"), "eval output folder")
     predict, source = predict_lib.build(cfg, workdir, official)
+    spec = config_lib.degradation_spec(cfg)
     results = {}
-    for entry in sets:
+    for base_name, item in sets:
         if protocol == evaluate_lib.PAIRED:
-            set_name, pairs = entry
-            result = evaluate_lib.evaluate_paired(predict, pairs, scale=cfg.scale, bucket=cfg.eval.bucket,
+            result = evaluate_lib.evaluate_paired(predict, item, scale=cfg.scale, bucket=cfg.eval.bucket,
                                                   max_batch=cfg.eval.max_batch, oracle_kernel=oracle)
         else:
-            set_name = os.path.basename(os.path.normpath(entry))
-            images = evaluate_lib.load_hr_images(entry)
-            spec = config_lib.degradation_spec(cfg)
-            result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=protocol,
-                                           kernel_size=spec.kernel_size, noise=cfg.eval.noise,
-                                           bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch,
-                                           oracle_kernel=oracle)
-        name = f"{set_name}_{protocol}_x{cfg.scale}" + ("_gt_kernel" if oracle else "")
+            entry, folder = item
+            images = evaluate_lib.load_hr_images(folder)
+            try:
+                result = evaluate_lib.evaluate(predict, images, scale=cfg.scale, protocol=protocol,
+                                               kernel_size=spec.kernel_size, noise=cfg.eval.noise,
+                                               bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch,
+                                               oracle_kernel=oracle)
+            except ValueError as error:
+                raise ValueError(f"eval.dirs entry {entry!r} ({folder}): {error}") from error
+        name = f"{base_name}_{protocol}_x{cfg.scale}" + ("_gt_kernel" if oracle else "")
         result["source"] = source
         if jax.process_index() == 0:
-            evaluate_lib.save_results(result, os.path.join(workdir, "eval"), name)
+            evaluate_lib.save_results(result, out_dir, name)
             print(f"## {name} ({source})\n")
             print(evaluate_lib.format_markdown(result))
         results[name] = result
     return results
 
 
+def set_name(entry: str, folder: str) -> str:
+    """The name of a set in report file names: "benchmark:DIV2KRK/gt" -> "DIV2KRK_gt", a
+    plain folder -> its last component."""
+    if entry.startswith(datasets.BENCHMARK + ":"):
+        return entry[len(datasets.BENCHMARK) + 1:].strip("/").replace("/", "_")
+    return os.path.basename(os.path.normpath(folder))
+
+
 def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | None = None) -> list[str]:
     from jaxsr import infer as infer_lib
     if not inputs:
         raise ValueError("--mode=infer needs --input=FILE|FOLDER|GLOB")
+    train_lib.check_config(cfg)
+    infer_lib.expand_inputs(inputs)  # a wrong --input and an unwritable --output fail before the model is built
+    io.check_writable_folder(out_dir)
     predict, source = predict_lib.build(cfg, workdir, official)
     written = infer_lib.infer_paths(predict, inputs, out_dir, scale=cfg.scale, tile=cfg.infer.tile,
                                     overlap=cfg.infer.overlap)

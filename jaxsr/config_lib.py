@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     # LR files: `lr_dir` + `hr_dir` (+ `kernel_dir`, ground-truth kernels), or else every entry of
     # `dirs` is a root in DIV2KRK's layout (gt/, lr_x<s>/, gt_k_x<s>/). See jaxsr.paired.
     cfg.eval = ml_collections.ConfigDict(dict(
-        protocol="gaussian8", dirs=("../shared/data/Set5",), noise=0.0, bucket=16, max_batch=8,
+        protocol="gaussian8", dirs=("benchmark:Set5",), noise=0.0, bucket=16, max_batch=8,
         num_iters=-1,  # -1: the model's own T
         lr_dir="", hr_dir="", kernel_dir=""))
     cfg.infer = ml_collections.ConfigDict(dict(tile=256, overlap=16))
@@ -103,26 +103,28 @@ PAPER_TRAIN_DIRS = ("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR")
 
 def paper_data(cfg: ml_collections.ConfigDict, **data) -> ml_collections.ConfigDict:
     """The data settings every paper variant shares: DIV2K + Flickr2K, Set5 for validation,
-    Set5 + Set14 for evaluation, decoded on access; `data` overrides fields of cfg.data."""
-    cfg.data.update(dict(train_dirs=PAPER_TRAIN_DIRS, val_dirs=("../shared/data/Set5",), cache=False,
+    Set5 + Set14 for evaluation (under the data root, see `jaxsr.data.datasets.resolve_benchmark`),
+    decoded on access; `data` overrides fields of cfg.data."""
+    cfg.data.update(dict(train_dirs=PAPER_TRAIN_DIRS, val_dirs=("benchmark:Set5",), cache=False,
                          num_threads=16, **data))
     cfg.train.require_accelerator = True
-    cfg.eval.dirs = ("../shared/data/Set5", "../shared/data/Set14")
+    cfg.eval.dirs = ("benchmark:Set5", "benchmark:Set14")
     return cfg
 
 
 def paper_setting(cfg: ml_collections.ConfigDict, scale: int, preset: str, kernel_size: int = 21):
-    """One of the IKC/DAN settings (setting1: isotropic, Gaussian8 test; setting2: anisotropic,
-    DIV2KRK-style test) at `scale`, with the paper data; sets model.kernel_size when the model has one."""
+    """One of the IKC/DAN settings (setting1: isotropic, Gaussian8 test on Set5 + Set14; setting2:
+    anisotropic, tested on DIV2KRK's published files with the paired protocol) at `scale`, with the
+    paper data; sets model.kernel_size when the model has one."""
     cfg.scale = scale
     cfg.degradation.preset = preset
     cfg.degradation.kernel_size = kernel_size
     if "kernel_size" in cfg.model:
         cfg.model.kernel_size = kernel_size
     paper_data(cfg)
-    cfg.eval.protocol = "gaussian8" if preset == "setting1" else "setting2"
+    cfg.eval.protocol = "gaussian8" if preset == "setting1" else "paired"
     if preset != "setting1":
-        cfg.eval.dirs = ("/path/to/DIV2KRK/gt",)
+        cfg.eval.dirs = ("benchmark:DIV2KRK",)  # gt/, lr_x<s>/, gt_k_x<s>/
     return cfg
 
 
@@ -172,9 +174,45 @@ def prepare(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return cfg
 
 
+INT_KEYS = ("seed", "scale", "data.patch_size", "data.batch_size", "data.num_threads", "data.val_size",
+            "data.val_images", "train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+            "train.keep_checkpoints", "eval.bucket", "eval.max_batch", "infer.overlap")
+NUMBER_KEYS = ("train.learning_rate", "train.lr_gamma", "train.b1", "train.b2", "train.weight_decay",
+               "train.grad_clip", "eval.noise")
+PATH_LIST_KEYS = ("data.train_dirs", "data.val_dirs", "eval.dirs")
+
+
+def _get(cfg: ml_collections.ConfigDict, key: str):
+    section, _, field = key.rpartition(".")
+    return (cfg[section] if section else cfg).get(field)
+
+
+def _check_types(cfg: ml_collections.ConfigDict) -> None:
+    """The type of every key the loop uses, so `--config.data.batch_size=2.5`-like mistakes
+    (or a config file's `steps=1e5`) name the key instead of failing deep inside."""
+    for key in INT_KEYS:
+        value = _get(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {key} must be an integer, got {value!r} ({type(value).__name__})")
+    for key in NUMBER_KEYS:
+        value = _get(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key} must be a number, got {value!r} ({type(value).__name__})")
+    for key in PATH_LIST_KEYS:
+        value = _get(cfg, key)
+        entries = [value] if isinstance(value, str) else value
+        if not isinstance(entries, (list, tuple)) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(f"config key {key} must be a folder, glob or file name, or a tuple of them, "
+                             f"e.g. \"--config.{key}=('benchmark:Set5',)\"; got {value!r}")
+    tile = cfg.infer.get("tile")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int)):
+        raise ValueError(f"config key infer.tile must be an integer or None, got {tile!r}")
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Fail fast, before compilation, naming the offending key. (`jaxsr.train.check_config`
     also checks model.name against the model registry.)"""
+    _check_types(cfg)
     if cfg.scale not in (1, 2, 3, 4):
         raise ValueError(f"config key scale must be 1, 2, 3 or 4, got {cfg.scale!r}")
     try:
@@ -243,9 +281,9 @@ SMALL_RUNS = {
 
 def small_run(cfg: ml_collections.ConfigDict, kind: str, data=None, train=None) -> ml_collections.ConfigDict:
     """The data/train/eval settings every config's `tiny` and `cpu` variants share (bundled photos,
-    Set5 for eval), with per-model `data` / `train` overrides."""
+    Set5 under the data root for eval), with per-model `data` / `train` overrides."""
     base_data, base_train = SMALL_RUNS[kind]
     cfg.data.update({**base_data, **(data or {})})
     cfg.train.update({**base_train, **(train or {})})
-    cfg.eval.dirs = ("../shared/data/Set5",)
+    cfg.eval.dirs = ("benchmark:Set5",)
     return cfg

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import io, paired
+from jaxsr import chart, io, paired
 from jaxsr.infer import PredictFn, iter_batches, pad_to_multiple
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
@@ -224,14 +224,18 @@ def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], sc
     cases = []
     noise_key = jax.random.fold_in(jax.random.key(seed), 1)
     for i, (name, image) in enumerate(hr_images):
-        hr = io.mod_crop(_check_hr(i, name, image).astype(np.float32), scale)
+        image = _check_hr(i, name, image)
         kernels = setup.kernels_for(i)
-        batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
-        if noise > 0:
-            sigma = jnp.full((len(kernels),), noise, jnp.float32)
-            lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma, jax.random.fold_in(noise_key, i))
-        else:
-            lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
+        try:
+            hr = io.mod_crop(image.astype(np.float32), scale)
+            batch = jnp.broadcast_to(jnp.asarray(hr), (len(kernels), *hr.shape))
+            if noise > 0:
+                sigma = jnp.full((len(kernels),), noise, jnp.float32)
+                lr = _degrade(batch, jnp.asarray(kernels), setup.spec, sigma, jax.random.fold_in(noise_key, i))
+            else:
+                lr = _degrade_clean(batch, jnp.asarray(kernels), setup.spec)
+        except ValueError as error:  # e.g. an image smaller than the kernel: name it
+            raise ValueError(f"hr_images[{i}] ({name!r}, {image.shape[0]}x{image.shape[1]}): {error}") from error
         lr = np.asarray(lr)
         cases += [Case(k, setup.labels[k], name, hr, lr[k], kernels[k]) for k in range(len(kernels))]
     return cases
@@ -333,7 +337,12 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
     order = sorted(range(len(cases)), key=lambda n: (cases[n].row, n))  # kernel-major, as the tables read
     cases = [cases[n] for n in order]
-    records = [score_case(case, scale) for case in cases]
+    records = []
+    for case in cases:
+        try:
+            records.append(score_case(case, scale))
+        except ValueError as error:  # e.g. too small for SSIM once the border is cropped
+            raise ValueError(f"image {case.image!r} ({case.hr.shape[0]}x{case.hr.shape[1]}): {error}") from error
     return {
         "protocol": protocol, "scale": scale, "kernel_size": setup.spec.kernel_size,
         "noise": float(noise), "seed": seed, "bucket": bucket, "max_batch": max_batch,
@@ -507,12 +516,21 @@ def _json_safe(value):
     return value
 
 
-def save_results(result: dict, workdir: str | Path, name: str) -> tuple[Path, Path]:
-    """Write `<workdir>/<name>.md` (the table) and `<workdir>/<name>.json` (everything)."""
+def chart_title(result: dict, name: str) -> str:
+    return (f"{name}: {result['protocol']} x{result['scale']}, {len(result['images'])} image(s)"
+            + (", true kernel given" if result.get("oracle_kernel") else ""))
+
+
+def save_results(result: dict, workdir: str | Path, name: str) -> tuple[Path, Path, Path]:
+    """Write `<workdir>/<name>.md` (the table), `<workdir>/<name>.json` (everything) and
+    `<workdir>/<name>.png` (PSNR per test kernel, model vs bicubic; `jaxsr.chart`). Each file
+    appears only complete."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    md_path, json_path = workdir / f"{name}.md", workdir / f"{name}.json"
-    md_path.write_text(format_markdown(result), encoding="utf-8")
-    json_path.write_text(json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
-    return md_path, json_path
+    md_path, json_path, png_path = (workdir / f"{name}{ext}" for ext in (".md", ".json", ".png"))
+    texts = {md_path: format_markdown(result),
+             json_path: json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n"}
+    for path, text in texts.items():
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    io.write_image(png_path, chart.psnr_chart(result, chart_title(result, name)))
+    return md_path, json_path, png_path

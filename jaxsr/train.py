@@ -222,6 +222,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
                 flush_metrics(step)
                 last_val, grid = validator(state.params)
                 writer.write(step, last_val)
+                writer.write_image(step, "validation", grid)
                 if jax.process_index() == 0:
                     jio.write_image(os.path.join(workdir, "validation", f"step_{step:08d}.png"), grid)
                 log("step %d validation: %s", step, ", ".join(f"{k[4:]} {v:.4g}" for k, v in last_val.items()))

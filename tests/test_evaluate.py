@@ -191,10 +191,29 @@ def test_kxnet_noise_level_and_seed(images):
     assert noisy_run["noise"] == 10.0
 
 
-def test_save_results_writes_markdown_and_json(bicubic_run, tmp_path):
+def _bar_groups(chart, color):
+    """How many separate runs of columns hold pixels of `color` (one run per bar)."""
+    hit = np.all(np.round(chart * 255) == color, axis=-1).any(axis=0)
+    return int(np.sum(hit[1:] & ~hit[:-1]) + hit[0])
+
+
+def test_save_results_writes_markdown_json_and_chart(bicubic_run, tmp_path):
+    from jaxsr import chart
     result, _ = bicubic_run
     result = dict(result, mean=dict(result["mean"], kernel_psnr=math.inf))
-    md_path, json_path = E.save_results(result, tmp_path / "out", "set_x2")
+    # a model 1 dB better than bicubic on every kernel: its bars are taller
+    better = dict(result, kernels=[dict(r, psnr=r["bicubic_psnr"] + 1.0) for r in result["kernels"]],
+                  mean=dict(result["mean"], psnr=result["mean"]["bicubic_psnr"] + 1.0))
+    md_path, json_path, png_path = E.save_results(better, tmp_path / "out", "set_x2")
+    assert png_path == tmp_path / "out" / "set_x2.png"
+    image = io.read_image(png_path)
+    plot = image[60:]  # below the legend
+    assert _bar_groups(plot, chart.MODEL_COLOR) == 9 == _bar_groups(plot, chart.BICUBIC_COLOR)  # 8 + mean
+    model_top = np.argmax(np.all(np.round(plot * 255) == chart.MODEL_COLOR, axis=-1).any(axis=1))
+    bicubic_top = np.argmax(np.all(np.round(plot * 255) == chart.BICUBIC_COLOR, axis=-1).any(axis=1))
+    assert model_top < bicubic_top - 10  # 1 dB higher
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["set_x2.json", "set_x2.md", "set_x2.png"]
+    md_path, json_path, _ = E.save_results(result, tmp_path / "out", "set_x2")
     table = md_path.read_text(encoding="utf-8")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 2 + 8 + 1  # header and rule, 8 kernels, mean

@@ -26,6 +26,16 @@ from jaxsr.io import IMAGE_SUFFIXES, list_images, read_image
 
 BUNDLED = "bundled"
 
+# "benchmark:NAME" stands for the folder NAME under the data root: $JAXSR_DATA, or ./data
+# (relative to the current directory) when the variable is unset. See the README's
+# "Benchmark data" section for the expected layout.
+BENCHMARK = "benchmark"
+DATA_ROOT_ENV = "JAXSR_DATA"
+DEFAULT_DATA_ROOT = "data"
+BENCHMARK_SOURCES = ("Set5, Set14, B100, Urban100 and Manga109 are distributed with the common "
+                     "super-resolution toolboxes (for example BasicSR's dataset instructions and "
+                     "the EDSR/RCAN 'benchmark' package); DIV2KRK is published with KernelGAN")
+
 # Colour photographs from ``skimage/data`` that are at least 256 px on each side.
 # Left out on purpose: synthetic pictures (color, phantom, chessboard, logo), grayscale ones
 # (camera, moon, ...), and anything under 256 px. The stereo pair motorcycle_left/right shows
@@ -71,12 +81,41 @@ def bundled_photo_paths(split: str = "train") -> list[str]:
     return sorted(str(p) for p in paths)
 
 
+def data_root() -> Path:
+    """Where "benchmark:NAME" entries are looked up: $JAXSR_DATA, else ./data."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT).expanduser()
+
+
+def resolve_benchmark(entry: str, key: str) -> str:
+    """``"benchmark:NAME"`` as the path of NAME under ``data_root()`` (NAME may have
+    subfolders, e.g. ``"benchmark:DIV2KRK/gt"``); any other entry unchanged. A folder that
+    does not exist raises ``ValueError`` naming it, the variable and where the sets come from."""
+    if not entry.startswith(BENCHMARK + ":"):
+        return entry
+    name = entry[len(BENCHMARK) + 1:].strip("/")
+    if not name:
+        raise ValueError(f"{key}: {entry!r} names no set; write e.g. '{BENCHMARK}:Set5'")
+    root = data_root()
+    path = root / name
+    if not path.exists() and not any(char in name for char in "*?["):
+        how = (f"{DATA_ROOT_ENV}={os.environ[DATA_ROOT_ENV]}" if os.environ.get(DATA_ROOT_ENV)
+               else f"{DATA_ROOT_ENV} is not set, so the default ./{DEFAULT_DATA_ROOT} under "
+                    f"the current directory")
+        raise ValueError(
+            f"{key}: benchmark set {name!r} not found: the folder {path.absolute()} does not "
+            f"exist ({how}). Set {DATA_ROOT_ENV} to the folder that holds your benchmark sets "
+            f"(one subfolder per set, e.g. {DATA_ROOT_ENV}/Set5/*.png), or give the folder "
+            f"itself instead of {entry!r}. {BENCHMARK_SOURCES}.")
+    return str(path)
+
+
 def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _expand_entry(entry: str, key: str) -> list[Path]:
     """The image files one config entry stands for."""
+    entry = resolve_benchmark(entry, key)
     if entry == BUNDLED or entry.startswith(BUNDLED + ":"):
         split = entry.partition(":")[2] or "train"
         if split not in _BUNDLED_PHOTOS:
@@ -112,7 +151,8 @@ def resolve_image_paths(folders: str | os.PathLike | Sequence[str | os.PathLike]
     """Absolute paths of every image named by ``folders``, sorted and de-duplicated.
 
     Each entry is a folder (its images, not its subfolders), a glob pattern (``**``
-    allowed), one image file, or ``"bundled"`` / ``"bundled:train"`` / ``"bundled:val"``.
+    allowed), one image file, ``"bundled"`` / ``"bundled:train"`` / ``"bundled:val"``, or
+    ``"benchmark:NAME"`` for the folder NAME under the data root (``resolve_benchmark``).
     Relative paths are taken from the current directory. ``key`` is the config key the
     entries came from; errors name it so the user knows what to fix.
     """

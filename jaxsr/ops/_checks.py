@@ -27,6 +27,10 @@ def check_float(name: str, x) -> None:
 def check_finite(name: str, x) -> None:
     if not is_concrete(x):
         return
+    if isinstance(x, np.ndarray):  # on the host already: no copy to the device
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+        return
     # A device-side reduction (only one boolean crosses to the host), evaluated now even when
     # a concrete array is closed over inside a jit trace.
     with jax.ensure_compile_time_eval():
