@@ -173,7 +173,8 @@ def test_markdown_and_json(div2krk, gaussian8_run, tmp_path):
     _, kernels = gaussian8_run
     pairs = paired.find_pairs(*paired.div2krk_dirs(div2krk, SCALE))
     result = E.evaluate_paired(fake_model(SCALE, jnp.asarray(kernels[ESTIMATE])), pairs, scale=SCALE)
-    md_path, json_path = E.save_results(result, tmp_path, "DIV2KRK_paired_x4")
+    md_path, json_path, chart_path = E.save_results(result, tmp_path, "DIV2KRK_paired_x4")
+    assert chart_path.is_file()
     table = md_path.read_text(encoding="utf-8")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 2 + 1 + 1 and rows[2].startswith("| paired |") and "**mean**" in rows[3]
