@@ -34,8 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
         val_dirs=("bundled:val",),
         patch_size=64,                  # LR patch; the HR crop is patch_size * scale
         batch_size=64,                  # global batch, split over all devices and hosts
-        cache=True,                     # keep decoded images in RAM (set False for DIV2K + Flickr2K)
+        cache=True,                     # keep decoded images in RAM (False: decode per patch, or map a store)
         num_threads=4,
+        num_workers=0,                  # grain worker processes (0: threads only); same stream either way
         val_size=192,                   # HR centre crop of each validation image
         val_images=4))
 
