@@ -16,7 +16,8 @@ Each mode runs with the training process's default thread settings (``data.num_t
 and ``data.num_workers`` of ``jaxsr.config_lib.base_config``, prefetch 2 x threads) unless
 ``--threads`` is given. Reported per mode: build time (file checks, and for ``cache`` the
 decoding), the median of ``--repeats`` timed runs of ``--batches`` batches after
-``--warmup`` batches, and the process's anonymous resident memory after the runs minus
+``--warmup`` batches plus the prefetch buffer (so no run is served from batches made
+ahead during the build), and the process's anonymous resident memory after the runs minus
 before the build (page cache, which the store's mappings use, is not counted).
 The last line reads ``store vs png speed-up: <X.X>x (store <P> patches/s, png <Q> patches/s)``.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import statistics
 import sys
@@ -64,7 +66,7 @@ def _make_image(job: tuple[int, str, str]) -> None:
 def make_2k_pngs(folder: str, count: int) -> list[str]:
     photos = bundled_photo_paths("train")
     jobs = [(i, photos[i % len(photos)], os.path.join(folder, f"{i:04d}.png")) for i in range(count)]
-    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_make_image, jobs))
     return [path for _, _, path in jobs]
 
@@ -89,7 +91,8 @@ def time_mode(paths, *, cache: bool, args, threads: int, workers: int) -> dict:
                                  cache=cache, num_threads=threads, num_workers=workers)
     iterator = iter(dataset)
     build = time.perf_counter() - start
-    for _ in range(args.warmup):
+    # Past the batches the threads (and workers) made ahead while nothing was consumed.
+    for _ in range(args.warmup + 2 * max(threads, 1) * (1 + workers)):
         batch = next(iterator)
     rates = []
     for _ in range(args.repeats):

@@ -476,13 +476,13 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
 
     groups = _source_groups(inputs)
     sources = [s for _, paths in groups for s in paths]
+    if any(os.path.commonpath([store, s]) == store for s in sources):
+        raise ValueError(f"--output {store} contains source images; give another folder")
     if os.path.exists(store) and not os.path.isdir(store):
         raise ValueError(f"--output {store} exists and is not a folder")
     if os.path.isdir(store) and os.listdir(store) and not is_store(store):
         raise ValueError(f"--output {store} is a non-empty folder without a {MANIFEST}; "
                          f"refusing to write a store into it (give a new or empty folder)")
-    if any(os.path.commonpath([store, s]) == store for s in sources):
-        raise ValueError(f"--output {store} contains source images; give another folder")
 
     os.makedirs(store, exist_ok=True)
     old = read_manifest(store) if is_store(store) else {"images": []}
