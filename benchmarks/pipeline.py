@@ -5,7 +5,7 @@
 
 Generates ``--images`` DIV2K-sized PNGs (2040x1356) by upscaling crops of the photos
 bundled with scikit-image (nothing is downloaded) into a temporary folder, prepares a store
-from them with ``jaxsr.data.store.prepare_store``, then times
+from them with ``jaxsr.data.prepare.prepare_store``, then times
 ``jaxsr.data.make_train_dataset`` three ways:
 
 - ``png``    data.cache=False on the PNG folder: one PNG decode per patch
@@ -40,7 +40,7 @@ import common  # noqa: E402
 
 from jaxsr import config_lib  # noqa: E402
 from jaxsr.data import bundled_photo_paths, make_train_dataset, resolve_image_paths  # noqa: E402
-from jaxsr.data import store as store_lib  # noqa: E402
+from jaxsr.data.prepare import prepare_store  # noqa: E402
 
 SIZE_2K = (1356, 2040)  # DIV2K's most common HR size, (height, width)
 
@@ -155,7 +155,7 @@ def main(argv=None):
             make_2k_pngs(png_dir, args.images)
         print(f"# generated PNGs in {time.perf_counter() - start:.1f} s "
               f"({sum(os.path.getsize(os.path.join(png_dir, f)) for f in os.listdir(png_dir)) / 1e6:.0f} MB)")
-        prepared = store_lib.prepare_store([png_dir], store_dir, progress=False, log=lambda m: None)
+        prepared = prepare_store([png_dir], store_dir, progress=False, log=lambda m: None)
         print(f"# prepare: {prepared.written} images converted in {prepared.seconds:.1f} s "
               f"({os.cpu_count()} processes), store {prepared.array_bytes / 1e6:.0f} MB")
 

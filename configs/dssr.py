@@ -10,7 +10,7 @@ with batch_size 1 per GPU; the paper's 8 is used here.)
   tiny                                      seconds on a CPU; for tests
   cpu                                       ~10 minutes on 2 CPU cores: a visible PSNR gain over bicubic
 DSSR is kernel-free, so any other protocol is one override away, e.g.
-`--config.degradation.preset=kxnet2`. Point `data.train_dirs` at your DIV2K/Flickr2K HR folders.
+`--config.degradation.preset=kxnet2`. Point `data.train_dirs` at a store of your DIV2K/Flickr2K HR images (`python -m jaxsr.data.prepare`).
 """
 import ml_collections
 
@@ -29,7 +29,7 @@ def paper(cfg, scale: int, preset: str, kernel_size: int = 21):
     cfg.scale = scale
     cfg.degradation.preset = preset
     cfg.degradation.kernel_size = kernel_size
-    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR"),
+    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_Flickr2K_store",),
                          val_dirs=("../shared/data/Set5",), cache=False, num_threads=16))
     cfg.eval.protocol = "gaussian8" if preset == "setting1" else "setting2"
     cfg.eval.dirs = ("../shared/data/Set5", "../shared/data/Set14") if preset == "setting1" else (

@@ -37,7 +37,7 @@ def _degradation(cfg, scale: int):
 
 def paper(cfg, scale: int):
     _degradation(cfg, scale)
-    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR"),
+    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_Flickr2K_store",),
                          val_dirs=("../shared/data/Set5",), patch_size=96, batch_size=64,
                          cache=False, num_threads=16))
     cfg.train.update(dict(steps=600_000, learning_rate=1e-2, lr_milestones=(200_000, 400_000), lr_gamma=0.1,

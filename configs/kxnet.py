@@ -11,8 +11,8 @@ which is used here. Degradations use the s-fold downsampler (presets "kxnet1", "
                                             --config.eval.noise=15)
   tiny                                      seconds on a CPU; for tests
   cpu                                       ~10 minutes on 2 CPU cores (x2, setting 2, 4 small stages)
-The kernel size always follows the degradation preset. Point `data.train_dirs` at your
-DIV2K/Flickr2K HR folders for the paper settings.
+The kernel size always follows the degradation preset. Point `data.train_dirs` at a
+store of your DIV2K/Flickr2K HR images (`python -m jaxsr.data.prepare`) for the paper settings.
 """
 import ml_collections
 
@@ -41,7 +41,7 @@ def _degradation(cfg, scale: int, preset: str):
 
 def paper(cfg, scale: int, preset: str):
     _degradation(cfg, scale, preset)
-    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR"),
+    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_Flickr2K_store",),
                          val_dirs=("../shared/data/Set5",), cache=False, num_threads=16))
     cfg.eval.dirs = ("../shared/data/Set5", "../shared/data/Set14")
     return cfg

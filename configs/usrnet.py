@@ -30,7 +30,7 @@ def paper(cfg, scale: int, preset: str):
     cfg.degradation.preset = preset
     cfg.degradation.noise_range = (0.0, 25.0 if preset == "kxnet2" else 0.0)
     cfg.degradation.kernel_size = config_lib.degradation_spec(cfg).kernel_size
-    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR"),
+    cfg.data.update(dict(train_dirs=("/path/to/DIV2K_Flickr2K_store",),
                          val_dirs=("../shared/data/Set5",), patch_size=96 // scale, batch_size=48,
                          cache=False, num_threads=16))
     cfg.train.update(dict(steps=500_000, learning_rate=1e-4, lr_milestones=(100_000, 200_000, 300_000, 400_000),

@@ -2,8 +2,8 @@
 (``pipeline``), prepared HR stores (``store``, ``python -m jaxsr.data.prepare``) and the
 start-up file checks (``filecheck``).
 
-Names are imported on first use, so that ``jaxsr.data.store`` (imported by the decoding
-processes of ``prepare``) loads neither grain nor JAX.
+Names are imported on first use, so that the decoding processes of ``prepare`` (which
+import ``jaxsr.data.prepare``) load neither grain nor JAX.
 """
 import importlib
 
@@ -19,7 +19,7 @@ _EXPORTS = {
     "save_iterator_state": "pipeline",
     "shard_paths": "pipeline",
     "is_store": "store",
-    "prepare_store": "store",
+    "prepare_store": "prepare",
 }
 
 _SUBMODULES = ("datasets", "filecheck", "pipeline", "prepare", "store")

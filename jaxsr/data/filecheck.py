@@ -42,21 +42,25 @@ def _pil_check(path: str) -> tuple[int, int]:
     from PIL import Image  # noqa: PLC0415  (Pillow comes with imageio)
 
     try:
-        with Image.open(path) as image:
-            image_format = image.format
-            width, height = image.size
-            if image_format == "PNG":
-                image.verify()  # chunk CRCs up to IEND; decodes no pixels
-                return int(height), int(width)
+        image = Image.open(path)
     except Exception as error:  # noqa: BLE001  Pillow raises many types
-        raise ValueError(_describe(error)) from None
+        raise ValueError(f"not an image Pillow can read ({_describe(error, path)})") from None
+    with image:
+        image_format = image.format
+        width, height = image.size
+        if image_format == "PNG":
+            try:
+                image.verify()  # chunk CRCs up to IEND; decodes no pixels
+            except Exception as error:  # noqa: BLE001
+                raise ValueError(f"truncated or damaged PNG ({_describe(error, path)})") from None
+            return int(height), int(width)
     if image_format in ("JPEG", "MPO"):
         try:
             with Image.open(path) as image:
                 image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 image.load()
         except Exception as error:  # noqa: BLE001
-            raise ValueError(f"damaged JPEG ({_describe(error)})") from None
+            raise ValueError(f"truncated or damaged JPEG ({_describe(error, path)})") from None
         return int(height), int(width)
     from jaxsr.io import read_image  # noqa: PLC0415
 
@@ -64,9 +68,11 @@ def _pil_check(path: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _describe(error: Exception) -> str:
-    text = str(error) or type(error).__name__
-    return text.replace("\n", " ")
+def _describe(error: Exception, path: str = "") -> str:
+    text = (str(error) or type(error).__name__).replace("\n", " ")
+    if path:  # the caller names the file already
+        text = text.replace(f" '{path}'", "").replace(f" {path}", "")
+    return text
 
 
 def check_image_file(path: str | os.PathLike) -> tuple[tuple[int, int] | None, str | None]:

@@ -17,7 +17,7 @@ from jaxsr.data import (
     restore_iterator_state,
     save_iterator_state,
 )
-from jaxsr.data import prepare as prepare_cli
+from jaxsr.data import prepare as prepare_lib
 from jaxsr.data import store as store_lib
 
 PATCH = 8
@@ -45,7 +45,7 @@ def _take(dataset, count):
 
 def test_store_arrays_manifest_and_same_batches_as_the_folder(source, tmp_path):
     store = tmp_path / "store"
-    result = store_lib.prepare_store([source], store, workers=0, progress=False)
+    result = prepare_lib.prepare_store([source], store, workers=0, progress=False)
     assert (result.images, result.written, result.skipped, result.failed) == (5, 5, 0, [])
 
     manifest = json.loads((store / "manifest.json").read_text())
@@ -75,7 +75,7 @@ def test_store_arrays_manifest_and_same_batches_as_the_folder(source, tmp_path):
 
 def test_store_iterator_restores_exactly_and_workers_change_nothing(source, tmp_path):
     store = tmp_path / "store"
-    store_lib.prepare_store([source], store, workers=0, progress=False)
+    prepare_lib.prepare_store([source], store, workers=0, progress=False)
     arrays = resolve_image_paths([str(store)])
 
     def build(workers):
@@ -102,8 +102,8 @@ def test_store_iterator_restores_exactly_and_workers_change_nothing(source, tmp_
 
 def test_rerun_skips_finished_images_and_redoes_changed_or_missing(source, tmp_path):
     store = tmp_path / "store"
-    store_lib.prepare_store([source], store, workers=0, progress=False)
-    again = store_lib.prepare_store([source], store, workers=0, progress=False)
+    prepare_lib.prepare_store([source], store, workers=0, progress=False)
+    again = prepare_lib.prepare_store([source], store, workers=0, progress=False)
     assert (again.written, again.skipped) == (0, 5)
 
     # A changed source, a deleted array, a truncated array and a temp file left behind.
@@ -115,7 +115,7 @@ def test_rerun_skips_finished_images_and_redoes_changed_or_missing(source, tmp_p
     truncated.write_bytes(truncated.read_bytes()[:100])
     leftover = store / "hr" / ".e_rgb.png.npy.tmp-123-456"
     leftover.write_bytes(b"half")
-    redo = store_lib.prepare_store([source], store, workers=0, progress=False)
+    redo = prepare_lib.prepare_store([source], store, workers=0, progress=False)
     assert (redo.written, redo.skipped) == (3, 2)
     assert not leftover.exists()
     for path in source.iterdir():
@@ -124,26 +124,26 @@ def test_rerun_skips_finished_images_and_redoes_changed_or_missing(source, tmp_p
 
     # A source that is no longer an input leaves the store with its array.
     (source / "e_rgb.png").unlink()
-    smaller = store_lib.prepare_store([source], store, workers=0, progress=False)
+    smaller = prepare_lib.prepare_store([source], store, workers=0, progress=False)
     assert (smaller.images, smaller.removed) == (4, 1)
     assert not (store / "hr" / "e_rgb.png.npy").exists()
 
 
 def test_interrupted_prepare_is_refused_then_finished_by_a_rerun(source, tmp_path, monkeypatch):
     store = tmp_path / "store"
-    real_convert, calls = store_lib._convert_task, []
+    real_convert, calls = prepare_lib._convert_task, []
 
     def convert_then_interrupt(source_path, array_path):
         if len(calls) == 2:  # Ctrl-C while the third image is being written
-            with open(store_lib._temp_name(array_path), "wb") as f:
+            with open(prepare_lib._temp_name(array_path), "wb") as f:
                 f.write(b"\x93NUMPY half")
             raise KeyboardInterrupt
         calls.append(source_path)
         return real_convert(source_path, array_path)
 
-    monkeypatch.setattr(store_lib, "_convert_task", convert_then_interrupt)
+    monkeypatch.setattr(prepare_lib, "_convert_task", convert_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        store_lib.prepare_store([source], store, workers=0, progress=False)
+        prepare_lib.prepare_store([source], store, workers=0, progress=False)
     manifest = json.loads((store / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["images"]) == 2
     with pytest.raises(ValueError, match="incomplete") as error:
@@ -154,8 +154,8 @@ def test_interrupted_prepare_is_refused_then_finished_by_a_rerun(source, tmp_pat
     unlisted = store / "hr" / "e_rgb.png.npy"
     unlisted.write_bytes(b"\x93NUMPY half")
 
-    monkeypatch.setattr(store_lib, "_convert_task", real_convert)
-    finished = store_lib.prepare_store([source], store, workers=0, progress=False)
+    monkeypatch.setattr(prepare_lib, "_convert_task", real_convert)
+    finished = prepare_lib.prepare_store([source], store, workers=0, progress=False)
     assert (finished.written, finished.skipped, finished.images) == (3, 2, 5)
     assert not [p for p in (store / "hr").iterdir() if p.name.startswith(".")]
     for path in resolve_image_paths([str(store)]):
@@ -170,7 +170,7 @@ def test_bad_files_are_listed_by_name_and_the_rest_converted(source, tmp_path, c
     (source / "notes.png").write_text("not an image at all\n")
     store = tmp_path / "store"
     # Through the command line, with two decoding processes.
-    code = prepare_cli.main(["--output", str(store), "--workers", "2", "--no-progress",
+    code = prepare_lib.main(["--output", str(store), "--workers", "2", "--no-progress",
                              str(source)])
     out = capsys.readouterr().out
     assert code == 1
@@ -186,16 +186,16 @@ def test_bad_files_are_listed_by_name_and_the_rest_converted(source, tmp_path, c
 
 def test_damaged_store_is_refused_and_verify_finds_changed_pixels(source, tmp_path, capsys):
     store = tmp_path / "store"
-    store_lib.prepare_store([source], store, workers=0, progress=False)
-    assert prepare_cli.main(["--verify", str(store), "--sources", "--no-progress"]) == 0
+    prepare_lib.prepare_store([source], store, workers=0, progress=False)
+    assert prepare_lib.main(["--verify", str(store), "--sources", "--no-progress"]) == 0
 
     array = store / "hr" / "c_rgba.png.npy"
     data = bytearray(array.read_bytes())
     data[-1] ^= 0xFF
     array.write_bytes(bytes(data))
-    problems = store_lib.verify_store(store, sources=True, progress=False)
+    problems = prepare_lib.verify_store(store, sources=True, progress=False)
     assert len(problems) == 1 and "c_rgba.png.npy" in problems[0]
-    assert prepare_cli.main(["--verify", str(store), "--no-progress"]) == 1
+    assert prepare_lib.main(["--verify", str(store), "--no-progress"]) == 1
 
     array.write_bytes(bytes(data[:-10]))
     with pytest.raises(ValueError, match="c_rgba.png.npy") as error:
@@ -208,11 +208,11 @@ def test_output_folder_and_inputs_are_checked(source, tmp_path):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="non-empty folder"):
-        store_lib.prepare_store([source], other, workers=0, progress=False)
+        prepare_lib.prepare_store([source], other, workers=0, progress=False)
     with pytest.raises(ValueError, match="contains source images"):
-        store_lib.prepare_store([source], source.parent, workers=0, progress=False)
+        prepare_lib.prepare_store([source], source.parent, workers=0, progress=False)
     with pytest.raises(ValueError, match="does not exist"):
-        store_lib.prepare_store([tmp_path / "missing"], tmp_path / "s", workers=0,
+        prepare_lib.prepare_store([tmp_path / "missing"], tmp_path / "s", workers=0,
                                 progress=False)
 
 
@@ -220,18 +220,18 @@ def test_same_folder_names_get_distinct_labels(tmp_path):
     first = _random_pngs(tmp_path / "a" / "HR", [("x", (12, 12, 3))], seed=1)
     second = _random_pngs(tmp_path / "b" / "HR", [("x", (12, 12, 3))], seed=2)
     store = tmp_path / "store"
-    store_lib.prepare_store([first, second], store, workers=0, progress=False)
+    prepare_lib.prepare_store([first, second], store, workers=0, progress=False)
     names = sorted(e["array"] for e in store_lib.read_manifest(store)["images"])
     assert names == ["HR-2/x.png.npy", "HR/x.png.npy"]
     # Re-running with the inputs in the other order keeps every name.
-    again = store_lib.prepare_store([second, first], store, workers=0, progress=False)
+    again = prepare_lib.prepare_store([second, first], store, workers=0, progress=False)
     assert again.skipped == 2
     assert sorted(e["array"] for e in store_lib.read_manifest(store)["images"]) == names
 
 
 def test_array_reader_keeps_a_bounded_number_of_maps(source, tmp_path):
     store = tmp_path / "store"
-    store_lib.prepare_store([source], store, workers=0, progress=False)
+    prepare_lib.prepare_store([source], store, workers=0, progress=False)
     arrays = resolve_image_paths([str(store)])
     reader = store_lib.ArrayReader(max_open=2)
     for _ in range(2):

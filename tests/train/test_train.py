@@ -32,30 +32,52 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def _prepare_store(store):
+    """`python -m jaxsr.data.prepare` on the bundled training photos (what tiny trains on)."""
+    from jaxsr.data import bundled_photo_paths
+    res = subprocess.run([sys.executable, "-m", "jaxsr.data.prepare", "--output", str(store), "--no-progress",
+                          "--workers", "2", *bundled_photo_paths("train")],
+                         cwd=REPO, env=_env(1), capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [f"--config.data.train_dirs=('{store}',)", "--config.data.cache=False"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three tiny runs: uninterrupted on 1 device, killed + resumed, and on 4 devices."""
+    """Tiny runs: uninterrupted on 1 device, killed + resumed, the same killed + resumed reading a prepared
+    store of the same photos, and on 4 devices."""
     root = tmp_path_factory.mktemp("train")
-    full, killed, four = root / "full", root / "killed", root / "four"
+    full, killed, four, store_killed = root / "full", root / "killed", root / "four", root / "store_killed"
+    store_args = _prepare_store(root / "store")
     procs = [subprocess.Popen(_cmd(full), cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
              subprocess.Popen(_cmd(killed), cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL),
+             subprocess.Popen(_cmd(store_killed, *store_args), cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
-    # SIGKILL the second run as soon as its step-4 checkpoint is complete (mid-run, no cleanup).
+    # SIGKILL the second and third runs as soon as their step-4 checkpoint is complete (mid-run, no cleanup).
     deadline = time.time() + 600
-    while not (killed / "checkpoints" / "4").is_dir():
-        assert procs[1].poll() is None, "run to be killed exited early"
+    to_kill = {1: killed, 2: store_killed}
+    while to_kill:
+        for i, workdir in list(to_kill.items()):
+            if (workdir / "checkpoints" / "4").is_dir():
+                procs[i].send_signal(signal.SIGKILL)
+                procs[i].wait()
+                del to_kill[i]
+            else:
+                assert procs[i].poll() is None, f"run to be killed ({workdir.name}) exited early"
         assert time.time() < deadline, "no checkpoint 4 within 10 minutes"
         time.sleep(0.2)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
     out = procs[0].communicate()[0].decode()
     assert procs[0].returncode == 0, out
     resumed = subprocess.run(_cmd(killed), cwd=REPO, env=_env(1), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    store_resumed = subprocess.run(_cmd(store_killed, *store_args), cwd=REPO, env=_env(1), capture_output=True,
+                                   text=True)
+    assert store_resumed.returncode == 0, store_resumed.stdout + store_resumed.stderr
     four_run = subprocess.run(_cmd(four), cwd=REPO, env=_env(4), capture_output=True, text=True)
     assert four_run.returncode == 0, four_run.stdout + four_run.stderr
-    return dict(full=full, killed=killed, four=four, full_out=out, resumed_out=resumed.stdout,
-                four_out=four_run.stdout)
+    return dict(full=full, killed=killed, four=four, store_killed=store_killed, full_out=out,
+                resumed_out=resumed.stdout, store_resumed_out=store_resumed.stdout, four_out=four_run.stdout)
 
 
 def test_run_prints_gain_and_writes_outputs(runs):
@@ -72,6 +94,18 @@ def test_resume_after_sigkill_reproduces_losses(runs):
     assert sorted(killed) == sorted(full)
     for step in range(1, STEPS + 1):
         np.testing.assert_allclose(killed[step], full[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_store_run_killed_and_resumed_reproduces_the_folder_run(runs):
+    """prepare -> train on the store -> SIGKILL -> resume: the losses of the uninterrupted run on the source
+    photos, step for step (the store yields the folder's batches, and its iterator state resumes exactly)."""
+    assert "resumed from" in runs["store_resumed_out"]
+    config = json.loads((runs["store_killed"] / "config.json").read_text())
+    assert config["data"]["train_dirs"][0].endswith("store") and config["data"]["cache"] is False
+    full, store = _losses(runs["full"]), _losses(runs["store_killed"])
+    assert sorted(store) == sorted(full)
+    for step in range(1, STEPS + 1):
+        np.testing.assert_allclose(store[step], full[step], rtol=1e-6, err_msg=f"step {step}")
 
 
 def test_four_devices_match_one_device(runs):
