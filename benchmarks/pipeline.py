@@ -109,6 +109,25 @@ def time_mode(paths, *, cache: bool, args, threads: int, workers: int) -> dict:
             "rss_anon_mb": memory / 2**20}
 
 
+def subimage_decode_ms(png_path: str, size: int = 480, repeats: int = 20) -> float:
+    """Median ms to decode one ``size``² PNG sub-image written at compression level 1: the
+    per-sample cost of BasicSR-style sub-image records (``extract_subimages`` + LMDB)."""
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    with Image.open(png_path) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").crop((0, 0, size, size)).save(buffer, "PNG", compress_level=1)
+    data = buffer.getvalue()
+
+    def decode():
+        with Image.open(io.BytesIO(data)) as sub:
+            np.asarray(sub.convert("RGB"))
+
+    return 1e3 * common.median_seconds(decode, warmup=2, repeats=repeats)
+
+
 def _rate(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
@@ -123,7 +142,8 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=None, help="grain processes (default: data.num_workers)")
     p.add_argument("--warmup", type=int, default=None, help="batches before timing (per mode)")
     p.add_argument("--batches", type=int, default=None, help="batches per timed run (fast modes)")
-    p.add_argument("--png-batches", type=int, default=None, help="batches per timed run (png mode)")
+    p.add_argument("--png-batches", type=int, default=None,
+                   help="batches per timed run (png mode; default 2 x threads, --quick: threads)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per mode; the median is reported")
     p.add_argument("--keep", default=None, help="generate the PNGs and the store here and keep them")
     p.add_argument("--out", default=None, help="JSON results file")
@@ -132,13 +152,14 @@ def main(argv=None):
     args.images = args.images or (8 if quick else 24)
     args.warmup = args.warmup if args.warmup is not None else 2
     args.repeats = 3 if quick and args.repeats == 5 else args.repeats
-    fast_batches = args.batches or (50 if quick else 200)
-    png_batches = args.png_batches or (2 if quick else 4)
-
     info = common.print_machine()
     defaults = config_lib.base_config().data
     threads = defaults.num_threads if args.threads is None else args.threads
     workers = defaults.get("num_workers", 0) if args.workers is None else args.workers
+    fast_batches = args.batches or (50 if quick else 200)
+    # Each thread decodes a whole batch, so PNG batches arrive in bursts of `threads`: a timed
+    # run spans one (quick) or two such rounds.
+    png_batches = args.png_batches or max(2, threads * (1 if quick else 2) * max(1, workers))
     print(f"# batch {args.batch} x {args.patch}x{args.patch}x3 uint8, {args.images} PNGs of "
           f"{SIZE_2K[1]}x{SIZE_2K[0]}, grain threads {threads}, worker processes {workers}, "
           f"median of {args.repeats} runs after {args.warmup} warm-up batches")
@@ -170,6 +191,10 @@ def main(argv=None):
             print(f"# {name}: {_rate(r['patches_per_s'])} patches/s "
                   f"(runs {', '.join(_rate(x) for x in r['runs'])}; build {r['build_s']:.2f} s)", flush=True)
 
+        sub_ms = subimage_decode_ms(png_paths[0])
+    print(f"# for reference: one 480x480 sub-image PNG (BasicSR LMDB style, compress level 1) "
+          f"decodes in {sub_ms:.1f} ms, at most {1e3 / sub_ms:.0f} patches/s per core")
+
     print()
     print("| source | data.cache | build (s) | HR patches/s | batches/s | anon. RSS growth (MB) |")
     print("|---|---|---:|---:|---:|---:|")
@@ -179,7 +204,8 @@ def main(argv=None):
         print(f"| {source} | {cache} | {r['build_s']:.2f} | {_rate(r['patches_per_s'])} | "
               f"{r['patches_per_s'] / args.batch:.1f} | {r['rss_anon_mb']:.0f} |")
     common.write_json(args.out, {"machine": info, "args": vars(args), "threads": threads,
-                                 "workers": workers, "results": results})
+                                 "workers": workers, "results": results,
+                                 "subimage_480_png_decode_ms": sub_ms})
     store_rate, png_rate = results["store"]["patches_per_s"], results["png"]["patches_per_s"]
     print(f"store vs png speed-up: {store_rate / png_rate:.1f}x "
           f"(store {_rate(store_rate)} patches/s, png {_rate(png_rate)} patches/s)")
