@@ -128,6 +128,13 @@ def subimage_decode_ms(png_path: str, size: int = 480, repeats: int = 20) -> flo
     return 1e3 * common.median_seconds(decode, warmup=2, repeats=repeats)
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
 def _rate(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
@@ -163,6 +170,8 @@ def main(argv=None):
     print(f"# batch {args.batch} x {args.patch}x{args.patch}x3 uint8, {args.images} PNGs of "
           f"{SIZE_2K[1]}x{SIZE_2K[0]}, grain threads {threads}, worker processes {workers}, "
           f"median of {args.repeats} runs after {args.warmup} warm-up batches")
+    print(f"# load average before: {_load()} (other processes share these CPUs when it exceeds "
+          f"{os.cpu_count()})")
 
     with tempfile.TemporaryDirectory(prefix="jaxsr_pipeline_bench_") as scratch:
         root = args.keep or scratch
@@ -195,6 +204,7 @@ def main(argv=None):
     print(f"# for reference: one 480x480 sub-image PNG (BasicSR LMDB style, compress level 1) "
           f"decodes in {sub_ms:.1f} ms, at most {1e3 / sub_ms:.0f} patches/s per core")
 
+    print(f"# load average after: {_load()}")
     print()
     print("| source | data.cache | build (s) | HR patches/s | batches/s | anon. RSS growth (MB) |")
     print("|---|---|---:|---:|---:|---:|")

@@ -353,15 +353,27 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
                     min(workers, len(jobs)), mp_context=context,
                     initializer=_ignore_sigint) as pool:
                 futures = {pool.submit(_convert_task, *job): job[0] for job in jobs}
+                pending = set(futures)
+
+                def harvest(future):
+                    pending.discard(future)
+                    try:
+                        record(*future.result())
+                    except Exception as error:  # noqa: BLE001  (a worker died: OOM, signal)
+                        record(futures[future], None, f"{type(error).__name__}: {error}")
+
                 try:
                     for future in concurrent.futures.as_completed(futures):
-                        try:
-                            record(*future.result())
-                        except Exception as error:  # noqa: BLE001  (a worker died: OOM, signal)
-                            record(futures[future], None, f"{type(error).__name__}: {error}")
+                        harvest(future)
                 except BaseException:
-                    for future in futures:
+                    # Interrupted: drop what has not started, let the running images finish
+                    # (one per worker), and keep every finished one in the manifest.
+                    for future in pending:
                         future.cancel()
+                    pool.shutdown(wait=True)
+                    for future in list(pending):
+                        if future.done() and not future.cancelled():
+                            harvest(future)
                     raise
     except BaseException:
         bar.close()
