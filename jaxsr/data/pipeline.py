@@ -111,6 +111,12 @@ def _copy_patch(out: np.ndarray, view: np.ndarray, symmetry: int) -> None:
         np.copyto(out, view)
 
 
+def _crop_uint8(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """A view of the crop (a uint8 copy for a float image decoded on access)."""
+    view = image[top:top + size, left:left + size]
+    return view if view.dtype == np.uint8 else to_uint8(view)
+
+
 class _BatchSampler:
     """One batch of random P x P crops, each under a random flip/transpose (a plain
     picklable class so grain can also run it in worker processes)."""
@@ -144,12 +150,17 @@ class _BatchSampler:
         symmetries = (rng.integers(0, 8, size=count) if self.augment
                       else np.zeros(count, np.int64))
         out = np.empty((count, size, size, 3), np.uint8)
-        for k in range(count):
-            top, left = int(tops[k]), int(lefts[k])
-            view = self._image(int(which[k]))[top:top + size, left:left + size]
-            if view.dtype != np.uint8:
-                view = to_uint8(view)
-            _copy_patch(out[k], view, int(symmetries[k]))
+        # Image by image, so that one drawn twice is decoded once and at most one decoded
+        # image per thread is alive.
+        slots: dict[int, list[int]] = {}
+        for k, index in enumerate(which.tolist()):
+            slots.setdefault(index, []).append(k)
+        for index, ks in slots.items():
+            image = self._image(index)
+            for k in ks:
+                _copy_patch(out[k], _crop_uint8(image, int(tops[k]), int(lefts[k]), size),
+                            int(symmetries[k]))
+            del image
         return {"hr": out}
 
 

@@ -2,7 +2,7 @@
 
 Layout of a store directory::
 
-    STORE/manifest.json                 what is in the store (written last, atomically)
+    STORE/manifest.json                 what is in the store ("complete": true once prepare is done)
     STORE/<folder>/<file name>.npy      one (H, W, 3) uint8 array per source image
 
 ``<folder>`` is the name of the folder the source image came from (``DIV2K_train_HR``, ...),
@@ -33,7 +33,6 @@ import collections
 import json
 import mmap
 import os
-import resource
 import threading
 
 import numpy as np
@@ -147,8 +146,11 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
 
 def _open_file_limit() -> int:
     try:
-        return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    except (ValueError, OSError):  # pragma: no cover  (no limit reported)
+        import resource  # noqa: PLC0415  (POSIX only)
+
+        limit = int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        return limit if limit > 0 else 1024
+    except (ImportError, ValueError, OSError):  # pragma: no cover
         return 1024
 
 
