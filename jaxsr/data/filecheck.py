@@ -21,7 +21,8 @@ fix or remove. What is checked, per file, before anything is compiled:
 Accepted on purpose (``jaxsr.io.read_image`` converts them; the pipeline keeps 8 bits per
 channel): gray (replicated to RGB), gray + alpha and RGBA (alpha dropped), palette images
 (expanded to their colours; a palette with transparency loses it like any alpha), 16-bit
-gray and 16-bit RGB PNGs (rounded to the nearest 8-bit level).
+gray PNGs (rounded to the nearest 8-bit level) and 16-bit RGB PNGs (reduced to 8 bits by
+Pillow, within one level of rounding).
 
 A file that passes and later fails to decode (it was replaced during the run) still stops
 the run with an error naming it; the last checkpoint is intact.
