@@ -238,6 +238,12 @@ def test_array_reader_keeps_a_bounded_number_of_maps(source, tmp_path):
         for path in arrays:
             np.testing.assert_array_equal(reader(path), np.load(path))
     assert len(reader._maps) == 2
+    # A view of the file's memory map, not a copy in this process's memory.
+    import mmap
+    owner = reader(arrays[0])
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner, memoryview) and isinstance(owner.obj, mmap.mmap)
     import pickle
     clone = pickle.loads(pickle.dumps(reader))  # no mappings travel
     assert clone.max_open == 2 and not clone._maps
