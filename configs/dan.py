@@ -7,7 +7,8 @@ lr 2e-4 halved every 100k (the official repository's yml uses 4e-4 halved at 200
   tiny                                      seconds on a CPU; for tests
   cpu                                       ~6.5 minutes on 2 CPU cores: a visible PSNR gain over bicubic
                                             (x2 setting 1, 3000 steps of batch 8)
-Point `data.train_dirs` at your DIV2K/Flickr2K HR folders for the paper settings.
+For the paper settings, point `data.train_dirs` at a store of your DIV2K/Flickr2K HR images, made once with
+`python -m jaxsr.data.prepare --output STORE DIV2K_train_HR Flickr2K_HR` (folders work too, decoding every patch).
 """
 import ml_collections
 

@@ -10,7 +10,7 @@ with batch_size 1 per GPU; the paper's 8 is used here.)
   tiny                                      seconds on a CPU; for tests
   cpu                                       ~7 minutes on 2 CPU cores: a visible PSNR gain over bicubic
 DSSR is kernel-free, so any other protocol is one override away, e.g.
-`--config.degradation.preset=kxnet2`. Point `data.train_dirs` at your DIV2K/Flickr2K HR folders.
+`--config.degradation.preset=kxnet2`. Point `data.train_dirs` at a store of your DIV2K/Flickr2K HR images (`python -m jaxsr.data.prepare`).
 """
 import ml_collections
 

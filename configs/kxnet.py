@@ -11,8 +11,8 @@ which is used here. Degradations use the s-fold downsampler (presets "kxnet1", "
                                             --config.eval.noise=15)
   tiny                                      seconds on a CPU; for tests
   cpu                                       ~7 minutes on 2 CPU cores (x2, setting 2, 4 small stages)
-The kernel size always follows the degradation preset. Point `data.train_dirs` at your
-DIV2K/Flickr2K HR folders for the paper settings.
+The kernel size always follows the degradation preset. Point `data.train_dirs` at a
+store of your DIV2K/Flickr2K HR images (`python -m jaxsr.data.prepare`) for the paper settings.
 """
 import ml_collections
 

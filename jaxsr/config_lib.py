@@ -42,8 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
         val_dirs=("bundled:val",),
         patch_size=64,                  # LR patch; the HR crop is patch_size * scale
         batch_size=64,                  # global batch, split over all devices and hosts
-        cache=True,                     # keep decoded images in RAM (set False for DIV2K + Flickr2K)
+        cache=True,                     # keep decoded images in RAM (False: decode per patch, or map a store)
         num_threads=4,
+        num_workers=0,                  # grain worker processes (0: threads only); same stream either way
         val_size=192,                   # HR centre crop of each validation image
         val_images=4))
 
@@ -98,7 +99,7 @@ def use_preset(cfg: ml_collections.ConfigDict, scale: int, preset: str) -> ml_co
     return cfg
 
 
-PAPER_TRAIN_DIRS = ("/path/to/DIV2K_train_HR", "/path/to/Flickr2K_HR")
+PAPER_TRAIN_DIRS = ("/path/to/DIV2K_Flickr2K_store",)  # python -m jaxsr.data.prepare --output STORE DIV2K_train_HR Flickr2K_HR
 
 
 def paper_data(cfg: ml_collections.ConfigDict, **data) -> ml_collections.ConfigDict:

@@ -154,7 +154,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     dataset = pipeline.make_train_dataset(
         paths, patch_size=cfg.data.patch_size * cfg.scale, batch_size=local_batch, seed=cfg.seed,
         shard_index=jax.process_index(), shard_count=jax.process_count(), cache=cfg.data.cache,
-        num_threads=cfg.data.num_threads)
+        num_threads=cfg.data.num_threads, num_workers=cfg.data.get("num_workers", 0))
     data_iter = iter(dataset)
 
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints,
@@ -165,7 +165,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     restored = ckpt.restore_latest(abstract, meta, log=log)
     if restored is not None:
         state, data_state, _, _ = restored
-        data_iter.set_state(data_state)
+        pipeline.restore_iterator_state(data_iter, data_state)  # any data.num_workers
         start_step = int(state.step)
         log("resumed from %s at step %d", ckpt.directory, start_step)
 
@@ -243,6 +243,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         stop.close()
         if interactive:
             sys.stdout.write("\n")
+        if hasattr(data_iter, "close"):  # stops grain's worker processes, if any
+            data_iter.close()
         ckpt.close()
         writer.close()
     return last_val

@@ -8,6 +8,10 @@ host of a multi-host run sees the same list in the same order.
 inside its wheel. They make a training run possible with nothing downloaded: good for
 smoke tests and demos, far too few for a model that generalises (use DIV2K/Flickr2K).
 
+Prepared stores: a folder holding a ``manifest.json`` written by ``python -m
+jaxsr.data.prepare`` stands for the arrays it lists (see ``jaxsr.data.store``); the
+functions below read those ``.npy`` arrays as they read image files.
+
 Channels: every image is read as RGB. Grayscale files are **replicated to three equal
 channels** (rather than rejected or given a 1-channel model) so that one model and one
 pipeline serve mixed folders such as BSD68 or Set14; an alpha channel is dropped, not
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxsr.data import store as store_lib
 from jaxsr.io import IMAGE_SUFFIXES, list_images, read_image
 
 BUNDLED = "bundled"
@@ -131,6 +136,11 @@ def _expand_entry(entry: str, key: str) -> list[Path]:
             raise ValueError(f"{key}: the pattern {entry!r} matches no image files "
                              f"({', '.join(IMAGE_SUFFIXES)}) under {Path.cwd()}")
         return files
+    if path.is_dir() and store_lib.is_store(path):
+        try:
+            return [Path(p) for p in store_lib.store_array_paths(path)]
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from error
     if path.is_dir():
         try:
             return list_images(path)
@@ -150,9 +160,10 @@ def resolve_image_paths(folders: str | os.PathLike | Sequence[str | os.PathLike]
                         key: str = "data.train_dirs") -> list[str]:
     """Absolute paths of every image named by ``folders``, sorted and de-duplicated.
 
-    Each entry is a folder (its images, not its subfolders), a glob pattern (``**``
-    allowed), one image file, ``"bundled"`` / ``"bundled:train"`` / ``"bundled:val"``, or
-    ``"benchmark:NAME"`` for the folder NAME under the data root (``resolve_benchmark``).
+    Each entry is a folder (its images, not its subfolders), a store made by ``python -m
+    jaxsr.data.prepare`` (its arrays), a glob pattern (``**`` allowed), one image file,
+    ``"bundled"`` / ``"bundled:train"`` / ``"bundled:val"``, or ``"benchmark:NAME"`` for the
+    folder NAME under the data root (``resolve_benchmark``).
     Relative paths are taken from the current directory. ``key`` is the config key the
     entries came from; errors name it so the user knows what to fix.
     """
@@ -166,10 +177,25 @@ def resolve_image_paths(folders: str | os.PathLike | Sequence[str | os.PathLike]
     return sorted(found)
 
 
+def _is_store_array(path: str | os.PathLike) -> bool:
+    return os.fspath(path).endswith(store_lib.ARRAY_SUFFIX)
+
+
 def read_rgb_uint8(path: str | os.PathLike) -> np.ndarray:
-    """One image as uint8 (H, W, 3): gray replicated, alpha dropped, 16-bit rounded to 8."""
+    """One image as uint8 (H, W, 3): gray replicated, alpha dropped, 16-bit rounded to 8.
+    A store array (``.npy``) is loaded as it is."""
+    if _is_store_array(path):
+        return store_lib.load_array(path)
     image = read_image(path, mode="rgb")
     return to_uint8(image)
+
+
+def read_rgb_float(path: str | os.PathLike) -> np.ndarray:
+    """One image as float32 (H, W, 3) in [0, 1] (``jaxsr.io.read_image``, or a store array
+    divided by 255)."""
+    if _is_store_array(path):
+        return store_lib.load_array(path).astype(np.float32) / np.float32(255.0)
+    return read_image(path, mode="rgb")
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -179,6 +205,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) of an image, from its header when Pillow can read it."""
+    if _is_store_array(path):
+        return store_lib.array_size(path)
     try:
         from PIL import Image  # noqa: PLC0415  (Pillow comes with imageio)
 

@@ -9,13 +9,29 @@ Stream layout, for one host::
     range(n_images * samples_per_image)   each image appears samples_per_image times
       .shuffle(shuffle_seed)              a different permutation every epoch
       .repeat()                           endless; the element index keeps growing
-      .random_map(crop_and_augment)       rng = f(crop_seed, element index)
-      .batch(batch_size)
+      .batch(batch_size)                  batch_size element indices
+      .random_map(sample_batch)           rng = f(crop_seed, batch index): crops + flips
       .to_iter_dataset(ReadOptions)       worker threads; state = next batch index
+      [.mp_prefetch(num_workers)]         optional worker processes, same stream
 
-Every random choice comes from grain's per-element generator, so batch ``i`` is a pure
+Every random choice comes from grain's per-batch generator, so batch ``i`` is a pure
 function of (paths, seed, shard, sizes, i): two iterators built alike agree batch for batch,
-and an iterator restored from ``get_state()`` continues exactly where the saved one was.
+whatever the number of threads or worker processes, and an iterator restored from
+``get_state()`` continues exactly where the saved one was.
+
+Where the pixels come from (``paths`` may mix the three):
+
+- a store array (``.npy`` from ``python -m jaxsr.data.prepare``): memory-mapped, and a crop
+  is a slice of the mapping: no decoding, and host memory stays O(batch x prefetch);
+- ``cache=True``: this host's images decoded once and held in RAM as uint8;
+- ``cache=False``: the image file is decoded for every patch taken from it.
+
+All three give the same pixels, so a store yields exactly the batches its source folder
+does. Flips and transposes are applied while copying the crop into the batch (one copy per
+patch, per channel when the pixel order changes: NumPy copies 3-byte pixels slowly).
+
+Bad files: every file is checked before the first batch (``jaxsr.data.filecheck``) and a
+run with a file it cannot use fails at start-up, naming every such file.
 
 Multi-host sharding: the sorted file list is permuted with ``seed`` (the same permutation on
 every host) and host ``shard_index`` takes every ``shard_count``-th file of it, so the
@@ -35,7 +51,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grain
 import numpy as np
 
-from jaxsr.data.datasets import image_size, read_rgb_uint8, to_uint8
+from jaxsr.data import filecheck
+from jaxsr.data import store as store_lib
+from jaxsr.data.datasets import read_rgb_float, read_rgb_uint8, to_uint8
 from jaxsr.io import read_image
 
 # Default epoch length (patches per host) when samples_per_image is not given: small
@@ -75,60 +93,87 @@ def _stream_seeds(seed: int, shard_index: int) -> tuple[int, int]:
     return int(shuffle_seed), int(crop_seed)
 
 
-def _check_large_enough(paths: Sequence[str], patch_size: int) -> None:
-    for path in paths:
-        height, width = image_size(path)
-        if height < patch_size or width < patch_size:
-            raise ValueError(f"training image {path} is {height}x{width} (HxW), smaller than "
-                             f"the HR patch of {patch_size}x{patch_size}; remove it or lower "
-                             f"the patch size")
+def _copy_patch(out: np.ndarray, view: np.ndarray, symmetry: int) -> None:
+    """``out[...] = symmetry(view)`` for one of the 8 flips/rotations of the square: bit 0
+    flips the rows, bit 1 the columns, bit 2 transposes. The flips and the transpose are
+    views; the one copy goes channel by channel when the pixel order changes, because
+    NumPy copies a run of 3-byte pixels several times slower than three strided planes."""
+    if symmetry & 1:
+        view = view[::-1]
+    if symmetry & 2:
+        view = view[:, ::-1]
+    if symmetry & 4:
+        view = view.transpose(1, 0, 2)
+    if symmetry & 6:
+        for channel in range(view.shape[2]):
+            np.copyto(out[..., channel], view[..., channel])
+    else:
+        np.copyto(out, view)
 
 
-class _PatchSampler:
-    """Random P x P crop of one image plus a random flip/transpose (a plain picklable class
-    so grain can also run it in worker processes)."""
+def _crop_uint8(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """A view of the crop (a uint8 copy for a float image decoded on access)."""
+    view = image[top:top + size, left:left + size]
+    return view if view.dtype == np.uint8 else to_uint8(view)
 
-    def __init__(self, paths: list[str], images: list[np.ndarray] | None, patch_size: int,
-                 augment: bool):
+
+class _BatchSampler:
+    """One batch of random P x P crops, each under a random flip/transpose (a plain
+    picklable class so grain can also run it in worker processes)."""
+
+    def __init__(self, paths: list[str], sizes: list[tuple[int, int]],
+                 images: list[np.ndarray] | None, patch_size: int, augment: bool):
         self.paths, self.images = paths, images
+        self.sizes = np.asarray(sizes, np.int64).reshape(len(paths), 2)
         self.patch_size, self.augment = patch_size, augment
+        self.read_array = store_lib.ArrayReader()  # maps store arrays on first use
 
-    def __call__(self, element: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        image_index = int(element) % len(self.paths)
+    def _image(self, image_index: int) -> np.ndarray:
         if self.images is not None:
-            image = self.images[image_index]
-        else:  # decoded on access; only the crop is quantised to uint8
-            image = read_image(self.paths[image_index], mode="rgb")
-        size = self.patch_size
-        height, width = image.shape[:2]
-        if height < size or width < size:  # the file changed since the build-time check
-            raise ValueError(f"training image {self.paths[image_index]} is {height}x{width}, "
-                             f"smaller than the HR patch of {size}x{size}")
-        top = int(rng.integers(0, height - size + 1))
-        left = int(rng.integers(0, width - size + 1))
-        patch = image[top:top + size, left:left + size]
-        if self.augment:
-            # Three fair bits give each of the 8 flips/rotations of the square once.
-            flip_rows, flip_cols, transpose = rng.integers(0, 2, size=3)
-            if flip_rows:
-                patch = patch[::-1]
-            if flip_cols:
-                patch = patch[:, ::-1]
-            if transpose:
-                patch = patch.transpose(1, 0, 2)
-        if patch.dtype != np.uint8:
-            patch = to_uint8(patch)
-        return {"hr": np.ascontiguousarray(patch)}
+            return self.images[image_index]
+        path = self.paths[image_index]
+        if path.endswith(store_lib.ARRAY_SUFFIX):
+            return self.read_array(path)
+        image = read_image(path, mode="rgb")  # decoded on access; only the crop is quantised
+        if tuple(image.shape[:2]) != tuple(self.sizes[image_index]):
+            height, width = self.sizes[image_index]
+            raise ValueError(f"training image {path} changed during the run: it is now "
+                             f"{image.shape[0]}x{image.shape[1]}, it was {height}x{width}")
+        return image
+
+    def __call__(self, elements: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        which = np.asarray(elements, np.int64).reshape(-1) % len(self.paths)
+        size, count = self.patch_size, which.shape[0]
+        # All draws at once, in a fixed order: tops, lefts, symmetries.
+        tops = rng.integers(0, self.sizes[which, 0] - size + 1)
+        lefts = rng.integers(0, self.sizes[which, 1] - size + 1)
+        symmetries = (rng.integers(0, 8, size=count) if self.augment
+                      else np.zeros(count, np.int64))
+        out = np.empty((count, size, size, 3), np.uint8)
+        # Image by image, so that one drawn twice is decoded once and at most one decoded
+        # image per thread is alive.
+        slots: dict[int, list[int]] = {}
+        for k, index in enumerate(which.tolist()):
+            slots.setdefault(index, []).append(k)
+        for index, ks in slots.items():
+            image = self._image(index)
+            for k in ks:
+                _copy_patch(out[k], _crop_uint8(image, int(tops[k]), int(lefts[k]), size),
+                            int(symmetries[k]))
+            del image
+        return {"hr": out}
 
 
 def make_train_dataset(paths: Sequence[str | os.PathLike], *, patch_size: int,
                        batch_size: int, seed: int, shard_index: int = 0,
                        shard_count: int = 1, augment: bool = True, cache: bool = True,
                        num_threads: int = 2, samples_per_image: int | None = None,
-                       prefetch_batches: int | None = None) -> grain.IterDataset:
+                       prefetch_batches: int | None = None,
+                       num_workers: int = 0) -> grain.IterDataset:
     """An endless dataset of ``{"hr": uint8 (batch_size, patch_size, patch_size, 3)}``.
 
-    paths: image files (expand config entries with ``resolve_image_paths`` first).
+    paths: image files and/or store arrays (expand config entries, folders and stores,
+      with ``resolve_image_paths`` first).
     patch_size: HR patch side, i.e. the LR patch side times the scale.
     batch_size: this host's batch (global batch / number of processes).
     seed: one seed for the file shuffle, the per-epoch element shuffles and the crops.
@@ -137,16 +182,22 @@ def make_train_dataset(paths: Sequence[str | os.PathLike], *, patch_size: int,
     augment: random vertical/horizontal flips and transposes (all 8 right-angle rotations
       and flips of the square, equally likely).
     cache: decode this host's images once and keep them in memory as uint8 (right for the
-      bundled photos and benchmark sets); False decodes an image for every patch taken
-      from it (right for DIV2K-sized data).
-    num_threads: grain worker threads (0: produce batches in the calling thread).
+      bundled photos and benchmark sets); False decodes an image file for every patch
+      taken from it, and reads store arrays through memory maps (right for DIV2K-sized
+      data: prepare a store with ``python -m jaxsr.data.prepare``).
+    num_threads: grain worker threads (0: produce batches in the calling thread); with
+      ``num_workers``, the threads of each worker process.
     samples_per_image: how many patches each image gives per epoch; default
       ``ceil(1000 / images on this host)`` so an epoch has at least 1000 patches.
     prefetch_batches: batches produced ahead (default ``2 * num_threads``).
+    num_workers: grain worker processes (0: none). They produce the very same stream, so
+      a run may be resumed with another value; they pay off on many-core hosts reading
+      PNGs (``cache=False``), less with a store, whose reads are cheap.
 
-    Every image is checked once at build time (header only) and one smaller than the
-    patch raises ``ValueError`` naming the file. Iterate with ``iter(dataset)``; the
-    iterator's ``get_state()`` is a small JSON-serialisable dict.
+    Every file is checked once at build time (``jaxsr.data.filecheck``: empty, not an
+    image, truncated or corrupted, smaller than the patch) and ``ValueError`` lists every
+    file that cannot be used. Iterate with ``iter(dataset)``; the iterator's
+    ``get_state()`` is a small JSON-serialisable dict.
     """
     paths = _check_paths(paths)
     patch_size = _check_positive_int("patch_size", patch_size)
@@ -161,8 +212,13 @@ def make_train_dataset(paths: Sequence[str | os.PathLike], *, patch_size: int,
     if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) \
             or num_threads < 0:
         raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) \
+            or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
 
-    _check_large_enough(paths, patch_size)  # every file, so all hosts fail alike
+    # Every file on every host, so that all hosts of a run fail alike.
+    sizes = dict(zip(paths, filecheck.check_training_files(
+        paths, patch_size=patch_size, num_threads=max(1, int(num_threads)))))
     local_paths = shard_paths(paths, seed=int(seed), shard_index=int(shard_index),
                               shard_count=shard_count)
     if samples_per_image is None:
@@ -175,17 +231,26 @@ def make_train_dataset(paths: Sequence[str | os.PathLike], *, patch_size: int,
             images = list(pool.map(read_rgb_uint8, local_paths))
 
     shuffle_seed, crop_seed = _stream_seeds(int(seed), int(shard_index))
-    sampler = _PatchSampler(local_paths, images, patch_size, bool(augment))
+    sampler = _BatchSampler(local_paths, [sizes[p] for p in local_paths], images,
+                            patch_size, bool(augment))
     dataset = (grain.MapDataset.range(len(local_paths) * samples_per_image)
                .shuffle(seed=shuffle_seed)
                .repeat(reseed_each_epoch=True)
-               .random_map(sampler, seed=crop_seed)
-               .batch(batch_size, drop_remainder=True))
+               .batch(batch_size, drop_remainder=True)
+               .random_map(sampler, seed=crop_seed))
     if prefetch_batches is None:
         prefetch_batches = 2 * num_threads
     read_options = grain.ReadOptions(num_threads=int(num_threads),
                                      prefetch_buffer_size=int(prefetch_batches))
-    return dataset.to_iter_dataset(read_options)
+    stream = dataset.to_iter_dataset(read_options)
+    if num_workers:
+        from absl import flags  # noqa: PLC0415  grain's workers read absl flags
+
+        if not flags.FLAGS.is_parsed():  # a script, not `python -m jaxsr.main`
+            flags.FLAGS.mark_as_parsed()
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=int(num_workers), per_worker_buffer_size=max(1, int(prefetch_batches))))
+    return stream
 
 
 def save_iterator_state(iterator: grain.DatasetIterator) -> dict:
@@ -193,11 +258,49 @@ def save_iterator_state(iterator: grain.DatasetIterator) -> dict:
     return json.loads(json.dumps(iterator.get_state()))
 
 
+# grain's iterator states, as this pipeline builds them: without worker processes
+# {"next_index": batches consumed}; with k workers an interleave over k slices, worker w
+# producing batches w, w + k, w + 2k, ... and counting them in its own "next_index".
+_WORKER_STATES = "iterators_in_use_states"
+
+
+def _batches_consumed(state: dict) -> int:
+    if set(state) == {"next_index"}:
+        return int(state["next_index"])
+    workers = state.get(_WORKER_STATES)
+    if isinstance(workers, list) and workers and all(
+            isinstance(w, dict) and set(w) == {"next_index"} for w in workers) \
+            and sorted(state.get("iterators_in_use_indices", [])) == list(range(len(workers))):
+        return sum(int(w["next_index"]) for w in workers)
+    raise ValueError(f"unrecognised data iterator state {json.dumps(state)[:200]}; it was not "
+                     f"saved by this version of jaxsr.data.pipeline")
+
+
+def _state_at(template: dict, consumed: int) -> dict:
+    """``template`` (the fresh iterator's state) moved to ``consumed`` batches."""
+    if set(template) == {"next_index"}:
+        return {"next_index": consumed}
+    state = json.loads(json.dumps(template))
+    workers = len(state[_WORKER_STATES])
+    state["next_index_in_cycle"] = consumed % workers
+    state[_WORKER_STATES] = [{"next_index": -(-(consumed - w) // workers)}
+                             for w in range(workers)]
+    state["exhausted"] = [0] * workers
+    state["future_states"] = {}
+    return state
+
+
 def restore_iterator_state(iterator: grain.DatasetIterator, state: dict) -> grain.DatasetIterator:
-    """Move a freshly built iterator (same paths, seed and sizes) to ``state``; returns it."""
+    """Move a freshly built iterator (same paths, seed and sizes) to ``state``; returns it.
+
+    The position is carried over between iterators with different ``num_workers`` (the
+    stream does not depend on it), so a run may resume with another worker count.
+    """
     if not isinstance(state, dict):
         raise ValueError(f"state must be a dict from save_iterator_state, got {type(state)}")
-    iterator.set_state(state)
+    template = iterator.get_state()
+    _batches_consumed(template)  # the fresh iterator's layout must be one we know
+    iterator.set_state(_state_at(template, _batches_consumed(state)))
     return iterator
 
 
@@ -217,7 +320,7 @@ def load_validation_set(paths: Sequence[str | os.PathLike], *, size: int, scale:
         raise ValueError(f"size must be a multiple of scale={scale}, got size={size}")
     crops = []
     for path in paths[:max_images]:
-        image = read_image(path, mode="rgb")
+        image = read_rgb_float(path)
         height, width = image.shape[:2]
         if height < size or width < size:
             raise ValueError(f"validation image {path} is {height}x{width} (HxW), smaller "

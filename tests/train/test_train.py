@@ -39,19 +39,33 @@ def _losses(workdir):
 TERM_ARGS = ("--config.train.checkpoint_every=1000", "--config.train.eval_every=3")
 
 
+def _prepare_store(store):
+    """`python -m jaxsr.data.prepare` on the bundled training photos (what tiny trains on)."""
+    from jaxsr.data import bundled_photo_paths
+    res = subprocess.run([sys.executable, "-m", "jaxsr.data.prepare", "--output", str(store), "--no-progress",
+                          "--workers", "2", *bundled_photo_paths("train")],
+                         cwd=REPO, env=_env(1), capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [f"--config.data.train_dirs=('{store}',)", "--config.data.cache=False"]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny runs: uninterrupted on 1 device, killed + resumed, stopped by SIGTERM + resumed, and on
-    4 devices."""
+    """Tiny runs: uninterrupted on 1 device; SIGKILLed + resumed; stopped by SIGTERM + resumed; SIGKILLed +
+    resumed reading a prepared store of the same photos; and on 4 devices."""
     root = tmp_path_factory.mktemp("train")
     full, killed, termed, four = root / "full", root / "killed", root / "termed", root / "four"
+    store_killed = root / "store_killed"
+    store_args = _prepare_store(root / "store")
     procs = [subprocess.Popen(_cmd(full), cwd=REPO, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
              subprocess.Popen(_cmd(killed), cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL),
              subprocess.Popen(_cmd(termed, *TERM_ARGS), cwd=REPO, env=_env(1), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)]
-    # SIGKILL the second run as soon as its step-4 checkpoint is complete (mid-run, no cleanup), and
-    # SIGTERM the third between checkpoints, once it has logged step 2; both watched in one loop.
+                              stderr=subprocess.STDOUT),
+             subprocess.Popen(_cmd(store_killed, *store_args), cwd=REPO, env=_env(1), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    # SIGKILL the second and fourth runs as soon as their step-4 checkpoint is complete (mid-run, no
+    # cleanup), and SIGTERM the third between checkpoints, once it has logged step 2; one polling loop.
     def logged_two_steps():
         try:
             return len(_losses(termed)) >= 2
@@ -59,7 +73,8 @@ def runs(tmp_path_factory):
             return False
 
     pending = {1: (lambda: (killed / "checkpoints" / "4").is_dir(), signal.SIGKILL),
-               2: (logged_two_steps, signal.SIGTERM)}
+               2: (logged_two_steps, signal.SIGTERM),
+               3: (lambda: (store_killed / "checkpoints" / "4").is_dir(), signal.SIGKILL)}
     deadline = time.time() + 900
     while pending:
         for i, (ready, sig) in list(pending.items()):
@@ -70,6 +85,7 @@ def runs(tmp_path_factory):
         assert time.time() < deadline, f"runs {sorted(pending)} never reached the point to signal them"
         time.sleep(0.05)
     procs[1].wait()
+    procs[3].wait()
     termed_out = procs[2].communicate()[0].decode()
     assert procs[2].returncode == 0, termed_out
     termed_steps = sorted(int(p.name) for p in (termed / "checkpoints").iterdir() if p.name.isdigit())
@@ -79,11 +95,16 @@ def runs(tmp_path_factory):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     termed_resumed = subprocess.run(_cmd(termed, *TERM_ARGS), cwd=REPO, env=_env(1), capture_output=True, text=True)
     assert termed_resumed.returncode == 0, termed_resumed.stdout + termed_resumed.stderr
+    store_resumed = subprocess.run(_cmd(store_killed, *store_args), cwd=REPO, env=_env(1), capture_output=True,
+                                   text=True)
+    assert store_resumed.returncode == 0, store_resumed.stdout + store_resumed.stderr
     four_run = subprocess.run(_cmd(four), cwd=REPO, env=_env(4), capture_output=True, text=True)
     assert four_run.returncode == 0, four_run.stdout + four_run.stderr
     return dict(full=full, killed=killed, four=four, full_out=out, resumed_out=resumed.stdout,
                 four_out=four_run.stdout, termed=termed, termed_out=termed_out, termed_steps=termed_steps,
-                termed_resumed_out=termed_resumed.stdout)
+                termed_resumed_out=termed_resumed.stdout, store_killed=store_killed,
+                store_resumed_out=store_resumed.stdout)
+
 
 
 def test_run_prints_gain_and_writes_outputs(runs):
@@ -148,6 +169,18 @@ def test_no_restorable_checkpoint_refuses_to_restart_from_zero(runs, tmp_path):
     assert "will not silently restart from step 0" in res.stderr
     assert not [p for p in (work / "checkpoints").iterdir() if p.name.isdigit()]  # nothing trained from 0
     assert len(list((work / "checkpoints.damaged").iterdir())) == STEPS // 2  # every one kept aside
+
+
+def test_store_run_killed_and_resumed_reproduces_the_folder_run(runs):
+    """prepare -> train on the store -> SIGKILL -> resume: the losses of the uninterrupted run on the source
+    photos, step for step (the store yields the folder's batches, and its iterator state resumes exactly)."""
+    assert "resumed from" in runs["store_resumed_out"]
+    config = json.loads((runs["store_killed"] / "config.json").read_text())
+    assert config["data"]["train_dirs"][0].endswith("store") and config["data"]["cache"] is False
+    full, store = _losses(runs["full"]), _losses(runs["store_killed"])
+    assert sorted(store) == sorted(full)
+    for step in range(1, STEPS + 1):
+        np.testing.assert_allclose(store[step], full[step], rtol=1e-6, err_msg=f"step {step}")
 
 
 def test_four_devices_match_one_device(runs):
