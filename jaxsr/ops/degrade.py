@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.ops import _checks
-from jaxsr.ops.imresize import imresize
+from jaxsr.ops.imresize import _matlab_matrix, imresize
 
 # Upper end of the training σ range of setting 1 (IKC / DAN), per scale.
 SETTING1_SIGMA_MAX = {1: 4.0, 2: 2.0, 3: 3.0, 4: 4.0}
@@ -40,6 +41,9 @@ GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
 DOWNSAMPLERS = ("bicubic", "sfold")
 KERNEL_TYPES = ("iso", "aniso")
 BLUR_METHODS = ("auto", "conv", "fft")
+# What a DegradationSpec may ask for: the blur implementations above, or "fused" (blur and
+# downsampler composed, see `blur_downsample`).
+SPEC_BLUR_METHODS = BLUR_METHODS + ("fused",)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -104,7 +108,10 @@ class DegradationSpec:
                    of each s×s block).
     noise_range:   AWGN σ ~ U[noise_range] per image, in [0, 255] units; (0, 0) = noise-free.
     quantize:      round the LR image to uint8 levels, as the official test sets are stored.
-    blur_method:   "auto" | "conv" | "fft", see `blur`.
+    blur_method:   "auto" | "conv" | "fft" | "fused". "conv" and "fft" blur at full resolution and
+                   then downsample (see `blur`); "fused" computes only the kept outputs of the
+                   composed operator (see `blur_downsample`). "auto" = "fused" on CPU, "conv" on
+                   GPU/TPU. All agree to float32 rounding.
     """
     scale: int = 4
     kernel_size: int = 21
@@ -133,8 +140,8 @@ class DegradationSpec:
             raise ValueError(f"sigma_range must be positive, got {self.sigma_range}")
         if self.noise_range[0] < 0:
             raise ValueError(f"noise_range must be >= 0 (in [0, 255] units), got {self.noise_range}")
-        if self.blur_method not in BLUR_METHODS:
-            raise ValueError(f"blur_method must be one of {BLUR_METHODS}, got {self.blur_method!r}")
+        if self.blur_method not in SPEC_BLUR_METHODS:
+            raise ValueError(f"blur_method must be one of {SPEC_BLUR_METHODS}, got {self.blur_method!r}")
         if not 0 <= self.kernel_noise < 1:
             raise ValueError(f"kernel_noise must be in [0, 1), got {self.kernel_noise}")
 
@@ -272,6 +279,181 @@ def downsample(images: jax.Array, scale: int, method: str = "bicubic") -> jax.Ar
     raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {method!r}")
 
 
+# --------------------------------------------------------------------------- fused blur + downsample
+#
+# Both downsamplers keep a stride-s grid of a linear function of the blurred image, so blur
+# followed by downsampling is one linear operator, and most of a full-resolution blur is thrown
+# away. Along one axis, output i of the downsampler reads the blurred pixels through a weight row
+# M[i] (s-fold: a single 1 at s*i; bicubic: MATLAB's antialiased taps, mirrored at the borders),
+# and blurred pixel r is sum_a k[a] xpad[r + a] on the reflect-padded input. Hence
+#
+#     lr[i, j] = sum_{a, b} k[a, b] (A[i, a] ⊗ A'[j, b]) · xpad,    A[i, a, r + a] = M[i, r],
+#
+# with one fixed row A[i, a] over the padded axis per output i and kernel offset a. Away from
+# the borders M[i] is a single pattern h shifted by s*i, so A[i, a] · xpad = g[s*i + off + a]
+# where g is xpad correlated with h: prefilter once with the fixed, separable taps h, then
+# evaluate the per-image kernel only at the kept positions (a stride-s correlation). Outputs
+# whose M[i] is not the shifted pattern (bicubic's border rows, where MATLAB mirrors the
+# *blurred* image) keep their exact rows A[i, a], applied as a small matrix product; the same
+# stride machinery then reads them with stride k.
+
+
+class _AxisPlan(NamedTuple):
+    out: int                # number of outputs along the axis
+    regular: tuple          # (i0, i1): outputs i0 <= i < i1 read the prefiltered axis
+    taps: tuple             # h, the prefilter (float64 values); () when nothing is regular
+    start: int              # padded index of the first prefiltered row used (output i0, a = 0)
+    groups: tuple           # explicit outputs: ((i_begin, i_end, lo, hi, rows), ...), where
+                            # rows[(i - i_begin) * k + a] = A[i, a, lo:hi]
+
+
+@functools.lru_cache(maxsize=128)
+def _axis_plan(n: int, scale: int, ksize: int, downsampler: str) -> _AxisPlan:
+    """Static (trace-time, NumPy float64) description of one axis of the fused operator."""
+    pad = ksize // 2
+    if downsampler == "sfold":
+        out = -(-n // scale)
+        m = np.zeros((out, n))
+        m[np.arange(out), scale * np.arange(out)] = 1.0
+    else:
+        out = math.ceil(n * (1.0 / scale))  # the size imresize(x, 1 / scale) gives
+        m = np.asarray(_matlab_matrix(n, out, 1.0 / scale, True))
+    mid = out // 2
+    nz = np.flatnonzero(m[mid])
+    lo, hi = int(nz[0]), int(nz[-1]) + 1
+    taps, offset = m[mid, lo:hi], lo - scale * mid
+
+    def is_regular(i):
+        b = scale * i + offset
+        if b < 0 or b + len(taps) > n:
+            return False
+        rest = np.concatenate([m[i, :b], m[i, b + len(taps):]])
+        return bool(np.all(np.abs(m[i, b:b + len(taps)] - taps) <= 1e-12) and np.all(np.abs(rest) <= 1e-12))
+
+    i0, i1 = mid, mid + 1  # the middle output defines the pattern, so it is regular
+    while i0 > 0 and is_regular(i0 - 1):
+        i0 -= 1
+    while i1 < out and is_regular(i1):
+        i1 += 1
+    groups = []
+    for ib, ie in ((0, i0), (i1, out)):
+        if ie <= ib:
+            continue
+        rows = np.zeros(((ie - ib) * ksize, n + 2 * pad))
+        for i in range(ib, ie):
+            for a in range(ksize):
+                rows[(i - ib) * ksize + a, a:a + n] = m[i]
+        used = np.flatnonzero(np.any(rows != 0, axis=0))
+        glo, ghi = int(used[0]), int(used[-1]) + 1
+        groups.append((ib, ie, glo, ghi, rows[:, glo:ghi]))
+    return _AxisPlan(out, (i0, i1), tuple(float(t) for t in taps), scale * i0 + offset, tuple(groups))
+
+
+def _axis_parts(x: jax.Array, plan: _AxisPlan, axis: int, scale: int, ksize: int):
+    """Apply one axis of the fused operator to x (padded along `axis`).
+
+    Returns [(kind, stride, count, rows)]: the "reg" part (prefiltered rows; output u reads rows
+    scale*u + a) and the "exp" part (k rows per output, output u reads rows k*u + a).
+    """
+    parts = []
+    i0, i1 = plan.regular
+    if i1 > i0:
+        count = scale * (i1 - i0 - 1) + ksize
+        acc = None
+        for t, weight in enumerate(plan.taps):
+            if weight == 0.0:
+                continue
+            tap = jax.lax.slice_in_dim(x, plan.start + t, plan.start + t + count, axis=axis)
+            tap = tap if weight == 1.0 else tap * jnp.asarray(weight, x.dtype)
+            acc = tap if acc is None else acc + tap
+        parts.append(("reg", scale, i1 - i0, acc))
+    if plan.groups:
+        spec = "rh,hwf->rwf" if axis == 0 else "rw,hwf->hrf"
+        blocks = [jnp.einsum(spec, jnp.asarray(rows, x.dtype), jax.lax.slice_in_dim(x, lo, hi, axis=axis),
+                             precision=jax.lax.Precision.HIGHEST)
+                  for _, _, lo, hi, rows in plan.groups]
+        count = sum(ie - ib for ib, ie, *_ in plan.groups)
+        parts.append(("exp", ksize, count, jnp.concatenate(blocks, axis=axis) if len(blocks) > 1 else blocks[0]))
+    return parts
+
+
+def _strided_correlate(y: jax.Array, w: jax.Array, strides: tuple[int, int], counts: tuple[int, int]) -> jax.Array:
+    """out[u, v, f] = sum_{a, b} w[a, b, f] y[sh*u + a, sw*v + b, f] for u < nh, v < nw.
+
+    y is split into its sh x sw polyphase components first, so every tap is a contiguous
+    slice. The loop over a stays a loop (each step one fused multiply-add over b): unrolled,
+    XLA:CPU fuses all k*k taps into one loop body that runs several times slower.
+    """
+    (sh, sw), (nh, nw) = strides, counts
+    ka, kb, f = w.shape
+    hq, wq = nh + (ka - 1) // sh, nw + (kb - 1) // sw
+    y = y[:sh * hq, :sw * wq]
+    y = jnp.pad(y, ((0, sh * hq - y.shape[0]), (0, sw * wq - y.shape[1]), (0, 0)))
+    phases = jnp.transpose(y.reshape(hq, sh, wq, sw, f), (1, 3, 0, 2, 4))  # (sh, sw, hq, wq, f)
+
+    def row(a, acc):
+        wa = jax.lax.dynamic_index_in_dim(w, a, 0, keepdims=False)  # (kb, f)
+        zero = jnp.zeros((), jnp.int32)
+        for b in range(kb):
+            tap = jax.lax.dynamic_slice(phases, (a % sh, jnp.int32(b % sw), a // sh, jnp.int32(b // sw), zero),
+                                        (1, 1, nh, nw, f))[0, 0]
+            acc = acc + tap * wa[b]
+        return acc
+
+    return jax.lax.fori_loop(0, ka, row, jnp.zeros((nh, nw, f), y.dtype))
+
+
+def _in_output_order(parts, plan: _AxisPlan, axis: int) -> jax.Array:
+    """Concatenate the regular and explicit outputs of one axis in output order."""
+    arrays = dict(parts)
+    reg, exp = arrays.get("reg"), arrays.get("exp")
+    if exp is None:
+        return reg
+    n_top = plan.regular[0] if plan.groups and plan.groups[0][0] == 0 else 0
+    if reg is None:
+        return exp
+    pieces = [jax.lax.slice_in_dim(exp, 0, n_top, axis=axis), reg,
+              jax.lax.slice_in_dim(exp, n_top, exp.shape[axis], axis=axis)]
+    return jnp.concatenate([p for p in pieces if p.shape[axis]], axis=axis)
+
+
+def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampler: str = "bicubic") -> jax.Array:
+    """`downsample(blur(images, kernels), scale, downsampler)` without the full-resolution blur.
+
+    Computes the composed linear operator only at the kept output positions: a fixed, separable
+    prefilter (the bicubic taps; nothing for s-fold), then each image's kernel at stride `scale`,
+    with the exact border rows of the composition (reflect padding of the blur, then MATLAB's
+    symmetric mirroring of the blurred image) applied as small matrix products. Equal to the
+    two-step path up to float32 rounding, for any kernel. For 21x21 kernels at x4 this is ~7x
+    fewer multiply-adds than the blur alone.
+    """
+    _checks.check_images("images", images)
+    _checks.check_kernels("kernels", kernels, batch=images.shape[0])
+    scale = _checks.check_scale("scale", scale)
+    if downsampler not in DOWNSAMPLERS:
+        raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
+    n, h, w, c = images.shape
+    size = kernels.shape[-1]
+    pad = size // 2
+    if pad >= h or pad >= w:
+        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
+                         f"(reflect padding needs more than {pad} pixels per side)")
+    if scale == 1:
+        return blur(images, kernels)
+    plan_h, plan_w = _axis_plan(h, scale, size, downsampler), _axis_plan(w, scale, size, downsampler)
+    # Layout (H, W, N*C): the image and channel index is the vectorised innermost axis.
+    x = jnp.transpose(images, (1, 2, 0, 3)).reshape(h, w, n * c)
+    x = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    weights = jnp.repeat(jnp.transpose(kernels.astype(x.dtype), (1, 2, 0)), c, axis=-1)  # f = n*C + c
+    rows = []
+    for row_kind, sh, nh, y in _axis_parts(x, plan_h, 0, scale, size):
+        cols = [(col_kind, _strided_correlate(z, weights, (sh, sw), (nh, nw)))
+                for col_kind, sw, nw, z in _axis_parts(y, plan_w, 1, scale, size)]
+        rows.append((row_kind, _in_output_order(cols, plan_w, 1)))
+    out = _in_output_order(rows, plan_h, 0)
+    return jnp.transpose(out.reshape(plan_h.out, plan_w.out, n, c), (2, 0, 1, 3))
+
+
 def add_noise(rng: jax.Array, images: jax.Array, sigma) -> jax.Array:
     """Additive white Gaussian noise with per-image σ in [0, 255] units, clipped to [0, 1]."""
     _checks.check_images("images", images)
@@ -303,7 +485,13 @@ def apply_degradation(hr: jax.Array, kernels: jax.Array, spec: DegradationSpec,
     if kernels.ndim != 3 or kernels.shape[-1] != spec.kernel_size:
         raise ValueError(f"kernels must have shape (N, {spec.kernel_size}, {spec.kernel_size}) for this "
                          f"spec, got {kernels.shape}")
-    lr = downsample(blur(hr, kernels, spec.blur_method), spec.scale, spec.downsampler)
+    method = spec.blur_method
+    if method == "auto":
+        method = "fused" if jax.default_backend() == "cpu" else "conv"
+    if method == "fused":
+        lr = blur_downsample(hr, kernels, spec.scale, spec.downsampler)
+    else:
+        lr = downsample(blur(hr, kernels, method), spec.scale, spec.downsampler)
     if noise_sigma is not None:
         if rng is None:
             raise ValueError("rng is required when noise_sigma is given")
