@@ -343,6 +343,31 @@ def _axis_plan(n: int, scale: int, ksize: int, downsampler: str) -> _AxisPlan:
     return _AxisPlan(out, (i0, i1), tuple(float(t) for t in taps), scale * i0 + offset, explicit)
 
 
+def _reflect_pad(x: jax.Array, pad: int, tails: tuple[int, int]) -> jax.Array:
+    """jnp.pad(x, pad, mode="reflect") on the two leading axes, then `tails` zeros at their ends.
+
+    Written as in-place updates of one buffer: XLA:CPU runs the reverse/concatenate form of
+    jnp.pad as a slow elementwise select.
+    """
+    h, w = x.shape[:2]
+    buf = jnp.zeros((h + 2 * pad + tails[0], w + 2 * pad + tails[1]) + x.shape[2:], x.dtype)
+    buf = jax.lax.dynamic_update_slice(buf, x, (pad, pad) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, x[pad:0:-1], (0, pad) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, x[h - 2:h - 2 - pad:-1], (pad + h, pad) + (0,) * (x.ndim - 2))
+    rows = h + 2 * pad
+    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, 2 * pad:pad:-1], (0, 0) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, w + pad - 2:w - 2:-1], (0, pad + w) + (0,) * (x.ndim - 2))
+    return buf
+
+
+def _tail(plan: _AxisPlan, padded: int, scale: int, ksize: int) -> int:
+    """Zero entries to append to the padded axis so the regular prefilter fits (see _axis_parts)."""
+    i0, i1 = plan.regular
+    if i1 <= i0:
+        return 0
+    return max(0, plan.start + scale * (i1 - i0 + (ksize - 1) // scale) + len(plan.taps) - 1 - padded)
+
+
 def _prefilter(x: jax.Array, taps, start: int, count: int, axis: int) -> jax.Array:
     """g[m] = sum_t taps[t] x[start + m + t] along `axis`, for m < count (one fused loop)."""
     acc = None
@@ -364,7 +389,8 @@ def _axis_parts(x: jax.Array, plan: _AxisPlan, axis: int, scale: int, ksize: int
     parts = []
     i0, i1 = plan.regular
     if i1 > i0:
-        parts.append(("reg", scale, i1 - i0, _prefilter(x, plan.taps, plan.start, scale * (i1 - i0 - 1) + ksize, axis)))
+        count = scale * (i1 - i0 + (ksize - 1) // scale)  # what _strided_correlate reads, rounded up to whole strides
+        parts.append(("reg", scale, i1 - i0, _prefilter(x, plan.taps, plan.start, count, axis)))
     if plan.explicit:
         stacks = [_prefilter(x, taps, start, ksize, axis) for start, taps in plan.explicit]
         parts.append(("exp", ksize, len(stacks), jnp.concatenate(stacks, axis=axis)))
@@ -374,25 +400,26 @@ def _axis_parts(x: jax.Array, plan: _AxisPlan, axis: int, scale: int, ksize: int
 def _strided_correlate(y: jax.Array, w: jax.Array, strides: tuple[int, int], counts: tuple[int, int]) -> jax.Array:
     """out[u, v, f] = sum_{a, b} w[a, b, f] y[sh*u + a, sw*v + b, f] for u < nh, v < nw.
 
-    y is split into its sh x sw polyphase components first, so every tap is a contiguous
-    slice. The loop over a stays a loop (each step one fused multiply-add over b): unrolled,
-    XLA:CPU fuses all k*k taps into one loop body that runs several times slower.
+    y is viewed as (hq, sh, wq, sw, f) (a reshape, no copy), so tap (a, b) is the block
+    [a // sh + u, a % sh, b // sw + v, b % sw] for all (u, v): every tap reads whole rows of f
+    contiguous values. The loop over a stays a loop (each step one fused multiply-add over the b
+    taps): unrolled, XLA:CPU fuses all k*k taps into one loop body that runs several times slower.
+    y should hold exactly sh*hq rows and sw*wq columns (hq = nh + (k-1)//sh); extra rows/columns
+    are never read, missing ones are zero-padded here (a copy).
     """
     (sh, sw), (nh, nw) = strides, counts
     ka, kb, f = w.shape
     hq, wq = nh + (ka - 1) // sh, nw + (kb - 1) // sw
     y = y[:sh * hq, :sw * wq]
-    y = jnp.pad(y, ((0, sh * hq - y.shape[0]), (0, sw * wq - y.shape[1]), (0, 0)))
-    # (sh*sw, hq, wq, f): phase (r, q) holds y[sh*i + r, sw*j + q]. Flattening the two phase axes
-    # also keeps XLA from sinking the transpose into the loop body (5-8x slower when it does).
-    phases = jnp.transpose(y.reshape(hq, sh, wq, sw, f), (1, 3, 0, 2, 4)).reshape(sh * sw, hq, wq, f)
+    if y.shape[:2] != (sh * hq, sw * wq):
+        y = jnp.pad(y, ((0, sh * hq - y.shape[0]), (0, sw * wq - y.shape[1]), (0, 0)))
+    y = y.reshape(hq, sh, wq, sw, f)
 
     def row(a, acc):
         wa = jax.lax.dynamic_index_in_dim(w, a, 0, keepdims=False)  # (kb, f)
-        zero = jnp.zeros((), jnp.int32)
         for b in range(kb):
-            start = ((a % sh) * sw + b % sw, a // sh, jnp.int32(b // sw), zero)
-            acc = acc + jax.lax.dynamic_slice(phases, start, (1, nh, nw, f))[0] * wa[b]
+            start = (a // sh, a % sh, jnp.int32(b // sw), jnp.int32(b % sw), jnp.int32(0))
+            acc = acc + jax.lax.dynamic_slice(y, start, (nh, 1, nw, 1, f))[:, 0, :, 0] * wa[b]
         return acc
 
     return jax.lax.fori_loop(0, ka, row, jnp.zeros((nh, nw, f), y.dtype))
@@ -438,7 +465,9 @@ def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampl
     plan_h, plan_w = _axis_plan(h, scale, size, downsampler), _axis_plan(w, scale, size, downsampler)
     # Layout (H, W, N*C): the image and channel index is the vectorised innermost axis.
     x = jnp.transpose(images, (1, 2, 0, 3)).reshape(h, w, n * c)
-    x = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    # Reflect padding, plus zero rows/columns at the end so the regular prefilter can emit whole
+    # strides (they are never read).
+    x = _reflect_pad(x, pad, (_tail(plan_h, h + 2 * pad, scale, size), _tail(plan_w, w + 2 * pad, scale, size)))
     weights = jnp.repeat(jnp.transpose(kernels.astype(x.dtype), (1, 2, 0)), c, axis=-1)  # f = n*C + c
     rows = []
     for row_kind, sh, nh, y in _axis_parts(x, plan_h, 0, scale, size):
