@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr.ops import _checks
-from jaxsr.ops.imresize import imresize
+from jaxsr.ops.imresize import _matlab_matrix, imresize
 
 # Upper end of the training σ range of setting 1 (IKC / DAN), per scale.
 SETTING1_SIGMA_MAX = {1: 4.0, 2: 2.0, 3: 3.0, 4: 4.0}
@@ -40,6 +41,9 @@ GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
 DOWNSAMPLERS = ("bicubic", "sfold")
 KERNEL_TYPES = ("iso", "aniso")
 BLUR_METHODS = ("auto", "conv", "fft")
+# What a DegradationSpec may ask for: the blur implementations above, or "fused" (blur and
+# downsampler composed, see `blur_downsample`).
+SPEC_BLUR_METHODS = BLUR_METHODS + ("fused",)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -104,7 +108,10 @@ class DegradationSpec:
                    of each s×s block).
     noise_range:   AWGN σ ~ U[noise_range] per image, in [0, 255] units; (0, 0) = noise-free.
     quantize:      round the LR image to uint8 levels, as the official test sets are stored.
-    blur_method:   "auto" | "conv" | "fft", see `blur`.
+    blur_method:   "auto" | "conv" | "fft" | "fused". "conv" and "fft" blur at full resolution and
+                   then downsample (see `blur`); "fused" computes only the kept outputs of the
+                   composed operator (see `blur_downsample`). "auto" = "fused" on CPU, "conv" on
+                   GPU/TPU. All agree to float32 rounding.
     """
     scale: int = 4
     kernel_size: int = 21
@@ -133,8 +140,8 @@ class DegradationSpec:
             raise ValueError(f"sigma_range must be positive, got {self.sigma_range}")
         if self.noise_range[0] < 0:
             raise ValueError(f"noise_range must be >= 0 (in [0, 255] units), got {self.noise_range}")
-        if self.blur_method not in BLUR_METHODS:
-            raise ValueError(f"blur_method must be one of {BLUR_METHODS}, got {self.blur_method!r}")
+        if self.blur_method not in SPEC_BLUR_METHODS:
+            raise ValueError(f"blur_method must be one of {SPEC_BLUR_METHODS}, got {self.blur_method!r}")
         if not 0 <= self.kernel_noise < 1:
             raise ValueError(f"kernel_noise must be in [0, 1), got {self.kernel_noise}")
 
@@ -272,6 +279,205 @@ def downsample(images: jax.Array, scale: int, method: str = "bicubic") -> jax.Ar
     raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {method!r}")
 
 
+# --------------------------------------------------------------------------- fused blur + downsample
+#
+# Both downsamplers keep a stride-s grid of a linear function of the blurred image, so blur
+# followed by downsampling is one linear operator, and most of a full-resolution blur is thrown
+# away. Along one axis, output i of the downsampler reads the blurred pixels through a weight row
+# M[i] (s-fold: a single 1 at s*i; bicubic: MATLAB's antialiased taps, mirrored at the borders),
+# and blurred pixel r is sum_a k[a] xpad[r + a] on the reflect-padded input. Hence
+#
+#     lr[i, j] = sum_{a, b} k[a, b] (A[i, a] ⊗ A'[j, b]) · xpad,    A[i, a, r + a] = M[i, r],
+#
+# with one fixed row A[i, a] over the padded axis per output i and kernel offset a. Away from
+# the borders M[i] is a single pattern h shifted by s*i, so A[i, a] · xpad = g[s*i + off + a]
+# where g is xpad correlated with h: prefilter once with the fixed, separable taps h, then
+# evaluate the per-image kernel only at the kept positions (a stride-s correlation). Outputs
+# whose M[i] is not the shifted pattern (bicubic's border rows, where MATLAB mirrors the
+# *blurred* image) keep their exact rows A[i, a], applied as a small matrix product; the same
+# stride machinery then reads them with stride k.
+
+
+class _AxisPlan(NamedTuple):
+    out: int                # number of outputs along the axis
+    regular: tuple          # (i0, i1): outputs i0 <= i < i1 read the shared prefiltered axis
+    taps: tuple             # h, the shared prefilter (float64 values)
+    start: int              # padded index of output i0's first input: g[m] = sum_t h[t] xpad[start + m + t]
+    explicit: tuple         # the other outputs, in order: ((start_i, taps_i), ...), whose k rows are
+                            # sum_t taps_i[t] xpad[start_i + t + a], a = 0 .. k-1
+
+
+@functools.lru_cache(maxsize=128)
+def _axis_plan(n: int, scale: int, ksize: int, downsampler: str) -> _AxisPlan:
+    """Static (trace-time, NumPy float64) description of one axis of the fused operator.
+
+    Row i of the downsampler's (out, n) weight matrix M, restricted to its nonzero span
+    [b_i, b_i + len), is the pattern that output i applies; A[i, a] · xpad is then
+    sum_t M[i, b_i + t] xpad[b_i + t + a]. Outputs whose pattern is the middle output's, at
+    b_i = scale*i + offset, share one prefiltered axis.
+    """
+    if downsampler == "sfold":
+        out = -(-n // scale)
+        m = np.zeros((out, n))
+        m[np.arange(out), scale * np.arange(out)] = 1.0
+    else:
+        out = math.ceil(n * (1.0 / scale))  # the size imresize(x, 1 / scale) gives
+        m = np.asarray(_matlab_matrix(n, out, 1.0 / scale, True))
+    spans = []
+    for row in m:
+        nz = np.flatnonzero(row)
+        spans.append((int(nz[0]), row[nz[0]:nz[-1] + 1]))
+    mid = out // 2
+    taps, offset = spans[mid][1], spans[mid][0] - scale * mid
+
+    def is_regular(i):
+        b, t = spans[i]
+        return b == scale * i + offset and len(t) == len(taps) and bool(np.all(np.abs(t - taps) <= 1e-12))
+
+    i0, i1 = mid, mid + 1  # the middle output defines the pattern, so it is regular
+    while i0 > 0 and is_regular(i0 - 1):
+        i0 -= 1
+    while i1 < out and is_regular(i1):
+        i1 += 1
+    explicit = tuple((b, tuple(float(v) for v in t)) for i, (b, t) in enumerate(spans) if not i0 <= i < i1)
+    return _AxisPlan(out, (i0, i1), tuple(float(t) for t in taps), scale * i0 + offset, explicit)
+
+
+def _reflect_pad(x: jax.Array, pad: int, tails: tuple[int, int]) -> jax.Array:
+    """jnp.pad(x, pad, mode="reflect") on the two leading axes, then `tails` zeros at their ends.
+
+    Written as in-place updates of one buffer: XLA:CPU runs the reverse/concatenate form of
+    jnp.pad as a slow elementwise select.
+    """
+    h, w = x.shape[:2]
+    buf = jnp.zeros((h + 2 * pad + tails[0], w + 2 * pad + tails[1]) + x.shape[2:], x.dtype)
+    buf = jax.lax.dynamic_update_slice(buf, x, (pad, pad) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, x[pad:0:-1], (0, pad) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, x[h - 2:h - 2 - pad:-1], (pad + h, pad) + (0,) * (x.ndim - 2))
+    rows = h + 2 * pad
+    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, 2 * pad:pad:-1], (0, 0) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, w + pad - 2:w - 2:-1], (0, pad + w) + (0,) * (x.ndim - 2))
+    return buf
+
+
+def _tail(plan: _AxisPlan, padded: int, scale: int, ksize: int) -> int:
+    """Zero entries to append to the padded axis so the regular prefilter fits (see _axis_parts)."""
+    i0, i1 = plan.regular
+    if i1 <= i0:
+        return 0
+    return max(0, plan.start + scale * (i1 - i0 + (ksize - 1) // scale) + len(plan.taps) - 1 - padded)
+
+
+def _prefilter(x: jax.Array, taps, start: int, count: int, axis: int) -> jax.Array:
+    """g[m] = sum_t taps[t] x[start + m + t] along `axis`, for m < count (one fused loop)."""
+    acc = None
+    for t, weight in enumerate(taps):
+        if weight == 0.0:
+            continue
+        tap = jax.lax.slice_in_dim(x, start + t, start + t + count, axis=axis)
+        tap = tap if weight == 1.0 else tap * jnp.asarray(weight, x.dtype)
+        acc = tap if acc is None else acc + tap
+    return acc
+
+
+def _axis_parts(x: jax.Array, plan: _AxisPlan, axis: int, scale: int, ksize: int):
+    """Apply one axis of the fused operator to x (padded along `axis`).
+
+    Returns [(kind, stride, count, rows)]: the "reg" part (prefiltered rows; output u reads rows
+    scale*u + a) and the "exp" part (k rows per output, output u reads rows k*u + a).
+    """
+    parts = []
+    i0, i1 = plan.regular
+    if i1 > i0:
+        count = scale * (i1 - i0 + (ksize - 1) // scale)  # what _strided_correlate reads, rounded up to whole strides
+        parts.append(("reg", scale, i1 - i0, _prefilter(x, plan.taps, plan.start, count, axis)))
+    if plan.explicit:
+        stacks = [_prefilter(x, taps, start, ksize, axis) for start, taps in plan.explicit]
+        parts.append(("exp", ksize, len(stacks), jnp.concatenate(stacks, axis=axis)))
+    return parts
+
+
+def _strided_correlate(y: jax.Array, w: jax.Array, strides: tuple[int, int], counts: tuple[int, int]) -> jax.Array:
+    """out[u, v, f] = sum_{a, b} w[a, b, f] y[sh*u + a, sw*v + b, f] for u < nh, v < nw.
+
+    y is viewed as (hq, sh, wq, sw, f) (a reshape, no copy), so tap (a, b) is the block
+    [a // sh + u, a % sh, b // sw + v, b % sw] for all (u, v): every tap reads whole rows of f
+    contiguous values. The loop over a stays a loop (each step one fused multiply-add over the b
+    taps): unrolled, XLA:CPU fuses all k*k taps into one loop body that runs several times slower.
+    y should hold exactly sh*hq rows and sw*wq columns (hq = nh + (k-1)//sh); extra rows/columns
+    are never read, missing ones are zero-padded here (a copy).
+    """
+    (sh, sw), (nh, nw) = strides, counts
+    ka, kb, f = w.shape
+    hq, wq = nh + (ka - 1) // sh, nw + (kb - 1) // sw
+    y = y[:sh * hq, :sw * wq]
+    if y.shape[:2] != (sh * hq, sw * wq):
+        y = jnp.pad(y, ((0, sh * hq - y.shape[0]), (0, sw * wq - y.shape[1]), (0, 0)))
+    y = y.reshape(hq, sh, wq, sw, f)
+
+    def row(a, acc):
+        wa = jax.lax.dynamic_index_in_dim(w, a, 0, keepdims=False)  # (kb, f)
+        for b in range(kb):
+            start = (a // sh, a % sh, jnp.int32(b // sw), jnp.int32(b % sw), jnp.int32(0))
+            acc = acc + jax.lax.dynamic_slice(y, start, (nh, 1, nw, 1, f))[:, 0, :, 0] * wa[b]
+        return acc
+
+    return jax.lax.fori_loop(0, ka, row, jnp.zeros((nh, nw, f), y.dtype))
+
+
+def _in_output_order(parts, plan: _AxisPlan, axis: int) -> jax.Array:
+    """Concatenate the regular and explicit outputs of one axis in output order."""
+    arrays = dict(parts)
+    reg, exp = arrays.get("reg"), arrays.get("exp")
+    if exp is None:
+        return reg
+    if reg is None:
+        return exp
+    n_top = plan.regular[0]  # explicit outputs before the regular ones; the rest come after
+    pieces = [jax.lax.slice_in_dim(exp, 0, n_top, axis=axis), reg,
+              jax.lax.slice_in_dim(exp, n_top, exp.shape[axis], axis=axis)]
+    return jnp.concatenate([p for p in pieces if p.shape[axis]], axis=axis)
+
+
+def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampler: str = "bicubic") -> jax.Array:
+    """`downsample(blur(images, kernels), scale, downsampler)` without the full-resolution blur.
+
+    Computes the composed linear operator only at the kept output positions: a fixed, separable
+    prefilter (the bicubic taps; nothing for s-fold), then each image's kernel at stride `scale`,
+    with the exact border rows of the composition (reflect padding of the blur, then MATLAB's
+    symmetric mirroring of the blurred image) applied as small matrix products. Equal to the
+    two-step path up to float32 rounding, for any kernel. For 21x21 kernels at x4 this is ~7x
+    fewer multiply-adds than the blur alone.
+    """
+    _checks.check_images("images", images)
+    _checks.check_kernels("kernels", kernels, batch=images.shape[0])
+    scale = _checks.check_scale("scale", scale)
+    if downsampler not in DOWNSAMPLERS:
+        raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
+    n, h, w, c = images.shape
+    size = kernels.shape[-1]
+    pad = size // 2
+    if pad >= h or pad >= w:
+        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
+                         f"(reflect padding needs more than {pad} pixels per side)")
+    if scale == 1:
+        return blur(images, kernels)
+    plan_h, plan_w = _axis_plan(h, scale, size, downsampler), _axis_plan(w, scale, size, downsampler)
+    # Layout (H, W, N*C): the image and channel index is the vectorised innermost axis.
+    x = jnp.transpose(images, (1, 2, 0, 3)).reshape(h, w, n * c)
+    # Reflect padding, plus zero rows/columns at the end so the regular prefilter can emit whole
+    # strides (they are never read).
+    x = _reflect_pad(x, pad, (_tail(plan_h, h + 2 * pad, scale, size), _tail(plan_w, w + 2 * pad, scale, size)))
+    weights = jnp.repeat(jnp.transpose(kernels.astype(x.dtype), (1, 2, 0)), c, axis=-1)  # f = n*C + c
+    rows = []
+    for row_kind, sh, nh, y in _axis_parts(x, plan_h, 0, scale, size):
+        cols = [(col_kind, _strided_correlate(z, weights, (sh, sw), (nh, nw)))
+                for col_kind, sw, nw, z in _axis_parts(y, plan_w, 1, scale, size)]
+        rows.append((row_kind, _in_output_order(cols, plan_w, 1)))
+    out = _in_output_order(rows, plan_h, 0)
+    return jnp.transpose(out.reshape(plan_h.out, plan_w.out, n, c), (2, 0, 1, 3))
+
+
 def add_noise(rng: jax.Array, images: jax.Array, sigma) -> jax.Array:
     """Additive white Gaussian noise with per-image σ in [0, 255] units, clipped to [0, 1]."""
     _checks.check_images("images", images)
@@ -303,7 +509,13 @@ def apply_degradation(hr: jax.Array, kernels: jax.Array, spec: DegradationSpec,
     if kernels.ndim != 3 or kernels.shape[-1] != spec.kernel_size:
         raise ValueError(f"kernels must have shape (N, {spec.kernel_size}, {spec.kernel_size}) for this "
                          f"spec, got {kernels.shape}")
-    lr = downsample(blur(hr, kernels, spec.blur_method), spec.scale, spec.downsampler)
+    method = spec.blur_method
+    if method == "auto":
+        method = "fused" if jax.default_backend() == "cpu" else "conv"
+    if method == "fused":
+        lr = blur_downsample(hr, kernels, spec.scale, spec.downsampler)
+    else:
+        lr = downsample(blur(hr, kernels, method), spec.scale, spec.downsampler)
     if noise_sigma is not None:
         if rng is None:
             raise ValueError("rng is required when noise_sigma is given")

@@ -213,3 +213,62 @@ def test_degrade_quantize_gives_uint8_levels():
 def test_bad_input_raises_named_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- fused blur + downsample
+
+@pytest.mark.parametrize("downsampler", ["bicubic", "sfold"])
+@pytest.mark.parametrize("scale, size, hw", [(2, 11, (26, 40)), (3, 15, (39, 27)), (4, 21, (68, 52)), (4, 7, (24, 36))])
+def test_fused_equals_blur_then_downsample(downsampler, scale, size, hw):
+    # Random (asymmetric) kernels and non-square images whose borders take the explicit rows of
+    # the composition (reflect padding of the blur, then MATLAB's mirroring of the blurred image).
+    rng = _rng(20 + scale)
+    x = jnp.asarray(rng.random((2, *hw, 3)), jnp.float32)
+    k = rng.random((2, size, size)).astype(np.float32)
+    k = jnp.asarray(k / k.sum(axis=(1, 2), keepdims=True))
+    got = D.blur_downsample(x, k, scale, downsampler)
+    want = D.downsample(D.blur(x, k, method="conv"), scale, downsampler)
+    assert got.shape == want.shape == (2, hw[0] // scale, hw[1] // scale, 3)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_fused_axis_plan_splits_regular_and_border_outputs():
+    # x4 bicubic on 256: outputs 0, 1 and 62, 63 read mirrored blurred pixels; the rest share one
+    # 16-tap pattern shifted by 4. s-fold has no border outputs.
+    plan = D._axis_plan(256, 4, 21, "bicubic")
+    assert plan.out == 64 and plan.regular == (2, 62) and len(plan.taps) == 16
+    assert [(g[0], g[1]) for g in plan.groups] == [(0, 2), (62, 64)]
+    sfold = D._axis_plan(256, 4, 21, "sfold")
+    assert sfold.regular == (0, 64) and sfold.taps == (1.0,) and sfold.groups == ()
+
+
+def test_fused_gradients_match_two_step():
+    rng = _rng(21)
+    x = jnp.asarray(rng.random((2, 28, 24, 3)), jnp.float32)
+    k = jnp.asarray(rng.random((2, 9, 9)), jnp.float32)
+    y = jnp.asarray(rng.random((2, 7, 6, 3)), jnp.float32)
+
+    def loss(fn):
+        return lambda x, k: jnp.sum(fn(x, k) * y)
+
+    fused = jax.grad(loss(lambda x, k: D.blur_downsample(x, k, 4)), argnums=(0, 1))(x, k)
+    two_step = jax.grad(loss(lambda x, k: D.downsample_bicubic(D.blur(x, k, "conv"), 4)), argnums=(0, 1))(x, k)
+    for a, b in zip(fused, two_step):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_degrade_auto_matches_conv_and_fft():
+    # blur_method only picks an implementation: every choice gives the same LR image.
+    hr = jnp.asarray(_rng(22).random((2, 40, 44, 3)), jnp.float32)
+    for base in (D.setting2(4), D.kxnet_setting(2, setting=1)):
+        outs = {m: D.degrade(jax.random.key(5), hr, D.DegradationSpec(**{**base.__dict__, "blur_method": m})).lr
+                for m in D.SPEC_BLUR_METHODS}
+        for m in ("conv", "fft", "fused"):
+            np.testing.assert_allclose(outs[m], outs["auto"], atol=2e-6)
+
+
+def test_fused_rejected_by_plain_blur():
+    with pytest.raises(ValueError, match="method"):
+        D.blur(jnp.zeros((1, 8, 8, 3)), jnp.ones((1, 3, 3)) / 9, method="fused")
+    with pytest.raises(ValueError, match="blur_method"):
+        D.DegradationSpec(blur_method="fast")
