@@ -484,6 +484,31 @@ def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampl
                          f"(reflect padding needs more than {pad} pixels per side)")
     if scale == 1:
         return blur(images, kernels)
+    # Images are processed in groups whose temporaries stay under _TEMP_BUDGET: the layout below
+    # keeps ~2.5 padded copies of a group alive, and XLA:CPU takes larger temporaries from fresh
+    # mmap'ed pages on every call (glibc maps blocks over 32 MiB), whose page faults cost as much
+    # as the arithmetic here.
+    per_image = 2.5 * (h + 2 * pad + 2 * size) * (w + 2 * pad + 2 * size) * c * images.dtype.itemsize
+    groups = -(-n // max(1, int(_TEMP_BUDGET // per_image)))
+    if groups == 1:
+        return _blur_downsample(images, kernels, scale, downsampler)
+    per_group = -(-n // groups)
+    extra = groups * per_group - n  # zero images (and kernels) to fill the last group
+    images = jnp.pad(images, ((0, extra), (0, 0), (0, 0), (0, 0))) if extra else images
+    kernels = jnp.pad(kernels, ((0, extra), (0, 0), (0, 0))) if extra else kernels
+    out = jax.lax.map(lambda ik: _blur_downsample(ik[0], ik[1], scale, downsampler),
+                      (images.reshape(groups, per_group, h, w, c), kernels.reshape(groups, per_group, size, size)))
+    return out.reshape((groups * per_group,) + out.shape[2:])[:n]
+
+
+_TEMP_BUDGET = 24 * 2 ** 20  # bytes of temporaries per group of images in blur_downsample
+
+
+def _blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampler: str) -> jax.Array:
+    """blur_downsample for one group of images (arguments already checked)."""
+    n, h, w, c = images.shape
+    size = kernels.shape[-1]
+    pad = size // 2
     ph, pw = _axis_plan(h, scale, size, downsampler), _axis_plan(w, scale, size, downsampler)
     (h0, h1), (w0, w1) = ph.regular, pw.regular
     nh, nw = h1 - h0, w1 - w0
