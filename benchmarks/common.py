@@ -9,6 +9,8 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def machine() -> dict:
@@ -65,3 +67,33 @@ def write_json(path: str | None, payload: dict) -> None:
         with open(path, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"# results written to {path}")
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
+    """This machine's float32 matmul rate: median time of a jitted (n x n) @ (n x n) after warm-up.
+
+    2 n^3 flops per product; the practical ceiling for dense work here, against which models'
+    achieved GFLOP/s are read.
+    """
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.standard_normal((n, n)), jnp.float32) for _ in range(2))
+    matmul = jax.jit(lambda a, b: a @ b)
+    seconds = median_seconds(lambda: block(matmul(a, b)), warmup=2, repeats=repeats)
+    return {"n": n, "seconds": seconds, "gflops_per_s": 2 * n ** 3 / seconds / 1e9}
+
+
+def compiled_flops(compiled) -> tuple[float | None, bool]:
+    """(flops, has_loops) from XLA's cost analysis of a compiled executable.
+
+    XLA counts the body of a while loop once, whatever its trip count, so when the program still
+    has loops (has_loops) the figure is a lower bound.
+    """
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None, False
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else None
+    flops = (analysis or {}).get("flops")
+    has_loops = " while(" in compiled.as_text()
+    return (float(flops) if flops is not None and flops >= 0 else None), has_loops

@@ -1,4 +1,4 @@
-"""Model benchmarks: compile time, forward latency, parameter counts, compiled memory.
+"""Model benchmarks: compile time, forward latency, parameter counts, compiled memory, FLOPs and efficiency.
 
     python benchmarks/models.py                                  # full DANv1/DANv2 x4, LR 64 and 128, batch 1 and 8
     python benchmarks/models.py --sizes 24 --batches 1 --runs 3 --tiny   # a quick CPU smoke run
@@ -10,6 +10,15 @@ Memory comes from the compiled executables' `memory_analysis()`: the forward pas
 training step (gradient of an L1 loss) with and without `remat`. Parameter values are random
 (NumPy) since timings do not depend on them; the PCA matrix is a random orthonormal one.
 To add a model, add a builder to `MODELS`.
+
+Efficiency: the forward pass and the training step (the gradient of the L1 loss above, without
+the optimizer update) report their FLOPs from XLA's cost analysis
+of the compiled executable (`jit(...).lower(...).compile().cost_analysis()`), the achieved
+GFLOP/s (FLOPs / median latency; the training step is timed like the forward pass), and that
+rate as a fraction of this machine's float32 matmul peak, measured first in the same run (median
+of 2048 x 2048 products, `--peak-size`). XLA counts a while-loop body once, so programs that still
+contain loops (iterated models with a rolled scan, the GPU/TPU default) get a lower bound, marked
+with `*`; on CPU the iterated models are unrolled and the count is complete.
 """
 from __future__ import annotations
 
@@ -144,11 +153,13 @@ def bench_one(name: str, args, size: int, batch: int) -> dict:
     with common.maybe_profile(args.profile and os.path.join(args.profile, f"{name}_lr{size}_b{batch}")):
         latency = common.median_seconds(lambda: common.block(forward(variables, lr)),
                                         warmup=args.warmup, repeats=args.runs)
+    fwd_flops, fwd_loops = common.compiled_flops(forward)
     record = {
         "model": name, "scale": args.scale, "lr_size": size, "batch": batch, "num_iters": getattr(module, "num_iters", getattr(module, "num_stages", 1)),
         "tiny": args.tiny, "params": n_params, "official_params": bench.official_params,
         "official_reference": bench.reference, "lower_s": lower_s, "compile_s": compile_s,
         "latency_median_s": latency, "latency_runs": args.runs, "forward_memory": memory(forward),
+        **efficiency("forward", fwd_flops, fwd_loops, latency, args.peak),
     }
     if not args.skip_train_memory:
         for remat in ((False, True) if hasattr(module, "remat") else (False,)):
@@ -157,7 +168,20 @@ def bench_one(name: str, args, size: int, batch: int) -> dict:
             tag = "remat" if remat else "plain"
             record[f"train_memory_{tag}"] = memory(step)
             record[f"train_compile_s_{tag}"] = step_compile_s
+            if not remat and not args.skip_train_time:
+                step_s = common.median_seconds(lambda: common.block(step(variables, lr)),
+                                               warmup=args.warmup, repeats=args.runs)
+                record["train_latency_median_s"] = step_s
+                record.update(efficiency("train", *common.compiled_flops(step), step_s, args.peak))
     return record
+
+
+def efficiency(prefix: str, flops: float | None, has_loops: bool, seconds: float, peak: dict | None) -> dict:
+    """FLOPs (XLA cost analysis), achieved GFLOP/s and the fraction of the measured matmul peak."""
+    rate = flops / seconds / 1e9 if flops else None
+    return {f"{prefix}_flops": flops, f"{prefix}_flops_lower_bound": has_loops,
+            f"{prefix}_gflops_per_s": rate,
+            f"{prefix}_peak_fraction": rate / peak["gflops_per_s"] if rate and peak else None}
 
 
 def _mib(record: dict | None, key: str = "peak_estimate_bytes") -> str:
@@ -176,12 +200,20 @@ def main(argv=None) -> None:
     parser.add_argument("--tiny", action="store_true", help="reduced widths/blocks, for smoke runs")
     parser.add_argument("--skip-train-memory", action="store_true",
                         help="skip compiling the training step (slow for full-size models on CPU)")
+    parser.add_argument("--skip-train-time", action="store_true",
+                        help="compile the training step for its memory and FLOPs but do not time it")
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="square float32 matmul size for the machine's peak (0 = skip)")
     parser.add_argument("--profile", default=None,
                         help="write a jax.profiler trace of each configuration's timed runs under this folder")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
     info = common.print_machine()
+    args.peak = common.matmul_peak(args.peak_size) if args.peak_size else None
+    if args.peak:
+        print(f"# float32 matmul peak: {args.peak['gflops_per_s']:.1f} GFLOP/s "
+              f"(median of {args.peak['n']}x{args.peak['n']} products)", flush=True)
     names = [m for m in args.models.split(",") if m]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
@@ -196,7 +228,20 @@ def main(argv=None) -> None:
                 rec = bench_one(name, args, size, batch)
                 records.append(rec)
                 print(summary(rec, args), flush=True)
-    common.write_json(args.out, {"machine": info, "args": vars(args), "results": records})
+    common.write_json(args.out, {"machine": info, "matmul_peak": args.peak,
+                                 "args": {k: v for k, v in vars(args).items() if k != "peak"},
+                                 "results": records})
+
+
+def _rate(rec: dict, prefix: str) -> str:
+    flops, rate, frac = rec.get(f"{prefix}_flops"), rec.get(f"{prefix}_gflops_per_s"), rec.get(f"{prefix}_peak_fraction")
+    if not flops:
+        return ""
+    star = "*" if rec.get(f"{prefix}_flops_lower_bound") else ""
+    text = f" | {prefix} {flops / 1e9:.2f}{star} GFLOP"
+    if rate:
+        text += f", {rate:.1f} GFLOP/s" + (f" ({100 * frac:.0f}% of matmul peak)" if frac else "")
+    return text
 
 
 def summary(rec: dict, args) -> str:
@@ -209,6 +254,11 @@ def summary(rec: dict, args) -> str:
         text += f" | train-step mem {_mib(rec['train_memory_plain'])} MiB"
         if "train_memory_remat" in rec:  # models without a remat field (KENet) have one number
             text += f", with remat {_mib(rec['train_memory_remat'])} MiB"
+    text += _rate(rec, "forward")
+    if "train_latency_median_s" in rec:
+        text += f" | train step median {rec['train_latency_median_s'] * 1e3:.2f} ms" + _rate(rec, "train")
+    elif rec.get("train_flops"):
+        text += _rate(rec, "train")
     return text
 
 

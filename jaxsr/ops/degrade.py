@@ -283,39 +283,37 @@ def downsample(images: jax.Array, scale: int, method: str = "bicubic") -> jax.Ar
 #
 # Both downsamplers keep a stride-s grid of a linear function of the blurred image, so blur
 # followed by downsampling is one linear operator, and most of a full-resolution blur is thrown
-# away. Along one axis, output i of the downsampler reads the blurred pixels through a weight row
-# M[i] (s-fold: a single 1 at s*i; bicubic: MATLAB's antialiased taps, mirrored at the borders),
-# and blurred pixel r is sum_a k[a] xpad[r + a] on the reflect-padded input. Hence
+# away. Along one axis, output i of the downsampler reads blurred pixels r through the weights
+# M[i, r] (s-fold: a single 1 at r = s*i; bicubic: MATLAB's antialiased taps, mirrored at the
+# borders), and blurred pixel r is sum_a k[a] xpad[r + a] on the reflect-padded input. With
+# m_i = M[i] restricted to its nonzero span [b_i, b_i + len_i), output (i, j) is therefore
 #
-#     lr[i, j] = sum_{a, b} k[a, b] (A[i, a] ⊗ A'[j, b]) · xpad,    A[i, a, r + a] = M[i, r],
+#     lr[i, j] = sum_{a', b'} K_ij[a', b'] xpad[b_i + a', b_j + b'],     K_ij = (m_i ⊗ m_j) * k,
 #
-# with one fixed row A[i, a] over the padded axis per output i and kernel offset a. Away from
-# the borders M[i] is a single pattern h shifted by s*i, so A[i, a] · xpad = g[s*i + off + a]
-# where g is xpad correlated with h: prefilter once with the fixed, separable taps h, then
-# evaluate the per-image kernel only at the kept positions (a stride-s correlation). Outputs
-# whose M[i] is not the shifted pattern (bicubic's border rows, where MATLAB mirrors the
-# *blurred* image) keep their exact rows A[i, a], applied as a small matrix product; the same
-# stride machinery then reads them with stride k.
+# a correlation with the full 2-D convolution of the outer product of the two patterns with the
+# kernel. Away from the borders every output has the same pattern h, at b_i = s*i + off, so the
+# bulk of the image is one stride-s correlation. It is computed in two steps:
+#   - along W (the contiguous axis) the fixed taps h are applied once to every row (a cheap,
+#     separable prefilter), so the per-image part only needs the kernel's columns;
+#   - along H the composed kernel (h * k along H, (len + k - 1) x k taps) is evaluated at the
+#     kept rows only (a prefilter along the leading axis would stream len rows per output row).
+# Outputs whose pattern differs (bicubic's first and last outputs per axis, where MATLAB mirrors
+# the *blurred* image) use their own pattern: along W as per-output stacks of k columns, along H
+# as their own composed kernel over a window of rows. The result equals blur-then-downsample up to
+# float32 rounding, for any kernel.
 
 
 class _AxisPlan(NamedTuple):
     out: int                # number of outputs along the axis
-    regular: tuple          # (i0, i1): outputs i0 <= i < i1 read the shared prefiltered axis
-    taps: tuple             # h, the shared prefilter (float64 values)
-    start: int              # padded index of output i0's first input: g[m] = sum_t h[t] xpad[start + m + t]
-    explicit: tuple         # the other outputs, in order: ((start_i, taps_i), ...), whose k rows are
-                            # sum_t taps_i[t] xpad[start_i + t + a], a = 0 .. k-1
+    regular: tuple          # (i0, i1): outputs i0 <= i < i1 share the pattern `taps`
+    taps: tuple             # h, the shared pattern (float64 values)
+    start: int              # b_{i0} in padded coordinates (output i reads from start + s*(i - i0))
+    explicit: tuple         # the other outputs, in output order: ((b_i, m_i), ...)
 
 
 @functools.lru_cache(maxsize=128)
 def _axis_plan(n: int, scale: int, ksize: int, downsampler: str) -> _AxisPlan:
-    """Static (trace-time, NumPy float64) description of one axis of the fused operator.
-
-    Row i of the downsampler's (out, n) weight matrix M, restricted to its nonzero span
-    [b_i, b_i + len), is the pattern that output i applies; A[i, a] · xpad is then
-    sum_t M[i, b_i + t] xpad[b_i + t + a]. Outputs whose pattern is the middle output's, at
-    b_i = scale*i + offset, share one prefiltered axis.
-    """
+    """Static (trace-time, NumPy float64) description of one axis of the fused operator."""
     if downsampler == "sfold":
         out = -(-n // scale)
         m = np.zeros((out, n))
@@ -350,51 +348,77 @@ def _reflect_pad(x: jax.Array, pad: int, tails: tuple[int, int]) -> jax.Array:
     jnp.pad as a slow elementwise select.
     """
     h, w = x.shape[:2]
+    rest = (0,) * (x.ndim - 2)
     buf = jnp.zeros((h + 2 * pad + tails[0], w + 2 * pad + tails[1]) + x.shape[2:], x.dtype)
-    buf = jax.lax.dynamic_update_slice(buf, x, (pad, pad) + (0,) * (x.ndim - 2))
-    buf = jax.lax.dynamic_update_slice(buf, x[pad:0:-1], (0, pad) + (0,) * (x.ndim - 2))
-    buf = jax.lax.dynamic_update_slice(buf, x[h - 2:h - 2 - pad:-1], (pad + h, pad) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, x, (pad, pad) + rest)
+    buf = jax.lax.dynamic_update_slice(buf, x[pad:0:-1], (0, pad) + rest)
+    buf = jax.lax.dynamic_update_slice(buf, x[h - 2:h - 2 - pad:-1], (pad + h, pad) + rest)
     rows = h + 2 * pad
-    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, 2 * pad:pad:-1], (0, 0) + (0,) * (x.ndim - 2))
-    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, w + pad - 2:w - 2:-1], (0, pad + w) + (0,) * (x.ndim - 2))
+    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, 2 * pad:pad:-1], (0, 0) + rest)
+    buf = jax.lax.dynamic_update_slice(buf, buf[:rows, w + pad - 2:w - 2:-1], (0, pad + w) + rest)
     return buf
 
 
-def _tail(plan: _AxisPlan, padded: int, scale: int, ksize: int) -> int:
-    """Zero entries to append to the padded axis so the regular prefilter fits (see _axis_parts)."""
-    i0, i1 = plan.regular
-    if i1 <= i0:
-        return 0
-    return max(0, plan.start + scale * (i1 - i0 + (ksize - 1) // scale) + len(plan.taps) - 1 - padded)
+def _tree_sum(terms: list) -> jax.Array:
+    """Sum as a balanced tree. XLA:CPU keeps the association of a fused sum, so a left-to-right
+    chain of multiply-adds becomes one serial dependency per vector register (latency-bound);
+    a tree gives independent chains and runs ~3x faster."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def _prefilter(x: jax.Array, taps, start: int, count: int, axis: int) -> jax.Array:
     """g[m] = sum_t taps[t] x[start + m + t] along `axis`, for m < count (one fused loop)."""
-    acc = None
+    terms = []
     for t, weight in enumerate(taps):
         if weight == 0.0:
             continue
         tap = jax.lax.slice_in_dim(x, start + t, start + t + count, axis=axis)
-        tap = tap if weight == 1.0 else tap * jnp.asarray(weight, x.dtype)
-        acc = tap if acc is None else acc + tap
-    return acc
+        terms.append(tap if weight == 1.0 else tap * jnp.asarray(weight, x.dtype))
+    return _tree_sum(terms)
 
 
-def _axis_parts(x: jax.Array, plan: _AxisPlan, axis: int, scale: int, ksize: int):
-    """Apply one axis of the fused operator to x (padded along `axis`).
+def _compose_rows(patterns, kernels: jax.Array, rows: int) -> jax.Array:
+    """(rows, k, len(patterns) * f): for each pattern p, the full convolution of p with the kernels
+    along their rows (zero rows appended up to `rows`), patterns side by side on the last axis."""
+    ka = kernels.shape[0]
+    toeplitz = np.zeros((len(patterns), rows, ka))
+    for e, pattern in enumerate(patterns):
+        for t, weight in enumerate(pattern):
+            toeplitz[e, np.arange(ka) + t, np.arange(ka)] = weight
+    out = jnp.einsum("epa,abf->pbef", jnp.asarray(toeplitz, kernels.dtype), kernels,
+                     precision=jax.lax.Precision.HIGHEST)
+    return out.reshape(rows, kernels.shape[1], -1)
 
-    Returns [(kind, stride, count, rows)]: the "reg" part (prefiltered rows; output u reads rows
-    scale*u + a) and the "exp" part (k rows per output, output u reads rows k*u + a).
-    """
-    parts = []
-    i0, i1 = plan.regular
-    if i1 > i0:
-        count = scale * (i1 - i0 + (ksize - 1) // scale)  # what _strided_correlate reads, rounded up to whole strides
-        parts.append(("reg", scale, i1 - i0, _prefilter(x, plan.taps, plan.start, count, axis)))
-    if plan.explicit:
-        stacks = [_prefilter(x, taps, start, ksize, axis) for start, taps in plan.explicit]
-        parts.append(("exp", ksize, len(stacks), jnp.concatenate(stacks, axis=axis)))
-    return parts
+
+def _column_stacks(x: jax.Array, explicit, ksize: int) -> jax.Array:
+    """(rows, len(explicit) * k, f): for each explicit output (b, m) along W, the k columns
+    sum_t m[t] x[:, b + t + c], c < k. Outputs on one side share one fused loop (their patterns
+    placed in a common window), so no per-output concatenation runs in the inner loop."""
+    groups, current = [], []
+    for b, m in explicit:  # split where the spans stop overlapping (the two image sides)
+        if current and b > max(cb + len(cm) for cb, cm in current):
+            groups.append(current)
+            current = []
+        current.append((b, m))
+    groups.append(current)
+    stacks = []
+    for group in groups:
+        lo = min(b for b, _ in group)
+        width = max(b + len(m) for b, m in group) - lo
+        weights = np.zeros((len(group), width))
+        for j, (b, m) in enumerate(group):
+            weights[j, b - lo:b - lo + len(m)] = m
+        terms = []
+        for t in range(width):
+            if not weights[:, t].any():
+                continue
+            tap = jax.lax.slice_in_dim(x, lo + t, lo + t + ksize, axis=1)[:, None]  # (rows, 1, k, f)
+            terms.append(tap * jnp.asarray(weights[:, t], x.dtype)[None, :, None, None])
+        stacks.append(_tree_sum(terms))
+    out = jnp.concatenate(stacks, axis=1) if len(stacks) > 1 else stacks[0]  # (rows, n_exp, k, f)
+    return out.reshape(x.shape[0], -1, x.shape[-1])
 
 
 def _strided_correlate(y: jax.Array, w: jax.Array, strides: tuple[int, int], counts: tuple[int, int]) -> jax.Array:
@@ -403,8 +427,8 @@ def _strided_correlate(y: jax.Array, w: jax.Array, strides: tuple[int, int], cou
     y is viewed as (hq, sh, wq, sw, f) (a reshape, no copy), so tap (a, b) is the block
     [a // sh + u, a % sh, b // sw + v, b % sw] for all (u, v): every tap reads whole rows of f
     contiguous values. The loop over a stays a loop (each step one fused multiply-add over the b
-    taps): unrolled, XLA:CPU fuses all k*k taps into one loop body that runs several times slower.
-    y should hold exactly sh*hq rows and sw*wq columns (hq = nh + (k-1)//sh); extra rows/columns
+    taps): unrolled, XLA:CPU fuses all taps into one loop body that runs several times slower.
+    y should hold exactly sh*hq rows and sw*wq columns (hq = nh + (ka-1)//sh); extra rows/columns
     are never read, missing ones are zero-padded here (a copy).
     """
     (sh, sw), (nh, nw) = strides, counts
@@ -417,37 +441,35 @@ def _strided_correlate(y: jax.Array, w: jax.Array, strides: tuple[int, int], cou
 
     def row(a, acc):
         wa = jax.lax.dynamic_index_in_dim(w, a, 0, keepdims=False)  # (kb, f)
+        terms = []
         for b in range(kb):
             start = (a // sh, a % sh, jnp.int32(b // sw), jnp.int32(b % sw), jnp.int32(0))
-            acc = acc + jax.lax.dynamic_slice(y, start, (nh, 1, nw, 1, f))[:, 0, :, 0] * wa[b]
-        return acc
+            terms.append(jax.lax.dynamic_slice(y, start, (nh, 1, nw, 1, f))[:, 0, :, 0] * wa[b])
+        return acc + _tree_sum(terms)
 
     return jax.lax.fori_loop(0, ka, row, jnp.zeros((nh, nw, f), y.dtype))
 
 
-def _in_output_order(parts, plan: _AxisPlan, axis: int) -> jax.Array:
+def _in_output_order(regular, explicit, plan: _AxisPlan, axis: int) -> jax.Array:
     """Concatenate the regular and explicit outputs of one axis in output order."""
-    arrays = dict(parts)
-    reg, exp = arrays.get("reg"), arrays.get("exp")
-    if exp is None:
-        return reg
-    if reg is None:
-        return exp
+    if explicit is None:
+        return regular
+    if regular is None:
+        return explicit
     n_top = plan.regular[0]  # explicit outputs before the regular ones; the rest come after
-    pieces = [jax.lax.slice_in_dim(exp, 0, n_top, axis=axis), reg,
-              jax.lax.slice_in_dim(exp, n_top, exp.shape[axis], axis=axis)]
+    pieces = [jax.lax.slice_in_dim(explicit, 0, n_top, axis=axis), regular,
+              jax.lax.slice_in_dim(explicit, n_top, explicit.shape[axis], axis=axis)]
     return jnp.concatenate([p for p in pieces if p.shape[axis]], axis=axis)
 
 
 def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampler: str = "bicubic") -> jax.Array:
     """`downsample(blur(images, kernels), scale, downsampler)` without the full-resolution blur.
 
-    Computes the composed linear operator only at the kept output positions: a fixed, separable
-    prefilter (the bicubic taps; nothing for s-fold), then each image's kernel at stride `scale`,
-    with the exact border rows of the composition (reflect padding of the blur, then MATLAB's
-    symmetric mirroring of the blurred image) applied as small matrix products. Equal to the
-    two-step path up to float32 rounding, for any kernel. For 21x21 kernels at x4 this is ~7x
-    fewer multiply-adds than the blur alone.
+    Evaluates the composed linear operator only at the kept output positions: the downsampler's
+    fixed taps along W as a separable prefilter, the kernel composed with them along H, each at
+    stride `scale`; the outputs at the borders, where bicubic mirrors the blurred image, use their
+    own exact weights. Equal to the two-step path up to float32 rounding, for any kernel. For
+    21x21 kernels at x4 this is ~10x fewer multiply-adds than the full-resolution blur alone.
     """
     _checks.check_images("images", images)
     _checks.check_kernels("kernels", kernels, batch=images.shape[0])
@@ -462,20 +484,83 @@ def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampl
                          f"(reflect padding needs more than {pad} pixels per side)")
     if scale == 1:
         return blur(images, kernels)
-    plan_h, plan_w = _axis_plan(h, scale, size, downsampler), _axis_plan(w, scale, size, downsampler)
-    # Layout (H, W, N*C): the image and channel index is the vectorised innermost axis.
-    x = jnp.transpose(images, (1, 2, 0, 3)).reshape(h, w, n * c)
-    # Reflect padding, plus zero rows/columns at the end so the regular prefilter can emit whole
-    # strides (they are never read).
-    x = _reflect_pad(x, pad, (_tail(plan_h, h + 2 * pad, scale, size), _tail(plan_w, w + 2 * pad, scale, size)))
-    weights = jnp.repeat(jnp.transpose(kernels.astype(x.dtype), (1, 2, 0)), c, axis=-1)  # f = n*C + c
-    rows = []
-    for row_kind, sh, nh, y in _axis_parts(x, plan_h, 0, scale, size):
-        cols = [(col_kind, _strided_correlate(z, weights, (sh, sw), (nh, nw)))
-                for col_kind, sw, nw, z in _axis_parts(y, plan_w, 1, scale, size)]
-        rows.append((row_kind, _in_output_order(cols, plan_w, 1)))
-    out = _in_output_order(rows, plan_h, 0)
-    return jnp.transpose(out.reshape(plan_h.out, plan_w.out, n, c), (2, 0, 1, 3))
+    # Images are processed in groups whose temporaries stay under _TEMP_BUDGET: the layout below
+    # keeps ~2.5 padded copies of a group alive, and XLA:CPU takes larger temporaries from fresh
+    # mmap'ed pages on every call (glibc maps blocks over 32 MiB), whose page faults cost as much
+    # as the arithmetic here.
+    per_image = 2.5 * (h + 2 * pad + 2 * size) * (w + 2 * pad + 2 * size) * c * images.dtype.itemsize
+    groups = -(-n // max(1, int(_TEMP_BUDGET // per_image)))
+    if groups == 1:
+        return _blur_downsample(images, kernels, scale, downsampler)
+    per_group = -(-n // groups)
+    extra = groups * per_group - n  # zero images (and kernels) to fill the last group
+    images = jnp.pad(images, ((0, extra), (0, 0), (0, 0), (0, 0))) if extra else images
+    kernels = jnp.pad(kernels, ((0, extra), (0, 0), (0, 0))) if extra else kernels
+    out = jax.lax.map(lambda ik: _blur_downsample(ik[0], ik[1], scale, downsampler),
+                      (images.reshape(groups, per_group, h, w, c), kernels.reshape(groups, per_group, size, size)))
+    return out.reshape((groups * per_group,) + out.shape[2:])[:n]
+
+
+_TEMP_BUDGET = 24 * 2 ** 20  # bytes of temporaries per group of images in blur_downsample
+
+
+def _blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampler: str) -> jax.Array:
+    """blur_downsample for one group of images (arguments already checked)."""
+    n, h, w, c = images.shape
+    size = kernels.shape[-1]
+    pad = size // 2
+    ph, pw = _axis_plan(h, scale, size, downsampler), _axis_plan(w, scale, size, downsampler)
+    (h0, h1), (w0, w1) = ph.regular, pw.regular
+    nh, nw = h1 - h0, w1 - w0
+    len_e = max([len(t) for _, t in ph.explicit], default=0) + size - 1  # rows of an explicit H window
+    hq = nh + (len(ph.taps) + size - 2) // scale  # row blocks the regular H correlation reads
+    wq = nw + (size - 1) // scale
+    # Padded sizes the reads below need; zeros beyond the reflect padding are never used.
+    rows = max([h + 2 * pad, ph.start + scale * hq] + [b + len_e for b, _ in ph.explicit])
+    cols = max(w + 2 * pad, pw.start + scale * wq + len(pw.taps) - 1)
+
+    # Layout (H, W, C*N): channel and image are the vectorised innermost axis (image fastest: the
+    # transpose from NHWC then moves whole channels, ~3x faster than with the channel fastest).
+    x = jnp.transpose(images, (1, 2, 3, 0)).reshape(h, w, c * n)
+    x = _reflect_pad(x, pad, (rows - h - 2 * pad, cols - w - 2 * pad))
+    k = jnp.tile(jnp.transpose(kernels.astype(x.dtype), (1, 2, 0)), (1, 1, c))  # (k, k, f), f = c*N + n
+
+    # Along W: the shared pattern as a prefilter, and k-column stacks for the explicit outputs.
+    y_reg = _prefilter(x, pw.taps, pw.start, scale * wq, axis=1) if nw else None
+    y_exp = _column_stacks(x, pw.explicit, size) if pw.explicit else None
+    n_exp_w = len(pw.explicit)
+
+    # Along H, regular outputs: the composed kernel at stride `scale`.
+    reg = exp_cols = None
+    if nh:
+        kh = _compose_rows([ph.taps], k, len(ph.taps) + size - 1)
+        rows_reg = slice(ph.start, ph.start + scale * hq)
+        if nw:
+            reg = _strided_correlate(y_reg[rows_reg], kh, (scale, scale), (nh, nw))
+        if n_exp_w:
+            exp_cols = _strided_correlate(y_exp[rows_reg], kh, (scale, size), (nh, n_exp_w))
+    top = _in_output_order(reg, exp_cols, pw, axis=1) if nh else None
+
+    # Along H, explicit outputs: each its own composed kernel over its own window of rows, as
+    # separate feature groups of one correlation with a single output row.
+    side = None
+    if ph.explicit:
+        n_exp_h, f = len(ph.explicit), n * c
+        ke = _compose_rows([t for _, t in ph.explicit], k, len_e)  # (len_e, k, n_exp_h * f)
+
+        def windows(y):  # (len_e, cols, n_exp_h * f): output e's rows b_e .. b_e + len_e
+            return jnp.concatenate([y[b:b + len_e] for b, _ in ph.explicit], axis=-1)
+
+        parts_reg = parts_exp = None
+        if nw:
+            parts_reg = _strided_correlate(windows(y_reg), ke, (1, scale), (1, nw))[0]  # (nw, e*f)
+        if n_exp_w:
+            ye = windows(y_exp).reshape(len_e, n_exp_w, size, n_exp_h * f)
+            parts_exp = jnp.einsum("ajbg,abg->jg", ye, ke, precision=jax.lax.Precision.HIGHEST)
+        side = _in_output_order(parts_reg, parts_exp, pw, axis=0)  # (out_w, e*f)
+        side = jnp.transpose(side.reshape(pw.out, n_exp_h, f), (1, 0, 2))  # (n_exp_h, out_w, f)
+    out = _in_output_order(top, side, ph, axis=0)
+    return jnp.transpose(out.reshape(ph.out, pw.out, c, n), (3, 0, 1, 2))
 
 
 def add_noise(rng: jax.Array, images: jax.Array, sigma) -> jax.Array:

@@ -226,10 +226,24 @@ def test_fused_equals_blur_then_downsample(downsampler, scale, size, hw):
     x = jnp.asarray(rng.random((2, *hw, 3)), jnp.float32)
     k = rng.random((2, size, size)).astype(np.float32)
     k = jnp.asarray(k / k.sum(axis=(1, 2), keepdims=True))
-    got = D.blur_downsample(x, k, scale, downsampler)
-    want = D.downsample(D.blur(x, k, method="conv"), scale, downsampler)
+    got = jax.jit(D.blur_downsample, static_argnums=(2, 3))(x, k, scale, downsampler)
+    want = jax.jit(lambda x, k: D.downsample(D.blur(x, k, method="conv"), scale, downsampler))(x, k)
     assert got.shape == want.shape == (2, hw[0] // scale, hw[1] // scale, 3)
     np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_fused_groups_of_images_match_one_group(monkeypatch):
+    # Large batches run as a loop over groups (temporaries bounded); 5 images in groups of 2 also
+    # exercises the zero-padded last group.
+    rng = _rng(23)
+    x = jnp.asarray(rng.random((5, 24, 20, 3)), jnp.float32)
+    k = jnp.asarray(rng.random((5, 5, 5)), jnp.float32)
+    whole = jax.jit(lambda x, k: D.blur_downsample(x, k, 2))(x, k)
+    per_image = 2.5 * (24 + 4 + 10) * (20 + 4 + 10) * 3 * 4
+    monkeypatch.setattr(D, "_TEMP_BUDGET", 2 * per_image)
+    grouped = jax.jit(lambda x, k: D.blur_downsample(x, k, 2))(x, k)
+    np.testing.assert_allclose(grouped, whole, atol=1e-6)
+    assert grouped.shape == (5, 12, 10, 3)
 
 
 def test_fused_axis_plan_splits_regular_and_border_outputs():
@@ -237,9 +251,10 @@ def test_fused_axis_plan_splits_regular_and_border_outputs():
     # 16-tap pattern shifted by 4. s-fold has no border outputs.
     plan = D._axis_plan(256, 4, 21, "bicubic")
     assert plan.out == 64 and plan.regular == (2, 62) and len(plan.taps) == 16
-    assert [(g[0], g[1]) for g in plan.groups] == [(0, 2), (62, 64)]
+    assert [b for b, _ in plan.explicit] == [0, 0, 242, 246]  # where each border pattern starts
+    assert all(abs(sum(m) - 1) < 1e-12 for _, m in plan.explicit)
     sfold = D._axis_plan(256, 4, 21, "sfold")
-    assert sfold.regular == (0, 64) and sfold.taps == (1.0,) and sfold.groups == ()
+    assert sfold.regular == (0, 64) and sfold.taps == (1.0,) and sfold.explicit == ()
 
 
 def test_fused_gradients_match_two_step():
@@ -251,18 +266,25 @@ def test_fused_gradients_match_two_step():
     def loss(fn):
         return lambda x, k: jnp.sum(fn(x, k) * y)
 
-    fused = jax.grad(loss(lambda x, k: D.blur_downsample(x, k, 4)), argnums=(0, 1))(x, k)
-    two_step = jax.grad(loss(lambda x, k: D.downsample_bicubic(D.blur(x, k, "conv"), 4)), argnums=(0, 1))(x, k)
+    fused = jax.jit(jax.grad(loss(lambda x, k: D.blur_downsample(x, k, 4)), argnums=(0, 1)))(x, k)
+    two_step = jax.jit(jax.grad(loss(lambda x, k: D.downsample_bicubic(D.blur(x, k, "conv"), 4)), argnums=(0, 1)))(x, k)
     for a, b in zip(fused, two_step):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
 
 
-def test_degrade_auto_matches_conv_and_fft():
-    # blur_method only picks an implementation: every choice gives the same LR image.
+def test_apply_degradation_same_result_for_every_blur_method():
+    # blur_method only picks an implementation ("auto" = "fused" on CPU): every choice gives the
+    # same LR image. One jit for all of them keeps the test's compile time down.
     hr = jnp.asarray(_rng(22).random((2, 40, 44, 3)), jnp.float32)
-    for base in (D.setting2(4), D.kxnet_setting(2, setting=1)):
-        outs = {m: D.degrade(jax.random.key(5), hr, D.DegradationSpec(**{**base.__dict__, "blur_method": m})).lr
-                for m in D.SPEC_BLUR_METHODS}
+    specs = [D.setting2(4), D.kxnet_setting(2, setting=1)]
+    kernels = [D.sample_kernels(jax.random.key(5), 2, spec) for spec in specs]
+
+    @jax.jit
+    def all_methods(hr, kernels):
+        return [{m: D.apply_degradation(hr, k, D.DegradationSpec(**{**spec.__dict__, "blur_method": m}))
+                 for m in D.SPEC_BLUR_METHODS} for spec, k in zip(specs, kernels)]
+
+    for outs in all_methods(hr, kernels):
         for m in ("conv", "fft", "fused"):
             np.testing.assert_allclose(outs[m], outs["auto"], atol=2e-6)
 
