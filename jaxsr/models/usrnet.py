@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, remat_cell, scan_unroll
+from jaxsr.models.layers import conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks
 from jaxsr.ops.unfolding import data_precompute, data_step
 from jaxsr.torch_import import OfficialMap
@@ -50,10 +50,7 @@ OFFICIAL_VARIANTS: dict[str, dict[str, Any]] = {
 def conv_nobias(x: Array, features: int, kernel_size: int, *, stride: int = 1, padding: int | None = None,
                 name: str | None = None) -> Array:
     """`torch.nn.Conv2d(..., bias=False)` on NHWC input (PyTorch's default weight init)."""
-    pad = kernel_size // 2 if padding is None else padding
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=TORCH_KERNEL_INIT,
-                   name=name)(x)
+    return conv2d(x, features, kernel_size, stride=stride, padding=padding, use_bias=False, name=name)
 
 
 class ConvTranspose2x2(nn.Module):
