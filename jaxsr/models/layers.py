@@ -22,6 +22,18 @@ Array = jax.Array
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+# `dtype` of the models: the dtype activations are computed in. Parameters stay float32 (the
+# convs cast them per call) and every model returns float32 outputs.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The model field `dtype` ("float32" or "bfloat16") as a NumPy dtype."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return jnp.dtype(name)
+
+
 def torch_default_bias_init(fan_in: int) -> Callable:
     bound = 1.0 / math.sqrt(fan_in)
 
@@ -125,6 +137,7 @@ def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,
     parameters `kernel` (kh, kw, in, out) and `bias` (out,). Padding defaults to
     kernel_size // 2 (zeros, symmetric, like PyTorch), so odd kernels at stride 1 keep the size.
     The convolution is `conv_general_dilated` (XLA's, with the matmul kernel gradient on CPU).
+    It computes in `dtype`, by default the dtype of `x` (float32 parameters are cast to it).
     """
     pad = kernel_size // 2 if padding is None else padding
     fan_in = x.shape[-1] * kernel_size * kernel_size
@@ -134,7 +147,7 @@ def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         use_bias=use_bias,
-        dtype=dtype,
+        dtype=x.dtype if dtype is None else dtype,
         kernel_init=TORCH_KERNEL_INIT,
         bias_init=torch_default_bias_init(fan_in),
         conv_general_dilated=conv_general_dilated,

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import conv2d, remat_cell, scan_unroll
+from jaxsr.models.layers import compute_dtype, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks
 from jaxsr.ops.unfolding import data_precompute, data_step
 from jaxsr.torch_import import OfficialMap
@@ -143,6 +143,7 @@ class USRNet(nn.Module):
     hyper_features: int = 64
     remat: bool = False
     scan_unroll: int = 0  # 0 = auto (see layers.scan_unroll)
+    dtype: str = "float32"  # compute dtype of the ResUNet prior; the FFT data step stays float32
 
     def setup(self):
         _checks.check_scale("scale", self.scale)
@@ -178,11 +179,13 @@ class USRNet(nn.Module):
         betas = hyper[:, self.num_iters:].T[:iters]
         x0 = jnp.repeat(jnp.repeat(lr, s, axis=1), s, axis=2)  # nearest-neighbour start
 
+        dtype = compute_dtype(self.dtype)
+
         def stage(mdl, x, alpha_beta, fb, fbfy):
             alpha, beta = alpha_beta
             z = data_step(x, fb, fbfy, alpha, s)
             beta_map = jnp.broadcast_to(beta.astype(z.dtype)[:, None, None, None], (*z.shape[:3], 1))
-            x = mdl.prior(jnp.concatenate([z, beta_map], axis=-1))
+            x = mdl.prior(jnp.concatenate([z, beta_map], axis=-1).astype(dtype)).astype(z.dtype)
             return x, x
 
         unroll = scan_unroll(self.scan_unroll, int(iters))
