@@ -27,8 +27,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models import layers
-from jaxsr.models.layers import CRB, DPCG, Upsampler, compute_dtype, conv2d, remat_cell, scan_unroll, unrolled_loop
+from jaxsr.models.layers import CRB, DPCG, Upsampler, compute_dtype, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks, pca
 from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
 
@@ -203,8 +202,6 @@ class _DAN(nn.Module):
         unroll = scan_unroll(self.scan_unroll, int(iters))
         if self.remat:
             step = remat_cell(step, unroll)
-        if unroll >= iters and layers.PYTHON_LOOP_WHEN_UNROLLED:
-            return unrolled_loop(step, self, code0, int(iters), lr.astype(dtype))[1]
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=nn.broadcast, length=int(iters), unroll=unroll)
         _, outputs = loop(self, code0, lr.astype(dtype))

@@ -167,24 +167,6 @@ def scan_unroll(setting: int, length: int) -> int:
     return max(length, 1) if jax.default_backend() == "cpu" else 1
 
 
-# Fully unrolled iteration loops run as Python loops (see `unrolled_loop`); False keeps `nn.scan`.
-PYTHON_LOOP_WHEN_UNROLLED = True
-
-
-def unrolled_loop(step, mdl, carry, length: int, *args):
-    """`nn.scan(step, variable_broadcast="params", in_axes=nn.broadcast, length=length)(mdl, carry, *args)`
-    as a Python loop: the same parameters and outputs (stacked on a leading axis), one traced copy
-    per iteration. Used where the scan would be fully unrolled anyway (the CPU default): then JAX
-    differentiates each iteration separately and skips the backward pass of those whose outputs
-    the loss does not read (DAN's iterations before the last, with the default loss weights),
-    which the transpose of a scan cannot."""
-    outputs = []
-    for _ in range(length):
-        carry, out = step(mdl, carry, *args)
-        outputs.append(out)
-    return carry, jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
-
-
 def remat_cell(cell, unroll: int):
     """`nn.remat` for an iteration cell. Inside a rolled scan XLA cannot CSE the recomputation
     away, so no barrier is needed; unrolled, it would, undoing the memory saving."""
