@@ -49,6 +49,9 @@ CONV_GRADIENTS = ("auto", "xla", "matmul")
 # The kernel-gradient method `conv2d` traces with; "auto" picks per backend. Set it (before
 # tracing) only to compare the two, as benchmarks/vs_torch.py --conv-gradient does.
 CONV_GRADIENT = "auto"
+# Fewer input or output channels than this: the per-tap matmuls are too skinny to beat XLA's
+# backward-filter convolution (RGB heads and tails keep it).
+MATMUL_GRADIENT_MIN_CHANNELS = 16
 
 
 def conv_gradient_method(method: str = "auto") -> str:
@@ -119,7 +122,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
              and dimension_numbers is not None
              and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if plain:
+    if plain and min(rhs.shape[2:]) >= MATMUL_GRADIENT_MIN_CHANNELS:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         if min(min(p) for p in pads) >= 0 and conv_gradient_method(CONV_GRADIENT) == "matmul":
             return conv_matmul_gradient(lhs, rhs, tuple(int(s) for s in window_strides), pads)
