@@ -19,7 +19,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict(dict(
         name="danv1", kernel_size=21, code_length=10, num_iters=4,
         restorer_features=64, restorer_blocks=40, estimator_features=32, estimator_blocks=5,
-        remat=False, pca_path=""))  # "" = the shipped PCA matrix for the degradation setting
+        remat=False, pca_path="",  # "" = the shipped PCA matrix for the degradation setting
+        dtype="float32"))  # compute dtype: "float32", or "bfloat16" on GPU/TPU (README)
     m.update(overrides)
     return m
 

@@ -16,7 +16,8 @@ def model_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="danv2", kernel_size=21, code_length=10, num_iters=4,
         restorer_features=64, restorer_blocks=10, restorer_groups=5,
-        estimator_features=32, estimator_blocks=5, remat=False, pca_path=""))
+        estimator_features=32, estimator_blocks=5, remat=False, pca_path="",
+        dtype="float32"))  # compute dtype: "float32", or "bfloat16" on GPU/TPU (README)
 
 
 def get_config(arg=None):

@@ -21,7 +21,8 @@ from jaxsr import config_lib
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict(dict(name="kenet", kernel_size=21, features=64, num_levels=4,
-                                       fc_features=1024))
+                                       fc_features=1024,
+                                       dtype="float32"))  # compute dtype: "float32", or "bfloat16" on GPU/TPU (README)
     m.update(overrides)
     return m
 

@@ -20,7 +20,8 @@ from jaxsr import config_lib
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict(dict(name="usrnet", num_iters=8, features=(64, 128, 256, 512), num_blocks=2,
-                                       hyper_features=64, remat=False))
+                                       hyper_features=64, remat=False,
+                                       dtype="float32"))  # compute dtype: "float32", or "bfloat16" on GPU/TPU (README)
     m.update(overrides)
     return m
 

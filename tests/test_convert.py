@@ -53,10 +53,10 @@ class CondBlock(tnn.Module):
 
 
 class TorchRestorerV1(tnn.Module):
-    def __init__(self, nf, nb, scale):
+    def __init__(self, nf, nb, scale, code=CODE):
         super().__init__()
         self.head = conv(3, nf, 3)
-        self.body = tnn.ModuleList([CondBlock(nf, CODE) for _ in range(nb)])
+        self.body = tnn.ModuleList([CondBlock(nf, code) for _ in range(nb)])
         self.fusion = conv(nf, nf, 3)
         self.upscale = upsampler(nf, scale)
 
@@ -69,12 +69,12 @@ class TorchRestorerV1(tnn.Module):
 
 
 class TorchEstimatorV1(tnn.Module):
-    def __init__(self, nf, nb, scale):
+    def __init__(self, nf, nb, scale, code=CODE):
         super().__init__()
         self.head_LR = conv(3, nf, 1)
         self.head_HR = conv(3, nf, 9, scale, 4)
         self.body = tnn.ModuleList([CondBlock(nf, nf) for _ in range(nb)])
-        self.out = conv(nf, CODE, 3)
+        self.out = conv(nf, code, 3)
 
     def forward(self, sr, lr):
         f, cond = self.head_LR(lr), self.head_HR(sr)
@@ -108,10 +108,10 @@ class DualGroup(tnn.Module):
 
 
 class TorchRestorerV2(tnn.Module):
-    def __init__(self, nf, nb, ng, scale):
+    def __init__(self, nf, nb, ng, scale, code=CODE):
         super().__init__()
         self.head1 = conv(3, nf, 3)
-        self.head2 = conv(CODE, nf, 1)
+        self.head2 = conv(code, nf, 1)
         self.body = tnn.Sequential(*[DualGroup(nf, 3, 1, nb) for _ in range(ng)])
         self.fusion = conv(nf, nf, 3)
         self.upscale = upsampler(nf, scale, bare_x1=True)
@@ -124,12 +124,12 @@ class TorchRestorerV2(tnn.Module):
 
 
 class TorchEstimatorV2(tnn.Module):
-    def __init__(self, nf, nb, scale):
+    def __init__(self, nf, nb, scale, k=K):
         super().__init__()
         self.head_LR = tnn.Sequential(conv(3, nf, 5))
         self.head_HR = tnn.Sequential(conv(3, nf, 4 * scale + 1, scale, 2 * scale))
         self.body = DualGroup(nf, 3, 3, nb)
-        self.tail = tnn.Sequential(conv(nf, 2 * nf, 3), tnn.AdaptiveAvgPool2d(1), conv(2 * nf, K * K, 1), tnn.Softmax(1))
+        self.tail = tnn.Sequential(conv(nf, 2 * nf, 3), tnn.AdaptiveAvgPool2d(1), conv(2 * nf, k * k, 1), tnn.Softmax(1))
 
     def forward(self, sr, lr):
         f, _ = self.body(self.head_LR(lr), self.head_HR(sr))
@@ -137,25 +137,32 @@ class TorchEstimatorV2(tnn.Module):
 
 
 class TorchDAN(tnn.Module):
-    def __init__(self, version, scale, matrix):
+    """`fields` are jaxsr's module fields (default: the reduced V1/V2 here); the kernel size and
+    code length come from `matrix` ((k*k, code)); `iters` is T."""
+
+    def __init__(self, version, scale, matrix, fields=None, iters=T):
         super().__init__()
-        self.version = version
+        self.version, self.iters = version, iters
+        f = fields or (V1 if version == 1 else V2)
+        k, code = int(round(matrix.shape[0] ** 0.5)), matrix.shape[1]
+        self.kernel_size = k
         if version == 1:
-            self.Restorer = TorchRestorerV1(V1["restorer_features"], V1["restorer_blocks"], scale)
-            self.Estimator = TorchEstimatorV1(V1["estimator_features"], V1["estimator_blocks"], scale)
+            self.Restorer = TorchRestorerV1(f["restorer_features"], f["restorer_blocks"], scale, code)
+            self.Estimator = TorchEstimatorV1(f["estimator_features"], f["estimator_blocks"], scale, code)
         else:
-            self.Restorer = TorchRestorerV2(V2["restorer_features"], V2["restorer_blocks"], V2["restorer_groups"], scale)
-            self.Estimator = TorchEstimatorV2(V2["estimator_features"], V2["estimator_blocks"], scale)
+            self.Restorer = TorchRestorerV2(f["restorer_features"], f["restorer_blocks"], f["restorer_groups"], scale,
+                                            code)
+            self.Estimator = TorchEstimatorV2(f["estimator_features"], f["estimator_blocks"], scale, k)
         self.register_buffer("encoder", torch.from_numpy(matrix)[None])
-        dirac = torch.zeros(1, K, K)
-        dirac[0, K // 2, K // 2] = 1
+        dirac = torch.zeros(1, k, k)
+        dirac[0, k // 2, k // 2] = 1
         self.register_buffer("init_kernel", dirac)
         self.register_buffer("init_ker_map", dirac.view(1, -1) @ self.encoder[0])
 
     def forward(self, lr):
         code = self.init_ker_map.repeat(lr.shape[0], 1)
         srs, codes, kernels = [], [], []
-        for _ in range(T):
+        for _ in range(self.iters):
             sr = self.Restorer(lr, code.detach())
             if self.version == 1:
                 code = self.Estimator(sr.detach(), lr)
@@ -165,7 +172,7 @@ class TorchDAN(tnn.Module):
                 code = kernel @ self.encoder[0]
             srs.append(sr)
             codes.append(code)
-            kernels.append(kernel.view(-1, K, K))
+            kernels.append(kernel.view(-1, self.kernel_size, self.kernel_size))
         return torch.stack(srs), torch.stack(codes), torch.stack(kernels)
 
 

@@ -39,15 +39,15 @@ class TorchProx(tnn.Module):
 
 
 class TorchKNet(tnn.Module):
-    def __init__(self):
+    def __init__(self, aux_k=AUX_K):
         super().__init__()
-        self.K_ProNet = TorchProx(3 + AUX_K, "resk")
+        self.K_ProNet = TorchProx(3 + aux_k, "resk")
 
 
 class TorchXNet(tnn.Module):
-    def __init__(self, scale):
+    def __init__(self, scale, aux_x=AUX_X):
         super().__init__()
-        self.X_ProNet = TorchProx(6 * scale ** 2 + 3 + AUX_X, "resx")
+        self.X_ProNet = TorchProx(6 * scale ** 2 + 3 + aux_x, "resx")
 
 
 def strided_blur(x, k, s):
@@ -70,17 +70,20 @@ def conv_transpose(e, k, s):
 
 
 class TorchKXNet(tnn.Module):
-    def __init__(self, scale, size, kernel_map):
+    """`stages` stages; A_K has as many maps as `kernel_map` (k_aux, size, size), A_X `aux_x`."""
+
+    def __init__(self, scale, size, kernel_map, stages=T, aux_x=AUX_X):
         super().__init__()
-        self.scale, self.size = scale, size
-        self.X_stage = tnn.Sequential(*[TorchXNet(scale) for _ in range(T)])
-        self.K_stage = tnn.Sequential(*[TorchKNet() for _ in range(T)])
-        self.AV_X_ker = tnn.Parameter(torch.randn(AUX_X, 3, 3, 3) * 0.3)
+        self.scale, self.size, self.stages = scale, size, stages
+        aux_k = len(kernel_map)
+        self.X_stage = tnn.Sequential(*[TorchXNet(scale, aux_x) for _ in range(stages)])
+        self.K_stage = tnn.Sequential(*[TorchKNet(aux_k) for _ in range(stages)])
+        self.AV_X_ker = tnn.Parameter(torch.randn(aux_x, 3, 3, 3) * 0.3)
         kernel_map = torch.tensor(np.array(kernel_map))
         self.kernel_map0 = tnn.Parameter(kernel_map.clone(), requires_grad=False)
         self.kernel_map = tnn.Parameter(kernel_map + 0.01 * torch.rand_like(kernel_map))
-        self.gamma_stage = tnn.Parameter(torch.rand(T, 1) + 0.5)
-        self.eta_stage = tnn.Parameter(torch.rand(T, 1))
+        self.gamma_stage = tnn.Parameter(torch.rand(stages, 1) + 0.5)
+        self.eta_stage = tnn.Parameter(torch.rand(stages, 1))
 
     def forward(self, y):
         s, size = self.scale, self.size
@@ -92,7 +95,7 @@ class TorchKXNet(tnn.Module):
         av_x = F.conv2d(y, self.AV_X_ker, padding=1)
         av_k = self.kernel_map[None].repeat(b, 1, 1, 1)
         srs, kernels = [], []
-        for t in range(T):
+        for t in range(self.stages):
             # K-net: gradient through the explicit (dense) unfold of the reflect-padded X
             r = (strided_blur(x, k, s) - y).reshape(b, c, 1, h * w)
             cols = F.unfold(F.pad(x, [size // 2] * 4, mode="reflect"), size, stride=s).reshape(b, c, size * size, h * w)

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import CRB, DPCG, Upsampler, conv2d, remat_cell, scan_unroll
+from jaxsr.models.layers import CRB, DPCG, Upsampler, compute_dtype, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks, pca
 from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
 
@@ -100,7 +100,7 @@ class EstimatorV1(nn.Module):
         for i in range(self.num_blocks):
             f = CRB(self.reduction, name=f"block_{i}")(f, cond)
         f = conv2d(f, self.code_length, 3, name="out")
-        return jnp.mean(f, axis=(1, 2))
+        return jnp.mean(f, axis=(1, 2)).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- DANv2 parts
@@ -141,7 +141,7 @@ class EstimatorV2(nn.Module):
         f = conv2d(f, 2 * self.features, 3, name="tail_conv")
         f = jnp.mean(f, axis=(1, 2), keepdims=True)
         logits = conv2d(f, self.kernel_size ** 2, 1, name="tail_kernel")[:, 0, 0, :]
-        kernel = jax.nn.softmax(logits, axis=-1)
+        kernel = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         return kernel.reshape(-1, self.kernel_size, self.kernel_size)
 
 
@@ -156,6 +156,7 @@ class _DAN(nn.Module):
     num_iters: int = 4
     remat: bool = False
     scan_unroll: int = 0  # 0 = auto (see layers.scan_unroll)
+    dtype: str = "float32"  # compute dtype ("bfloat16" for accelerators); params and outputs stay float32
 
     def __post_init__(self):
         if self.pca_matrix is not None and not isinstance(self.pca_matrix, FrozenMatrix):
@@ -190,19 +191,20 @@ class _DAN(nn.Module):
 
         # Dirac initial kernel: its code is the matrix row of the centre tap.
         centre = (self.kernel_size // 2) * (self.kernel_size + 1)
-        code0 = jnp.broadcast_to(matrix[centre], (lr.shape[0], self.code_length)).astype(lr.dtype)
+        code0 = jnp.broadcast_to(matrix[centre], (lr.shape[0], self.code_length)).astype(jnp.float32)
+        dtype = compute_dtype(self.dtype)  # the networks run in it; codes, kernels and outputs are float32
 
         def step(mdl, code, lr_in):
-            sr = mdl.restorer(lr_in, jax.lax.stop_gradient(code))
+            sr = mdl.restorer(lr_in, jax.lax.stop_gradient(code).astype(dtype))
             code, kernel = mdl._estimate(jax.lax.stop_gradient(sr), lr_in, matrix)
-            return code, {"sr": sr, "kernel": kernel, "code": code}
+            return code, {"sr": sr.astype(jnp.float32), "kernel": kernel, "code": code}
 
         unroll = scan_unroll(self.scan_unroll, int(iters))
         if self.remat:
             step = remat_cell(step, unroll)
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=nn.broadcast, length=int(iters), unroll=unroll)
-        _, outputs = loop(self, code0, lr)
+        _, outputs = loop(self, code0, lr.astype(dtype))
         return outputs
 
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, scan_unroll, Upsampler, conv2d, leaky_relu, pixel_shuffle,
-                                 torch_default_bias_init)
+from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, scan_unroll, Upsampler, compute_dtype, conv2d,
+                                 leaky_relu, pixel_shuffle, torch_default_bias_init)
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import resize_bicubic_torch
 from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
@@ -145,7 +145,7 @@ class RecurrentStep(nn.Module):
         x = conv2d(jnp.concatenate([x, hidden], axis=-1), f, 1, name="compress")
         feat = CascadedResBlocks(self.structure_blocks, name="structure")(x)
         up = ConvTranspose(f, k, s, pad, name="up")(feat)
-        detail = conv2d(up, self.channels, 3, name="hr_image") - bicubic
+        detail = conv2d(up, self.channels, 3, name="hr_image") - bicubic.astype(up.dtype)
         detail_feat = conv2d(detail, f, 3, name="detail_embed")
 
         gamma_hr, beta_hr = AffineFromDetail(name="affine_hr")(detail_feat)
@@ -155,8 +155,8 @@ class RecurrentStep(nn.Module):
         hidden = conv2d(up, f, k, stride=s, padding=pad, name="down") * gamma_lr + beta_lr + feat
 
         y = CascadedResBlocks(self.refine_blocks, name="refine")(hidden)
-        sr = Upsampler(s, self.channels, name="upsampler")(y) + bicubic
-        return (x, hidden), {"sr": sr, "detail": detail}
+        sr = Upsampler(s, self.channels, name="upsampler")(y).astype(bicubic.dtype) + bicubic
+        return (x, hidden), {"sr": sr, "detail": detail.astype(bicubic.dtype)}
 
 
 # ----------------------------------------------------------------------------- the model
@@ -171,6 +171,7 @@ class DSSR(nn.Module):
     remat: bool = False
     # Steps per compiled loop iteration (results unchanged).
     scan_unroll: int = 0  # 0 = auto (layers.scan_unroll: full on CPU, rolled on GPU/TPU)
+    dtype: str = "float32"  # compute dtype of the features; the bicubic skip and the outputs stay float32
 
     @nn.compact
     def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
@@ -183,7 +184,7 @@ class DSSR(nn.Module):
             raise ValueError(f"scan_unroll must be a non-negative int, got {self.scan_unroll!r}")
 
         bicubic = resize_bicubic_torch(lr, scale=self.scale)
-        x = conv2d(lr, self.features, 3, name="head")
+        x = conv2d(lr.astype(compute_dtype(self.dtype)), self.features, 3, name="head")
 
         unroll = scan_unroll(self.scan_unroll, int(iters))
         step = remat_cell(RecurrentStep, unroll) if self.remat else RecurrentStep

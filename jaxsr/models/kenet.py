@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, torch_default_bias_init
+from jaxsr.models.layers import TORCH_KERNEL_INIT, compute_dtype, conv2d, torch_default_bias_init
 from jaxsr.ops import _checks
 
 Array = jax.Array
@@ -89,6 +89,7 @@ class KENet(nn.Module):
     features: int = 64      # the s-th conv has features * s outputs
     num_levels: int = 4     # conv + RB stages (the first without pooling)
     fc_features: int = 1024
+    dtype: str = "float32"  # compute dtype of the conv pyramid; the FC head and the kernel are float32
 
     @nn.compact
     def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
@@ -101,13 +102,13 @@ class KENet(nn.Module):
         if min(lr.shape[1:3]) < min_size:
             raise ValueError(f"lr must be at least {min_size}x{min_size} for {self.num_levels - 1} "
                              f"max-pool levels, got shape {tuple(lr.shape)}")
-        f = lr
+        f = lr.astype(compute_dtype(self.dtype))
         for level in range(self.num_levels):
             if level > 0:
                 f = nn.max_pool(f, (2, 2), strides=(2, 2), padding="VALID")
             f = nn.relu(conv2d(f, self.features * (level + 1), 3, name=f"conv_{level}"))
             f = ResBlock(name=f"block_{level}")(f)
-        f = jnp.mean(f, axis=(1, 2))
+        f = jnp.mean(f, axis=(1, 2)).astype(jnp.float32)
         f = nn.relu(dense(f, self.fc_features, "fc_0"))
         f = nn.relu(dense(f, self.fc_features, "fc_1"))
         logits = dense(f, self.kernel_size ** 2, "fc_2")

@@ -44,7 +44,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import conv2d, pixel_shuffle, remat_cell, scan_unroll, space_to_depth
+from jaxsr.models.layers import compute_dtype, conv2d, pixel_shuffle, remat_cell, scan_unroll, space_to_depth
 from jaxsr.ops import _checks, degrade
 from jaxsr.ops.imresize import resize_bicubic_torch
 from jaxsr.ops.unfolding import blur_down, kernel_gradient, transposed_blur
@@ -107,10 +107,12 @@ class KXStage(nn.Module):
     kernel_size: int
     kernel_replicas: int = 3
     prox_blocks: int = 4
+    dtype: str = "float32"  # of the prox nets and the auxiliary variables; X, K and the data terms stay float32
 
     @nn.compact
     def __call__(self, carry: tuple[Array, ...], lr: Array) -> tuple[tuple[Array, ...], dict[str, Array]]:
         x, k, aux_x, aux_k = carry
+        dtype = compute_dtype(self.dtype)
         s, c = self.scale, lr.shape[-1]
         gamma = self.param("gamma", nn.initializers.ones, (1,))
         self.param("eta", nn.initializers.ones, (1,))  # unused, as in the official forward
@@ -119,8 +121,8 @@ class KXStage(nn.Module):
         grad_k = kernel_gradient(x, blur_down(x, k, s) - lr, self.kernel_size, s)
         z = k - gamma[0] / 10.0 * grad_k
         z = jnp.repeat(z[..., None], self.kernel_replicas, axis=-1)
-        out = ProxResNet(self.prox_blocks, name="k_prox")(jnp.concatenate([z, aux_k], axis=-1))
-        k = nn.relu(jnp.mean(out[..., :self.kernel_replicas], axis=-1) + 1e-5)
+        out = ProxResNet(self.prox_blocks, name="k_prox")(jnp.concatenate([z, aux_k], axis=-1).astype(dtype))
+        k = nn.relu(jnp.mean(out[..., :self.kernel_replicas].astype(k.dtype), axis=-1) + 1e-5)
         k = k / jnp.sum(k, axis=(1, 2), keepdims=True)
         aux_k = out[..., self.kernel_replicas:]
 
@@ -129,9 +131,9 @@ class KXStage(nn.Module):
         overlap = transposed_blur(jnp.ones(lr.shape[:3] + (1,), lr.dtype), k, s)
         grad_x = grad_x / (overlap + 1e-10)
         feats = jnp.concatenate([space_to_depth(x, s), space_to_depth(grad_x, s), lr, aux_x], axis=-1)
-        out = ProxResNet(self.prox_blocks, name="x_prox")(feats)
+        out = ProxResNet(self.prox_blocks, name="x_prox")(feats.astype(dtype))
         image = c * s * s
-        x = pixel_shuffle(out[..., :image], s)
+        x = pixel_shuffle(out[..., :image].astype(x.dtype), s)
         aux_x = out[..., 2 * image + c:]
         return (x, k, aux_x, aux_k), {"sr": x, "kernel": k}
 
@@ -159,6 +161,7 @@ class KXNet(nn.Module):
     aux_kernel_init: str = "aniso"
     remat: bool = False
     scan_unroll: int = 0  # stages per XLA loop iteration; 0 = auto (layers.scan_unroll: full on CPU)
+    dtype: str = "float32"  # compute dtype of the prox nets ("bfloat16" for accelerators); see KXStage
 
     def _check(self, lr: Array, num_iters) -> int:
         _checks.check_scale("scale", self.scale)
@@ -195,10 +198,10 @@ class KXNet(nn.Module):
         aux_kernel = self.param("aux_x_kernel", _laplacian_init, (3, 3, self.channels, self.aux_x_features))
         aux_x0 = jax.lax.conv_general_dilated(
             lr, aux_kernel.astype(lr.dtype), (1, 1), ((1, 1), (1, 1)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST)
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HIGHEST).astype(compute_dtype(self.dtype))
         kernel_map = self.param("aux_kernel_map", self._kernel_map_init, (self.aux_k_features, size, size))
         aux_k0 = jnp.broadcast_to(jnp.transpose(kernel_map, (1, 2, 0)),
-                                  (n, size, size, self.aux_k_features)).astype(lr.dtype)
+                                  (n, size, size, self.aux_k_features)).astype(compute_dtype(self.dtype))
 
         unroll = scan_unroll(self.scan_unroll, iters)
         stage = remat_cell(KXStage, unroll) if self.remat else KXStage
@@ -206,7 +209,7 @@ class KXNet(nn.Module):
                        in_axes=nn.broadcast, length=iters, unroll=unroll)
         if iters < self.num_stages:  # run the first `iters` stages with their own parameters
             loop = nn.map_variables(loop, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:iters], v))
-        stages = loop(s, size, self.kernel_replicas, self.prox_blocks, name="stages")
+        stages = loop(s, size, self.kernel_replicas, self.prox_blocks, self.dtype, name="stages")
         _, outputs = stages((x0, k0, aux_x0, aux_k0), lr)
         return outputs
 

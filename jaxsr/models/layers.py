@@ -6,6 +6,7 @@ padding, PyTorch's default initialisation, and `pixel_shuffle` in PyTorch's chan
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,18 @@ Array = jax.Array
 TORCH_KERNEL_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+# `dtype` of the models: the dtype activations are computed in. Parameters stay float32 (the
+# convs cast them per call) and every model returns float32 outputs.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The model field `dtype` ("float32" or "bfloat16") as a NumPy dtype."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return jnp.dtype(name)
+
+
 def torch_default_bias_init(fan_in: int) -> Callable:
     bound = 1.0 / math.sqrt(fan_in)
 
@@ -30,13 +43,104 @@ def torch_default_bias_init(fan_in: int) -> Callable:
     return init
 
 
+# ----------------------------------------------------------------------------- convolution
+_NHWC = ("NHWC", "HWIO", "NHWC")
+CONV_GRADIENTS = ("auto", "xla", "matmul")
+# The kernel-gradient method `conv2d` traces with; "auto" picks per backend. Set it (before
+# tracing) only to compare the two, as benchmarks/vs_torch.py --conv-gradient does.
+CONV_GRADIENT = "auto"
+# Fewer input or output channels than this: the per-tap matmuls are too skinny to beat XLA's
+# backward-filter convolution (RGB heads and tails keep it).
+MATMUL_GRADIENT_MIN_CHANNELS = 16
+
+
+def conv_gradient_method(method: str = "auto") -> str:
+    """"xla" or "matmul": how `conv` differentiates w.r.t. its kernel. "auto" is "matmul" on
+    the CPU and "xla" (XLA's own backward-filter convolution) on GPU/TPU, resolved at trace
+    time as `jaxsr.ops.degrade.blur` picks its method."""
+    if method not in CONV_GRADIENTS:
+        raise ValueError(f"conv gradient method must be one of {CONV_GRADIENTS}, got {method!r}")
+    if method == "auto":
+        return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return method
+
+
+def _plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                         padding: tuple[tuple[int, int], ...]) -> Array:
+    """d<conv(x, w), g>/dw as one matmul per tap: dw[a, b] = X_ab^T @ G, where X_ab (N·Ho·Wo, C)
+    is the zero-padded `x` shifted by (a, b) and strided, G (N·Ho·Wo, O) the output cotangent.
+
+    The same sums as XLA's backward-filter convolution (up to float rounding), which XLA:CPU
+    runs at a fraction of its matmul speed (a 3x3 64->64 conv on 2x64x64: ~2x slower)."""
+    kh, kw, c, o = kernel_shape
+    n, ho, wo, _ = g.shape
+    (pt, pb), (pl, pr) = padding
+    sh, sw = strides
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    g2 = g.reshape(n * ho * wo, o)
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            xs = jax.lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+            taps.append(jax.lax.dot_general(xs.reshape(n * ho * wo, c), g2, (((0,), (0,)), ((), ()))))
+    return jnp.stack(taps).reshape(kernel_shape).astype(g.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_matmul_gradient(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is `conv_kernel_gradient`.
+
+    The forward pass and the input gradient are XLA's, unchanged."""
+    return _plain_conv(x, w, strides, padding)
+
+
+def _conv_fwd(x, w, strides, padding):
+    return _plain_conv(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, residuals, g):
+    x, w = residuals
+    _, input_vjp = jax.vjp(lambda x_: _plain_conv(x_, w, strides, padding), x)
+    return input_vjp(g)[0], conv_kernel_gradient(x, g, w.shape, strides, padding).astype(w.dtype)
+
+
+conv_matmul_gradient.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """Drop-in for `lax.conv_general_dilated` inside `nn.Conv` (its `conv_general_dilated` field).
+
+    Plain 2-D NHWC/HWIO convolutions with explicit padding use `conv_matmul_gradient` where
+    `conv_gradient_method()` says "matmul" (the CPU); anything else goes to lax unchanged."""
+    plain = (lhs.ndim == 4 and not isinstance(padding, str) and feature_group_count == 1 and precision is None
+             and not kwargs and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and dimension_numbers is not None
+             and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+             == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    if plain and min(rhs.shape[2:]) >= MATMUL_GRADIENT_MIN_CHANNELS:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        if min(min(p) for p in pads) >= 0 and conv_gradient_method(CONV_GRADIENT) == "matmul":
+            return conv_matmul_gradient(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                                        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                                        feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+
 def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,
-           padding: int | None = None, name: str | None = None, dtype: Any = None) -> Array:
-    """`torch.nn.Conv2d(in, features, kernel_size, stride, padding)` applied to NHWC `x`.
+           padding: int | None = None, name: str | None = None, dtype: Any = None,
+           use_bias: bool = True) -> Array:
+    """`torch.nn.Conv2d(in, features, kernel_size, stride, padding, bias=use_bias)` on NHWC `x`.
 
     Call it inside a compact method: it creates an `nn.Conv` submodule called `name` with
     parameters `kernel` (kh, kw, in, out) and `bias` (out,). Padding defaults to
     kernel_size // 2 (zeros, symmetric, like PyTorch), so odd kernels at stride 1 keep the size.
+    The convolution is `conv_general_dilated` (XLA's, with the matmul kernel gradient on CPU).
+    It computes in `dtype`, by default the dtype of `x` (float32 parameters are cast to it).
     """
     pad = kernel_size // 2 if padding is None else padding
     fan_in = x.shape[-1] * kernel_size * kernel_size
@@ -45,9 +149,11 @@ def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,
         (kernel_size, kernel_size),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
-        dtype=dtype,
+        use_bias=use_bias,
+        dtype=x.dtype if dtype is None else dtype,
         kernel_init=TORCH_KERNEL_INIT,
         bias_init=torch_default_bias_init(fan_in),
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )(x)
 

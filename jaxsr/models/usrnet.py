@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import TORCH_KERNEL_INIT, conv2d, remat_cell, scan_unroll
+from jaxsr.models.layers import compute_dtype, conv2d, remat_cell, scan_unroll
 from jaxsr.ops import _checks
 from jaxsr.ops.unfolding import data_precompute, data_step
 from jaxsr.torch_import import OfficialMap
@@ -50,10 +50,7 @@ OFFICIAL_VARIANTS: dict[str, dict[str, Any]] = {
 def conv_nobias(x: Array, features: int, kernel_size: int, *, stride: int = 1, padding: int | None = None,
                 name: str | None = None) -> Array:
     """`torch.nn.Conv2d(..., bias=False)` on NHWC input (PyTorch's default weight init)."""
-    pad = kernel_size // 2 if padding is None else padding
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=TORCH_KERNEL_INIT,
-                   name=name)(x)
+    return conv2d(x, features, kernel_size, stride=stride, padding=padding, use_bias=False, name=name)
 
 
 class ConvTranspose2x2(nn.Module):
@@ -146,6 +143,7 @@ class USRNet(nn.Module):
     hyper_features: int = 64
     remat: bool = False
     scan_unroll: int = 0  # 0 = auto (see layers.scan_unroll)
+    dtype: str = "float32"  # compute dtype of the ResUNet prior; the FFT data step stays float32
 
     def setup(self):
         _checks.check_scale("scale", self.scale)
@@ -181,11 +179,13 @@ class USRNet(nn.Module):
         betas = hyper[:, self.num_iters:].T[:iters]
         x0 = jnp.repeat(jnp.repeat(lr, s, axis=1), s, axis=2)  # nearest-neighbour start
 
+        dtype = compute_dtype(self.dtype)
+
         def stage(mdl, x, alpha_beta, fb, fbfy):
             alpha, beta = alpha_beta
             z = data_step(x, fb, fbfy, alpha, s)
             beta_map = jnp.broadcast_to(beta.astype(z.dtype)[:, None, None, None], (*z.shape[:3], 1))
-            x = mdl.prior(jnp.concatenate([z, beta_map], axis=-1))
+            x = mdl.prior(jnp.concatenate([z, beta_map], axis=-1).astype(dtype)).astype(z.dtype)
             return x, x
 
         unroll = scan_unroll(self.scan_unroll, int(iters))

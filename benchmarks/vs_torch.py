@@ -1,0 +1,345 @@
+"""jaxsr against the PyTorch reference of every seed model, side by side on this machine.
+
+    python benchmarks/vs_torch.py                    # x4 paper widths: forward LR 64² batch 1, train LR 32² batch 2
+    python benchmarks/vs_torch.py --quick            # reduced widths and sizes, a couple of minutes
+    python benchmarks/vs_torch.py --models danv1,dssr --rounds 7 --out vs_torch.json
+
+The PyTorch models are the reference modules of the conversion tests (`tests/test_convert*.py`,
+official state-dict key names and layer order). Each one gets random weights, which go into
+jaxsr through `jaxsr.torch_import.convert_state_dict(state_dict, model, spec.official)`, so both
+sides run the same weights on the same inputs (the largest forward difference is printed).
+
+* forward: the inference call — PyTorch `net(lr)` under `no_grad`; jaxsr the model's jitted
+  `predict` (`ModelSpec.jit_predict`): the last SR (DSSR: the mean of its steps).
+* train step: L1 between that same output and an HR batch, backward, one Adam step — PyTorch
+  `zero_grad / backward / step`; jaxsr one jitted `value_and_grad` + `optax.adam` update with
+  the parameters and optimizer state donated, as `jaxsr.train` does.
+
+Timing: warm-up calls first, then `--rounds` rounds, each timing one PyTorch call and one jaxsr
+call in turn (so machine noise hits both sides alike); the medians are reported. jaxsr's compile
+time (`lower + compile`) is measured separately and excluded. PyTorch runs with
+`torch.set_num_threads(os.cpu_count())`. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
+The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+import common  # noqa: E402
+
+import torch  # noqa: E402
+
+from jaxsr import models, torch_import  # noqa: E402
+from jaxsr.models import dan, dssr, kxnet, usrnet  # noqa: E402
+
+TESTS = HERE.parent / "tests"
+SCALE = 4
+LEARNING_RATE = 1e-4
+
+
+def reference_module(name: str):
+    """A conversion-test module (holds the PyTorch reference classes), loaded by path."""
+    spec = importlib.util.spec_from_file_location(f"_vs_torch_{name}", TESTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclasses.dataclass
+class Case:
+    """One model on both sides. `torch_out(net, lr, extra)` and `jax_out(params, lr, extra)` return
+    the model's output image (NCHW tensor / NHWC array); `extra` are non-image inputs."""
+    name: str
+    net: Any                      # torch.nn.Module
+    model: Any                    # flax module
+    params: Any                   # converted from net's state dict
+    torch_out: Callable
+    jax_out: Callable
+    torch_extra: Callable = lambda n: ()   # batch size -> extra torch inputs
+    jax_extra: Callable = lambda n: ()     # batch size -> extra jax inputs
+
+
+def _orthonormal(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((rows, cols)))
+    return q.astype(np.float32)
+
+
+def _convert(net, model, name):
+    sd = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    return torch_import.convert_state_dict(sd, model, models.get(name).official)
+
+
+def _predict_fn(name, model):
+    spec = models.get(name)
+    return lambda params, lr, *extra: spec.predict(model, {"params": params}, lr, **dict(zip(("kernel", "noise_sigma"), extra)))[0]
+
+
+def build_dan(version: int, quick: bool) -> Case:
+    ref = reference_module("test_convert")
+    name = f"danv{version}"
+    if quick:
+        fields = (dict(restorer_features=16, restorer_blocks=4, estimator_features=16, estimator_blocks=2) if version == 1
+                  else dict(restorer_features=16, restorer_blocks=2, restorer_groups=2, estimator_features=16,
+                            estimator_blocks=2))
+        size, iters = 11, 2
+    else:  # the published x4 models
+        fields = (dict(restorer_features=64, restorer_blocks=40, estimator_features=32, estimator_blocks=5) if version == 1
+                  else dict(restorer_features=64, restorer_blocks=10, restorer_groups=5, estimator_features=32,
+                            estimator_blocks=5))
+        size, iters = 21, 4
+    matrix = _orthonormal(size * size, 10)
+    torch.manual_seed(0)
+    net = ref.TorchDAN(version, SCALE, matrix, fields=fields, iters=iters)
+    model = dan.MODELS[name](scale=SCALE, kernel_size=size, code_length=10, num_iters=iters, pca_matrix=matrix,
+                             **fields)
+    params, _ = _convert(net, model, name)
+    return Case(name, net, model, params, lambda net, lr: net(lr)[0][-1], _predict_fn(name, model))
+
+
+def build_kxnet(quick: bool) -> Case:
+    ref = reference_module("test_convert_kxnet")
+    size, stages, aux_x, aux_k = (11, 3, 8, 8) if quick else (21, 19, 32, 24)
+    kernel_map = kxnet.auxiliary_kernel_map(size, "aniso")
+    kernel_map = np.resize(kernel_map, (aux_k, size, size))
+    torch.manual_seed(0)
+    net = ref.TorchKXNet(SCALE, size, kernel_map, stages=stages, aux_x=aux_x)
+    model = kxnet.KXNet(scale=SCALE, kernel_size=size, num_stages=stages, aux_x_features=aux_x, aux_k_features=aux_k)
+    params, _ = _convert(net, model, "kxnet")
+    return Case("kxnet", net, model, params, lambda net, lr: net(lr)[0][-1], _predict_fn("kxnet", model))
+
+
+def build_dssr(quick: bool) -> Case:
+    ref = reference_module("test_convert_dssr")
+    fields = dict(features=32, structure_blocks=3, refine_blocks=2, num_iters=2) if quick else \
+        dict(features=128, structure_blocks=15, refine_blocks=5, num_iters=4)
+    torch.manual_seed(0)
+    net = ref.TorchDSSR(SCALE, ch=fields["features"], feat_blocks=fields["structure_blocks"],
+                        refine_blocks=fields["refine_blocks"], steps=fields["num_iters"])
+    model = dssr.DSSR(scale=SCALE, **fields)
+    params, _ = _convert(net, model, "dssr")
+    return Case("dssr", net, model, params, lambda net, lr: net(lr)[2], _predict_fn("dssr", model))
+
+
+def build_usrnet(quick: bool) -> Case:
+    ref = reference_module("test_convert_usrnet")
+    fields = dict(num_iters=3, features=(16, 32, 64, 64), num_blocks=1, hyper_features=16) if quick else \
+        dict(usrnet.OFFICIAL_VARIANTS["usrnet"])
+    torch.manual_seed(0)
+    net = ref.TorchUSRNet(fields["num_iters"], fields["hyper_features"], list(fields["features"]), fields["num_blocks"])
+    model = usrnet.USRNet(scale=SCALE, **fields)
+    params, _ = _convert(net, model, "usrnet")
+    ksize = 21
+
+    def kernels(n):
+        ax = np.arange(ksize) - ksize // 2
+        k = np.exp(-(ax[:, None] ** 2 / 8.0 + ax[None, :] ** 2 / 4.0)).astype(np.float32)
+        return np.broadcast_to(k / k.sum(), (n, ksize, ksize)).copy(), np.full((n,), 5.0, np.float32)
+
+    def torch_extra(n):  # convolution PSF (the flipped correlation kernel) and sigma in [0, 1] units
+        k, sigma = kernels(n)
+        return (torch.from_numpy(k[:, None, ::-1, ::-1].copy()), torch.from_numpy(sigma / 255.0).view(-1, 1, 1, 1))
+
+    def jax_extra(n):
+        k, sigma = kernels(n)
+        return jnp.asarray(k), jnp.asarray(sigma)
+
+    return Case("usrnet", net, model, params, lambda net, lr, k, sigma: net(lr, k, SCALE, sigma),
+                _predict_fn("usrnet", model), torch_extra, jax_extra)
+
+
+BUILDERS: dict[str, Callable[[bool], Case]] = {
+    "danv1": lambda q: build_dan(1, q), "danv2": lambda q: build_dan(2, q), "kxnet": build_kxnet,
+    "dssr": build_dssr, "usrnet": build_usrnet}
+
+
+# ----------------------------------------------------------------------------- the two sides
+def images(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, size, size, 3), dtype=np.float32),
+            rng.random((n, SCALE * size, SCALE * size, 3), dtype=np.float32))
+
+
+def nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def torch_forward(case: Case, lr: np.ndarray):
+    lr_t, extra = nchw(lr), case.torch_extra(lr.shape[0])
+    case.net.eval()
+
+    def run():
+        with torch.no_grad():
+            return case.torch_out(case.net, lr_t, *extra)
+    return run
+
+
+def torch_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
+    lr_t, hr_t, extra = nchw(lr), nchw(hr), case.torch_extra(lr.shape[0])
+    case.net.train()
+    opt = torch.optim.Adam(case.net.parameters(), lr=LEARNING_RATE)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = (case.torch_out(case.net, lr_t, *extra) - hr_t).abs().mean()
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return run
+
+
+def jax_forward(case: Case, lr: np.ndarray):
+    lr_j, extra = jnp.asarray(lr), case.jax_extra(lr.shape[0])
+    params = jax.device_put(case.params)
+    fn = jax.jit(case.jax_out)
+    compile_s, compiled = common.time_compile(fn, params, lr_j, *extra)
+    return compile_s, lambda: jax.block_until_ready(compiled(params, lr_j, *extra))
+
+
+def make_train_step(case: Case, tx):
+    def loss_fn(params, lr, hr, extra):
+        return jnp.mean(jnp.abs(case.jax_out(params, lr, *extra) - hr))
+
+    def step(params, opt_state, lr, hr, extra):
+        loss, grads = jax.value_and_grad(loss_fn)(params, lr, hr, extra)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return step
+
+
+def jax_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
+    tx = optax.adam(LEARNING_RATE)
+    lr_j, hr_j, extra = jnp.asarray(lr), jnp.asarray(hr), case.jax_extra(lr.shape[0])
+    state = [jax.tree.map(jnp.array, case.params)]
+    state.append(tx.init(state[0]))
+    step = jax.jit(make_train_step(case, tx), donate_argnums=(0, 1))
+    compile_s, compiled = common.time_compile(step, state[0], state[1], lr_j, hr_j, extra)
+
+    def run():
+        state[0], state[1], loss = compiled(state[0], state[1], lr_j, hr_j, extra)
+        return float(loss)  # waits for the step
+    return compile_s, run
+
+
+def interleaved(torch_fn, jax_fn, rounds: int, warmup: int) -> tuple[float, float]:
+    """Medians (s) of `rounds` alternating timed calls, after `warmup` calls of each."""
+    for _ in range(warmup):
+        torch_fn()
+        jax_fn()
+    times = {"torch": [], "jax": []}
+    for r in range(rounds):
+        order = (("torch", torch_fn), ("jax", jax_fn)) if r % 2 == 0 else (("jax", jax_fn), ("torch", torch_fn))
+        for side, fn in order:
+            t = time.perf_counter()
+            fn()
+            times[side].append(time.perf_counter() - t)
+    return statistics.median(times["torch"]), statistics.median(times["jax"])
+
+
+def max_rel_diff(case: Case, lr: np.ndarray, jax_fn) -> float:
+    """Largest |jaxsr - PyTorch| of the forward output over max |PyTorch|."""
+    with torch.no_grad():
+        case.net.eval()
+        want = case.torch_out(case.net, nchw(lr), *case.torch_extra(lr.shape[0])).numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(jax_fn())
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+
+
+def run_case(case: Case, args) -> dict:
+    row: dict[str, Any] = {"model": case.name}
+    lr_f, _ = images(args.forward_batch, args.forward_size, seed=1)
+    row["forward_compile_s"], jfwd = jax_forward(case, lr_f)
+    row["max_rel_diff"] = max_rel_diff(case, lr_f, jfwd)
+    if "forward" in args.parts:
+        row["forward_torch_s"], row["forward_jax_s"] = interleaved(torch_forward(case, lr_f), jfwd,
+                                                                   args.rounds, args.warmup)
+    if "train" in args.parts:
+        lr_t, hr_t = images(args.train_batch, args.train_size, seed=2)
+        row["train_compile_s"], jstep = jax_train_step(case, lr_t, hr_t)
+        row["train_torch_s"], row["train_jax_s"] = interleaved(torch_train_step(case, lr_t, hr_t), jstep,
+                                                               args.rounds, args.warmup)
+    return row
+
+
+def ratio(row, part):
+    key = f"{part}_torch_s"
+    return row[key] / row[f"{part}_jax_s"] if key in row else None
+
+
+def print_table(rows: list[dict], args) -> None:
+    print(f"\n| x{SCALE} | forward LR {args.forward_size}², batch {args.forward_batch}: PyTorch / jaxsr (ratio) "
+          f"| train step LR {args.train_size}², batch {args.train_batch}: PyTorch / jaxsr (ratio) "
+          f"| jaxsr compile fwd / train | max rel. diff |")
+    print("| --- | --- | --- | --- | --- |")
+    for row in rows:
+        cells = []
+        for part in ("forward", "train"):
+            if f"{part}_torch_s" in row:
+                cells.append(f"{1e3 * row[f'{part}_torch_s']:.0f} / {1e3 * row[f'{part}_jax_s']:.0f} ms "
+                             f"(**{ratio(row, part):.2f}x**)")
+            else:
+                cells.append("–")
+        compile_s = " / ".join(f"{row[k]:.1f} s" if k in row else "–" for k in ("forward_compile_s", "train_compile_s"))
+        print(f"| {row['model']} | {cells[0]} | {cells[1]} | {compile_s} | {row['max_rel_diff']:.1e} |")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(BUILDERS), help=f"comma-separated subset of {list(BUILDERS)}")
+    p.add_argument("--quick", action="store_true", help="reduced widths and image sizes")
+    p.add_argument("--parts", default="forward,train")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default 7; 5 with --quick)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--forward-size", type=int, default=None, help="LR side of the forward input (64; quick 24)")
+    p.add_argument("--forward-batch", type=int, default=1)
+    p.add_argument("--train-size", type=int, default=None, help="LR side of the training input (32; quick 16)")
+    p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--out", default=None, help="write the rows as JSON")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (5 if args.quick else 7)
+    args.forward_size = args.forward_size or (24 if args.quick else 64)
+    args.train_size = args.train_size or (16 if args.quick else 32)
+    args.parts = tuple(args.parts.split(","))
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(BUILDERS))
+    if unknown:
+        p.error(f"unknown models {unknown}; choose from {list(BUILDERS)}")
+
+    torch.set_num_threads(os.cpu_count())
+    machine = common.print_machine()
+    print("# load average at start (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
+    print(f"# PyTorch {torch.__version__}, {torch.get_num_threads()} threads | x{SCALE} "
+          f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
+          f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
+    rows = []
+    for name in names:
+        case = BUILDERS[name](args.quick)
+        row = run_case(case, args)
+        rows.append(row)
+        print(f"# {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+    print_table(rows, args)
+    print("# load average at the end (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
+    common.write_json(args.out, {"machine": machine, "torch": torch.__version__, "args": vars(args), "rows": rows})
+    fwd = [ratio(r, "forward") for r in rows if "forward_torch_s" in r]
+    train = [ratio(r, "train") for r in rows if "train_torch_s" in r]
+    fmt = lambda v: f"{min(v):.2f}x" if v else "n/a"
+    print(f"min ratio vs PyTorch: forward {fmt(fwd)}, train step {fmt(train)}")
+
+
+if __name__ == "__main__":
+    main()
