@@ -203,6 +203,13 @@ def sample_kernels(rng: jax.Array, batch: int, spec: DegradationSpec) -> jax.Arr
 
 # --------------------------------------------------------------------------- operators
 
+
+def _check_reflect_size(h: int, w: int, size: int) -> None:
+    pad = size // 2
+    if pad >= h or pad >= w:
+        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
+                         f"(reflect padding needs more than {pad} pixels per side)")
+
 def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Array:
     """Blur each image with its own kernel (cross-correlation, reflect padding).
 
@@ -223,9 +230,7 @@ def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Arr
     n, h, w, c = images.shape
     size = kernels.shape[-1]
     pad = size // 2
-    if pad >= h or pad >= w:
-        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
-                         f"(reflect padding needs more than {pad} pixels per side)")
+    _check_reflect_size(h, w, size)
     x = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     kernels = kernels.astype(x.dtype)
     if method == "fft":
@@ -479,9 +484,7 @@ def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampl
     n, h, w, c = images.shape
     size = kernels.shape[-1]
     pad = size // 2
-    if pad >= h or pad >= w:
-        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
-                         f"(reflect padding needs more than {pad} pixels per side)")
+    _check_reflect_size(h, w, size)
     if scale == 1:
         return blur(images, kernels)
     # Images are processed in groups whose temporaries stay under _TEMP_BUDGET: the layout below
