@@ -13,6 +13,9 @@ Conventions
   as the papers state them.
 - Anisotropic Gaussians are parameterised by the standard deviations along their principal
   axes (σx, σy) and the rotation θ: Σ = R(θ) diag(σx², σy²) R(θ)ᵀ.
+- `degrade` / `apply_degradation` on CPU do not blur at full resolution: `blur_downsample`
+  evaluates blur-then-downsample only at the kept pixels (equal to the two-step path up to
+  float32 rounding). `DegradationSpec.blur_method` picks the implementation per backend.
 
 Quick use::
 
@@ -220,11 +223,13 @@ def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Arr
     method="fft": the same correlation through real FFTs of the padded images; XLA's CPU
     depthwise convolution is slow for 21x21 kernels, and this is ~10x faster there.
     method="auto": "conv" on GPU/TPU, "fft" on CPU. Both agree to float32 rounding (~1e-6).
+    When a downsampler follows, `blur_downsample` skips the pixels it would drop.
     """
     _checks.check_images("images", images)
     _checks.check_kernels("kernels", kernels, batch=images.shape[0])
     if method not in BLUR_METHODS:
-        raise ValueError(f"method must be one of {BLUR_METHODS}, got {method!r}")
+        hint = " ('fused' needs a downsampler: use blur_downsample or apply_degradation)" if method == "fused" else ""
+        raise ValueError(f"method must be one of {BLUR_METHODS}, got {method!r}{hint}")
     if method == "auto":
         method = "fft" if jax.default_backend() == "cpu" else "conv"
     n, h, w, c = images.shape
