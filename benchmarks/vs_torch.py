@@ -18,7 +18,9 @@ sides run the same weights on the same inputs (the largest forward difference is
 Timing: warm-up calls first, then `--rounds` rounds, each timing one PyTorch call and one jaxsr
 call in turn (so machine noise hits both sides alike); the medians are reported. jaxsr's compile
 time (`lower + compile`) is measured separately and excluded. PyTorch runs with
-`torch.set_num_threads(os.cpu_count())`. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
+`torch.set_num_threads(os.cpu_count())` and `OMP_WAIT_POLICY=PASSIVE` (unless set): with OpenMP's
+default spin-waiting, PyTorch on this shared 2-core machine ran up to 10x slower, and that would
+flatter jaxsr. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations
@@ -37,6 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+# Before torch loads: its OpenMP threads otherwise spin-wait between parallel regions, which on a
+# shared (oversubscribed) CPU made PyTorch up to 10x slower here and would flatter jaxsr.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -323,7 +329,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(os.cpu_count())
     machine = common.print_machine()
     print("# load average at start (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
-    print(f"# PyTorch {torch.__version__}, {torch.get_num_threads()} threads | x{SCALE} "
+    print(f"# PyTorch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} | x{SCALE} "
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
     rows = []
