@@ -33,6 +33,10 @@ import jax
 import numpy as np
 from scipy import ndimage
 
+# Before torch loads: its OpenMP threads otherwise spin-wait after each parallel region and take
+# the cores from XLA's threads in the next (interleaved) call; benchmarks/vs_torch.py does the same.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402

@@ -51,7 +51,7 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-from jaxsr import models, torch_import  # noqa: E402
+from jaxsr import models, torch_import, xla_options  # noqa: E402
 from jaxsr.models import dan, dssr, kxnet, usrnet  # noqa: E402
 
 TESTS = HERE.parent / "tests"
@@ -212,7 +212,7 @@ def torch_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
 def jax_forward(case: Case, lr: np.ndarray):
     lr_j, extra = jnp.asarray(lr), case.jax_extra(lr.shape[0])
     params = jax.device_put(case.params)
-    fn = jax.jit(case.jax_out)
+    fn = xla_options.jit(case.jax_out)
     compile_s, compiled = common.time_compile(fn, params, lr_j, *extra)
     return compile_s, lambda: jax.block_until_ready(compiled(params, lr_j, *extra))
 
@@ -233,7 +233,7 @@ def jax_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
     lr_j, hr_j, extra = jnp.asarray(lr), jnp.asarray(hr), case.jax_extra(lr.shape[0])
     state = [jax.tree.map(jnp.array, case.params)]
     state.append(tx.init(state[0]))
-    step = jax.jit(make_train_step(case, tx), donate_argnums=(0, 1))
+    step = xla_options.jit(make_train_step(case, tx), donate_argnums=(0, 1))
     compile_s, compiled = common.time_compile(step, state[0], state[1], lr_j, hr_j, extra)
 
     def run():
@@ -316,7 +316,10 @@ def main(argv=None) -> None:
     p.add_argument("--train-size", type=int, default=None, help="LR side of the training input (32; quick 16)")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the rows as JSON")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
     args = p.parse_args(argv)
+    xla_options.ENABLED = not args.xla_defaults
     args.rounds = args.rounds or (5 if args.quick else 7)
     args.forward_size = args.forward_size or (24 if args.quick else 64)
     args.train_size = args.train_size or (16 if args.quick else 32)
@@ -333,6 +336,7 @@ def main(argv=None) -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} | x{SCALE} "
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
+    print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}")
     rows = []
     for name in names:
         case = BUILDERS[name](args.quick)

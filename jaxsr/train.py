@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsr import checkpoints, config_lib, models, preemption, sharding
+from jaxsr import checkpoints, config_lib, models, preemption, sharding, xla_options
 from jaxsr import io as jio
 from jaxsr.data import datasets, pipeline
 from jaxsr.metric_writer import MetricWriter
@@ -82,7 +82,7 @@ def lr_shape(cfg, batch: int) -> tuple[int, int, int, int]:
 def create_train_state(cfg, spec: models.ModelSpec, model, tx) -> TrainState:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     # One compiled init instead of one small compilation per parameter's random draw.
-    init = jax.jit(lambda rng: spec.init(model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
+    init = xla_options.jit(lambda rng: spec.init(model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
     params = init(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
@@ -170,7 +170,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         log("resumed from %s at step %d", ckpt.directory, start_step)
 
     state = jax.device_put(state, repl)
-    step_fn = jax.jit(make_train_step(cfg, model_spec, model, tx, schedule, spec),
+    step_fn = xla_options.jit(make_train_step(cfg, model_spec, model, tx, schedule, spec),
                       in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0)
     validator = Validator(cfg, spec, model_spec, model)
     writer = MetricWriter(workdir, start_step)

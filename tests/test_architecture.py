@@ -19,6 +19,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxsr"
 
 # module prefix -> modules it must never import (directly or lazily)
 FORBIDDEN = {
+    # compile options: the bottom layer, used by ops, models and the loop alike
+    "jaxsr.xla_options": ("jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict",
+                          "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data", "jaxsr.evaluate"),
     "jaxsr.ops": ("jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict", "jaxsr.cli",
                   "jaxsr.main", "jaxsr.convert", "jaxsr.evaluate", "jaxsr.infer", "jaxsr.config_lib",
                   "jaxsr.data", "jaxsr.validation"),

@@ -23,7 +23,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-import jax
+from jaxsr import xla_options
 
 # cfg.model.name -> the file that implements it
 REGISTRY: dict[str, str] = {
@@ -72,7 +72,7 @@ class ModelSpec:
     def jit_predict(self, model, num_iters: int | None = None):
         """predict(params, lr, kernel=None, noise_sigma=None) -> (sr, kernel), jitted. The
         parameters are an argument: closed over, XLA would embed them as constants."""
-        return jax.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
+        return xla_options.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
             model, {"params": params}, lr, num_iters=num_iters, kernel=kernel, noise_sigma=noise_sigma))
 
 

@@ -1,0 +1,77 @@
+"""Compile options for jaxsr's own jitted functions, chosen per backend.
+
+On the CPU, XLA (JAX >= 0.10) hands convolutions and matmuls to YNNPACK by default. For the
+convolutions of these models, XLA's own (Eigen) kernels are much faster on x86: 1.2-1.9x for a
+whole model's forward pass on the 2-core machine of benchmarks/vs_torch.py (see the README's
+benchmark section), with outputs equal within float rounding. So jaxsr compiles its functions
+with YNN fusions switched off on the CPU.
+
+The options are passed per compiled function (`jax.jit(..., compiler_options=...)`), never
+through XLA_FLAGS, so a program that imports jaxsr as a library keeps its own settings. GPU and
+TPU get no options. A JAX whose XLA does not know an option simply runs without it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+# Empty list = no YNNPACK fusions: convolutions and dots go to XLA's Eigen kernels.
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# Set to False (before anything is compiled) to compile with XLA's defaults, e.g. to compare.
+ENABLED = True
+
+
+@functools.cache
+def _cpu_options_supported() -> tuple[tuple[str, str], ...]:
+    """The CPU_OPTIONS this XLA accepts (an unknown name fails at compile time)."""
+    kept = []
+    for name, value in CPU_OPTIONS.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
+        except Exception:  # noqa: BLE001 - any refusal means "not supported by this XLA"
+            continue
+        kept.append((name, value))
+    return tuple(kept)
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """The options jaxsr compiles with on `backend` (default: JAX's default backend)."""
+    if not ENABLED or (backend or jax.default_backend()) != "cpu":
+        return {}
+    return dict(_cpu_options_supported())
+
+
+class _Jit:
+    """`jax.jit(fun, **kwargs)` with `compiler_options()`, built on first use: the backend is
+    only known once JAX has started, which must not happen at import time (multi-host runs
+    call `jax.distributed.initialize` first)."""
+
+    def __init__(self, fun: Callable, kwargs: dict[str, Any]):
+        functools.update_wrapper(self, fun)
+        self._fun, self._kwargs, self._jitted = fun, kwargs, None
+
+    @property
+    def jitted(self):
+        if self._jitted is None:
+            self._jitted = jax.jit(self._fun, compiler_options=compiler_options() or None, **self._kwargs)
+        return self._jitted
+
+    def __call__(self, *args, **kwargs):
+        return self.jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self.jitted.lower(*args, **kwargs)
+
+    def __get__(self, obj, objtype=None):  # usable as a method decorator too
+        return self if obj is None else functools.partial(self, obj)
+
+
+def jit(fun: Callable | None = None, **kwargs) -> Callable:
+    """Drop-in for `jax.jit` (also as `@jit(static_argnames=...)`) that adds the backend's
+    compile options."""
+    if fun is None:
+        return lambda f: _Jit(f, kwargs)
+    return _Jit(fun, kwargs)

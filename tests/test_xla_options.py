@@ -1,0 +1,67 @@
+"""jaxsr's per-backend compile options change speed only, never results."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsr import models, xla_options
+from jaxsr.models import dan, dssr
+
+
+def test_cpu_gets_the_options_and_accelerators_none():
+    assert xla_options.compiler_options("cpu") == xla_options.CPU_OPTIONS
+    assert xla_options.compiler_options("gpu") == {}
+    assert xla_options.compiler_options("tpu") == {}
+
+
+def test_disabled_means_xla_defaults(monkeypatch):
+    monkeypatch.setattr(xla_options, "ENABLED", False)
+    assert xla_options.compiler_options("cpu") == {}
+
+
+def test_an_option_this_xla_does_not_know_is_dropped(monkeypatch):
+    monkeypatch.setattr(xla_options, "CPU_OPTIONS", {"xla_cpu_no_such_option_jaxsr": "1"})
+    xla_options._cpu_options_supported.cache_clear()
+    try:
+        assert xla_options.compiler_options("cpu") == {}
+        assert float(xla_options.jit(lambda x: x * 2)(jnp.float32(3))) == 6.0
+    finally:
+        xla_options._cpu_options_supported.cache_clear()
+
+
+def test_jit_is_built_on_first_call_and_keeps_static_arguments():
+    calls = []
+
+    def f(x, n):
+        calls.append(n)
+        return x * n
+
+    jitted = xla_options.jit(f, static_argnames=("n",))
+    assert jitted._jitted is None and jitted.__name__ == "f"
+    assert float(jitted(jnp.float32(2), n=3)) == 6.0
+    assert float(jitted(jnp.float32(5), n=3)) == 15.0
+    assert calls == [3]  # traced once for n=3
+    assert "xla_cpu" in str(xla_options.compiler_options()) or jax.default_backend() != "cpu"
+    assert jitted.lower(jnp.float32(1), n=2).compile() is not None
+
+
+@pytest.mark.parametrize("name", ["danv1", "dssr"])
+def test_compiled_with_options_equals_xla_defaults(name):
+    """The jitted predictor (jaxsr's options) against plain `jax.jit` (XLA's defaults), on random
+    weights and a random image: the options pick other convolution kernels, not other math."""
+    spec = models.get(name)
+    if name == "danv1":
+        k, c = 11, 5
+        pca = np.linalg.qr(np.random.default_rng(0).standard_normal((k * k, c)))[0].astype(np.float32)
+        model = dan.DANv1(scale=2, kernel_size=k, code_length=c, num_iters=2, pca_matrix=pca, restorer_features=16,
+                          restorer_blocks=2, estimator_features=16, estimator_blocks=1)
+    else:
+        model = dssr.DSSR(scale=2, features=16, structure_blocks=2, refine_blocks=1, num_iters=2)
+    lr = jax.random.uniform(jax.random.key(1), (2, 12, 12, 3))
+    params = spec.init(model, jax.random.key(0), lr)["params"]
+    ours = spec.jit_predict(model)(params, lr)[0]
+    plain = jax.jit(lambda p, x: spec.predict(model, {"params": p}, x)[0])(params, lr)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-5, atol=1e-5)
+    assert float(jnp.std(ours)) > 1e-3  # a real image, not a constant
