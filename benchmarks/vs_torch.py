@@ -318,8 +318,11 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="write the rows as JSON")
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's mmap threshold alone (jaxsr.main raises it on the CPU; both sides share it)")
     args = p.parse_args(argv)
     xla_options.ENABLED = not args.xla_defaults
+    heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
     args.rounds = args.rounds or (5 if args.quick else 7)
     args.forward_size = args.forward_size or (24 if args.quick else 64)
     args.train_size = args.train_size or (16 if args.quick else 32)
@@ -336,7 +339,8 @@ def main(argv=None) -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} | x{SCALE} "
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
-    print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}")
+    print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
+          f"(glibc mmap threshold {xla_options.HEAP_KEEP_BYTES >> 20} MiB, both sides): {heap}")
     rows = []
     for name in names:
         case = BUILDERS[name](args.quick)

@@ -29,13 +29,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
-    from jaxsr import cli, sharding  # after flag parsing, so --help stays fast
+    from jaxsr import cli, sharding, xla_options  # after flag parsing, so --help stays fast
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
           f"{jax.process_count()} processes", flush=True)
     cfg, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     cli.check_backend(cfg, _MODE.value)
+    if jax.default_backend() == "cpu":
+        xla_options.keep_large_buffers_in_heap()
     if _MODE.value == "train":
         cli.train(cfg, workdir)
     elif _MODE.value == "eval":

@@ -12,7 +12,9 @@ TPU get no options. A JAX whose XLA does not know an option simply runs without 
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+import sys
 from typing import Any, Callable
 
 import jax
@@ -42,6 +44,33 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
     if not ENABLED or (backend or jax.default_backend()) != "cpu":
         return {}
     return dict(_cpu_options_supported())
+
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_KEEP_BYTES = 1 << 30
+
+
+def keep_large_buffers_in_heap() -> bool:
+    """Make glibc serve large host buffers from its heap instead of fresh mmap'ed pages.
+
+    XLA:CPU allocates every temporary and output with malloc. glibc maps blocks over 32 MiB
+    (one 256x256x128 float32 feature map) with mmap and unmaps them on free, so each step pays
+    page faults on every large buffer: a 32 MiB pixel shuffle took ~21 ms that way and ~5 ms
+    from the heap on the benchmark machine. Raising the mmap and trim thresholds to 1 GiB keeps
+    freed blocks for reuse (the process keeps up to that much freed memory).
+
+    Process-wide, so only `python -m jaxsr.main` calls it (on the CPU backend) and the
+    benchmarks; a library user may call it too. Returns whether both settings took effect
+    (False off glibc Linux).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES)) & bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
 
 
 class _Jit:
