@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import common  # noqa: E402
 
 import jaxsr.ops.degrade as D  # noqa: E402
+from jaxsr import xla_options  # noqa: E402
 from jaxsr.ops.imresize import _matlab_matrix  # noqa: E402  (the same MATLAB weights, as NumPy)
 
 # --------------------------------------------------------------------------- NumPy / SciPy
@@ -190,12 +191,17 @@ def main(argv=None):
     p.add_argument("--torch-resize", default="matmul", choices=("matmul", "loop"))
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's mmap threshold alone (jaxsr.main raises it on the CPU; all pipelines share it)")
     p.add_argument("--no-host", action="store_true", help="skip the NumPy/SciPy pipeline")
     p.add_argument("--profile", default=None, help="write an XLA trace of the jitted runs here")
     p.add_argument("--out", default=None, help="JSON results file")
     args = p.parse_args(argv)
 
+    heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
     info = common.print_machine()
+    print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
+          f"(all pipelines): {heap}")
     hr_np = np.random.default_rng(0).random((args.batch, args.size, args.size, 3), dtype=np.float32)
     hr = jax.device_put(hr_np)
     if not args.no_torch:
@@ -221,7 +227,7 @@ def main(argv=None):
                 key = jax.random.key(0)
                 fns, compile_s = {}, {}
                 for blur, spec in specs.items():
-                    jitted = jax.jit(D._degrade, static_argnames=("spec",))
+                    jitted = xla_options.jit(D._degrade.__wrapped__, static_argnames=("spec",))
                     compile_s[blur], _ = common.time_compile(jitted, key, hr, spec)
                     fns[blur] = (lambda j=jitted, s=spec: common.block(j(key, hr, s)))
                 any_spec = next(iter(specs.values()))

@@ -21,6 +21,11 @@ time (`lower + compile`) is measured separately and excluded. PyTorch runs with
 `torch.set_num_threads(os.cpu_count())` and `OMP_WAIT_POLICY=PASSIVE` (unless set): with OpenMP's
 default spin-waiting, PyTorch on this shared 2-core machine ran up to 10x slower, and that would
 flatter jaxsr. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
+
+jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.compiler_options()`
+(on the CPU: no YNNPACK fusions; `--xla-defaults` compiles with XLA's defaults instead), and with
+`keep_large_buffers_in_heap()` as `jaxsr.main` sets it on the CPU; that setting is process-wide,
+so PyTorch runs with it too (`--malloc-defaults` leaves glibc alone for both).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import xla_options
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import _matlab_matrix, imresize
 
@@ -616,7 +617,7 @@ def apply_degradation(hr: jax.Array, kernels: jax.Array, spec: DegradationSpec,
     return quantize(lr) if spec.quantize else lr
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
+@functools.partial(xla_options.jit, static_argnames=("spec",))
 def _degrade(rng, hr, spec):
     k_kernel, k_sigma, k_noise = jax.random.split(rng, 3)
     n = hr.shape[0]
