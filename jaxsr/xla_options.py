@@ -73,6 +73,15 @@ def keep_large_buffers_in_heap() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES)) & bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
 
 
+def _tracing(args, kwargs) -> bool:
+    """Whether a JAX trace is under way (or, failing that check, any argument is a tracer)."""
+    try:
+        from jax._src import core as jax_core
+        return not jax_core.trace_state_clean()
+    except (ImportError, AttributeError):
+        return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
+
+
 class _Jit:
     """`jax.jit(fun, **kwargs)` with `compiler_options()`, built on first use: the backend is
     only known once JAX has started, which must not happen at import time (multi-host runs
@@ -81,6 +90,7 @@ class _Jit:
     def __init__(self, fun: Callable, kwargs: dict[str, Any]):
         functools.update_wrapper(self, fun)
         self._fun, self._kwargs, self._jitted = fun, kwargs, None
+        self._nested = jax.jit(fun, **kwargs)
 
     @property
     def jitted(self):
@@ -89,6 +99,10 @@ class _Jit:
         return self._jitted
 
     def __call__(self, *args, **kwargs):
+        # Inside another trace (a caller's jit, grad or vmap) JAX refuses compile options: the
+        # caller's own jit compiles the whole program, so the plain nested jit is used.
+        if _tracing(args, kwargs):
+            return self._nested(*args, **kwargs)
         return self.jitted(*args, **kwargs)
 
     def lower(self, *args, **kwargs):

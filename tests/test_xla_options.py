@@ -47,6 +47,24 @@ def test_jit_is_built_on_first_call_and_keeps_static_arguments():
     assert jitted.lower(jnp.float32(1), n=2).compile() is not None
 
 
+def test_inside_a_callers_jit_grad_and_vmap():
+    """JAX refuses compile options on a nested jit, so inside any trace the plain jit runs:
+    `jaxsr.ops.degrade.degrade` inside a user's (or the training step's) jit must work."""
+    from jaxsr.ops import degrade
+
+    double = xla_options.jit(lambda x: 2.0 * x)
+    x = jnp.arange(3.0)
+    np.testing.assert_allclose(jax.jit(double)(x), [0.0, 2.0, 4.0])
+    np.testing.assert_allclose(jax.grad(lambda v: double(v).sum())(x), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(jax.vmap(double)(x), [0.0, 2.0, 4.0])
+
+    spec = degrade.setting1(2)
+    hr = jax.random.uniform(jax.random.key(0), (2, 24, 24, 3))
+    inside = jax.jit(lambda key, img: degrade.degrade(key, img, spec).lr)(jax.random.key(1), hr)
+    outside = degrade.degrade(jax.random.key(1), hr, spec).lr
+    np.testing.assert_allclose(np.asarray(inside), np.asarray(outside), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["danv1", "dssr"])
 def test_compiled_with_options_equals_xla_defaults(name):
     """The jitted predictor (jaxsr's options) against plain `jax.jit` (XLA's defaults), on random
