@@ -25,7 +25,9 @@ flatter jaxsr. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
 jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.compiler_options()`
 (on the CPU: no YNNPACK fusions; `--xla-defaults` compiles with XLA's defaults instead), and with
 `keep_large_buffers_in_heap()` as `jaxsr.main` sets it on the CPU; that setting is process-wide,
-so PyTorch runs with it too (`--malloc-defaults` leaves glibc alone for both).
+so PyTorch runs with it too (`--malloc-defaults` leaves glibc alone for both). `--conv-gradient xla`
+differentiates jaxsr's convolutions with XLA's backward-filter convolution instead of the per-tap
+matmuls (`jaxsr.models.layers.conv2d`).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations
@@ -57,7 +59,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 from jaxsr import models, torch_import, xla_options  # noqa: E402
-from jaxsr.models import dan, dssr, kxnet, usrnet  # noqa: E402
+from jaxsr.models import dan, dssr, kxnet, layers, usrnet  # noqa: E402
 
 TESTS = HERE.parent / "tests"
 SCALE = 4
@@ -321,12 +323,15 @@ def main(argv=None) -> None:
     p.add_argument("--train-size", type=int, default=None, help="LR side of the training input (32; quick 16)")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the rows as JSON")
+    p.add_argument("--conv-gradient", default="auto", choices=layers.CONV_GRADIENTS,
+                   help="kernel gradient of jaxsr's convolutions (auto = matmul on CPU; xla = XLA's own)")
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's mmap threshold alone (jaxsr.main raises it on the CPU; both sides share it)")
     args = p.parse_args(argv)
     xla_options.ENABLED = not args.xla_defaults
+    layers.CONV_GRADIENT = args.conv_gradient
     heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
     args.rounds = args.rounds or (5 if args.quick else 7)
     args.forward_size = args.forward_size or (24 if args.quick else 64)
@@ -344,6 +349,7 @@ def main(argv=None) -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} | x{SCALE} "
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
+    print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}")
     print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
           f"(glibc mmap threshold {xla_options.HEAP_KEEP_BYTES >> 20} MiB, both sides): {heap}")
     rows = []

@@ -70,7 +70,9 @@ def keep_large_buffers_in_heap() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES)) & bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
+    mmap_set = bool(mallopt(_M_MMAP_THRESHOLD, HEAP_KEEP_BYTES))
+    trim_set = bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEEP_BYTES))
+    return mmap_set and trim_set
 
 
 def _tracing(args, kwargs) -> bool:
@@ -107,9 +109,6 @@ class _Jit:
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
-
-    def __get__(self, obj, objtype=None):  # usable as a method decorator too
-        return self if obj is None else functools.partial(self, obj)
 
 
 def jit(fun: Callable | None = None, **kwargs) -> Callable:
