@@ -46,18 +46,21 @@ def torch_default_bias_init(fan_in: int) -> Callable:
 # ----------------------------------------------------------------------------- convolution
 _NHWC = ("NHWC", "HWIO", "NHWC")
 CONV_GRADIENTS = ("auto", "xla", "matmul")
-# The kernel-gradient method `conv2d` traces with; "auto" picks per backend. Set it (before
-# tracing) only to compare the two, as benchmarks/vs_torch.py --conv-gradient does.
+# The gradient method `conv2d` traces with; "auto" picks per backend. Set it (before tracing)
+# only to compare, as benchmarks/vs_torch.py --conv-gradient does.
 CONV_GRADIENT = "auto"
-# Fewer input or output channels than this: the per-tap matmuls are too skinny to beat XLA's
-# backward-filter convolution (RGB heads and tails keep it).
-MATMUL_GRADIENT_MIN_CHANNELS = 16
+# Fewer channels than this on a side: that side is "narrow" (RGB heads and tails).
+NARROW_CHANNELS = 16
+# Per-tap matmuls beat XLA:CPU's backward-filter convolution up to about this many output
+# pixels (N·Ho·Wo); above it (HR feature maps) the tap copies no longer fit the caches and
+# XLA's own gradient is faster (2x128x128, 64 -> 64: 73 vs 38 ms; 2x64x64: 9 vs 11 ms).
+MATMUL_GRADIENT_MAX_ROWS = 12288
 
 
 def conv_gradient_method(method: str = "auto") -> str:
-    """"xla" or "matmul": how `conv` differentiates w.r.t. its kernel. "auto" is "matmul" on
-    the CPU and "xla" (XLA's own backward-filter convolution) on GPU/TPU, resolved at trace
-    time as `jaxsr.ops.degrade.blur` picks its method."""
+    """"xla" or "matmul": how `conv` differentiates. "auto" is "matmul" on the CPU and "xla"
+    (XLA's own gradient convolutions) on GPU/TPU, resolved at trace time as
+    `jaxsr.ops.degrade.blur` picks its method."""
     if method not in CONV_GRADIENTS:
         raise ValueError(f"conv gradient method must be one of {CONV_GRADIENTS}, got {method!r}")
     if method == "auto":
@@ -75,7 +78,7 @@ def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], stri
     is the zero-padded `x` shifted by (a, b) and strided, G (N·Ho·Wo, O) the output cotangent.
 
     The same sums as XLA's backward-filter convolution (up to float rounding), which XLA:CPU
-    runs at a fraction of its matmul speed (a 3x3 64->64 conv on 2x64x64: ~2x slower)."""
+    runs at a fraction of its matmul speed on LR-sized maps (3x3 64->64 on 2x32x32: ~1.4x slower)."""
     kh, kw, c, o = kernel_shape
     n, ho, wo, _ = g.shape
     (pt, pb), (pl, pr) = padding
@@ -111,21 +114,93 @@ def _conv_bwd(strides, padding, residuals, g):
 conv_matmul_gradient.defvjp(_conv_fwd, _conv_bwd)
 
 
+def cotangent_patches(g: Array, kernel_shape: tuple[int, ...], input_hw: tuple[int, int],
+                      padding: tuple[tuple[int, int], ...]) -> Array:
+    """(N·H·W, kh·kw·O): for every input pixel p and tap (a, b), the output cotangent at the
+    output pixel that reads p through that tap (zero where none does). Stride 1 only."""
+    kh, kw, _, o = kernel_shape
+    n = g.shape[0]
+    h, w = input_hw
+    (pt, _), (pl, _) = padding
+    # input row i meets tap a at output row i + pt - a; padding g by kh - 1 keeps every start >= 0
+    gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    cols = [jax.lax.slice(gp, (0, pt - a + kh - 1, pl - b + kw - 1, 0), (n, pt - a + kh - 1 + h, pl - b + kw - 1 + w, o))
+            for a in range(kh) for b in range(kw)]
+    return jnp.concatenate(cols, axis=-1).reshape(n * h * w, kh * kw * o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_narrow_output(x: Array, w: Array, padding: tuple[tuple[int, int], ...]) -> Array:
+    """A stride-1 `lax.conv_general_dilated` (NHWC, HWIO) with few output channels (an RGB
+    tail), whose gradients both come from the cotangent's patches P (`cotangent_patches`):
+    dw = X^T @ P and dx = P @ W, two matmuls. The patches are only kh·kw·O wide, where XLA:CPU's
+    gradient convolutions run slowly (128 -> 3 on 2x128x128: kernel gradient 49 vs 6 ms).
+
+    The forward pass is XLA's, unchanged."""
+    return _plain_conv(x, w, (1, 1), padding)
+
+
+def _narrow_fwd(x, w, padding):
+    return _plain_conv(x, w, (1, 1), padding), (x, w)
+
+
+def _narrow_bwd(padding, residuals, g):
+    x, w = residuals
+    kh, kw, c, o = w.shape
+    n, h, wd, _ = x.shape
+    patches = cotangent_patches(g, w.shape, (h, wd), padding)
+    dw = jax.lax.dot_general(x.reshape(n * h * wd, c), patches, (((0,), (0,)), ((), ())))  # (C, kh·kw·O)
+    dw = dw.reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
+    dx = patches @ w.transpose(0, 1, 3, 2).reshape(kh * kw * o, c).astype(patches.dtype)
+    return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
+
+
+conv_narrow_output.defvjp(_narrow_fwd, _narrow_bwd)
+
+
+def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                       padding: tuple[tuple[int, int], ...], method: str = "auto") -> str:
+    """How `conv_general_dilated` differentiates a plain NHWC convolution:
+    "narrow_output" (`conv_narrow_output`), "kernel_taps" (`conv_matmul_gradient`) or "xla".
+
+    With `method` "matmul" (the CPU): stride-1 convs to fewer than NARROW_CHANNELS outputs take
+    the cotangent patches; convs with both sides wide take per-tap kernel gradients when the
+    taps do not overlap (stride = kernel size, USRNet's and DSSR's down convs) or the output has
+    at most MATMUL_GRADIENT_MAX_ROWS pixels; everything else keeps XLA's gradients."""
+    if conv_gradient_method(method) != "matmul" or min(min(p) for p in padding) < 0:
+        return "xla"
+    kh, kw, c, o = kernel_shape
+    if tuple(strides) == (1, 1) and o < NARROW_CHANNELS:
+        return "narrow_output"
+    if min(c, o) < NARROW_CHANNELS:
+        return "xla"
+    n, h, w = x_shape[:3]
+    rows = n * ((h + sum(padding[0]) - kh) // strides[0] + 1) * ((w + sum(padding[1]) - kw) // strides[1] + 1)
+    if tuple(strides) == (kh, kw) or rows <= MATMUL_GRADIENT_MAX_ROWS:
+        return "kernel_taps"
+    return "xla"
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """Drop-in for `lax.conv_general_dilated` inside `nn.Conv` (its `conv_general_dilated` field).
 
-    Plain 2-D NHWC/HWIO convolutions with explicit padding use `conv_matmul_gradient` where
-    `conv_gradient_method()` says "matmul" (the CPU); anything else goes to lax unchanged."""
+    Plain 2-D NHWC/HWIO convolutions with explicit padding differentiate as `conv_gradient_plan`
+    says (custom VJPs on the CPU); anything else goes to lax unchanged. Forward outputs are
+    XLA's convolution either way."""
     plain = (lhs.ndim == 4 and not isinstance(padding, str) and feature_group_count == 1 and precision is None
              and not kwargs and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
              and dimension_numbers is not None
              and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-    if plain and min(rhs.shape[2:]) >= MATMUL_GRADIENT_MIN_CHANNELS:
+    if plain:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-        if min(min(p) for p in pads) >= 0 and conv_gradient_method(CONV_GRADIENT) == "matmul":
-            return conv_matmul_gradient(lhs, rhs, tuple(int(s) for s in window_strides), pads)
+        strides = tuple(int(s) for s in window_strides)
+        plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT)
+        if plan == "narrow_output":
+            return conv_narrow_output(lhs, rhs, pads)
+        if plan == "kernel_taps":
+            return conv_matmul_gradient(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                         feature_group_count=feature_group_count, precision=precision, **kwargs)

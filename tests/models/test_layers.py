@@ -1,5 +1,6 @@
-"""`layers.conv2d`'s convolution: on CPU its kernel gradient is one matmul per tap (a custom VJP);
-forward and gradients must match the plain `lax.conv_general_dilated` and its `jax.grad`."""
+"""`layers.conv2d`'s convolution: on CPU it differentiates through custom VJPs (per-tap kernel
+gradients; cotangent patches for narrow outputs); forward and gradients must match the plain
+`lax.conv_general_dilated` and its `jax.grad`."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,14 +41,69 @@ def test_matmul_kernel_gradient_matches_jax_grad_of_the_plain_conv(k, stride, pa
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
 
 
-def test_conv2d_uses_the_matmul_gradient_on_cpu_only(monkeypatch):
+# (kernel, padding top/bottom, left/right) of stride-1 convs, asymmetric ones included
+NARROW_GEOMETRIES = [(3, (1, 1), (1, 1)), (1, (0, 0), (0, 0)), (5, (2, 2), (2, 2)), (3, (0, 0), (0, 0)),
+                     (3, (2, 0), (0, 1)), (4, (1, 2), (2, 1)), (2, (3, 3), (1, 0))]
+
+
+@pytest.mark.parametrize("k,pad_h,pad_w", NARROW_GEOMETRIES)
+@pytest.mark.parametrize("channels", [(16, 3), (5, 2)])
+def test_narrow_output_gradients_match_jax_grad_of_the_plain_conv(k, pad_h, pad_w, channels):
+    c, o = channels
+    rng = np.random.default_rng(k * 100 + sum(pad_h) * 10 + sum(pad_w) + c)
+    x = jnp.asarray(rng.standard_normal((2, 13, 11, c)), jnp.float32)  # odd, non-square
+    w = jnp.asarray(rng.standard_normal((k, k, c, o)) / k, jnp.float32)
+    padding = (pad_h, pad_w)
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    narrow = lambda x, w: layers.conv_narrow_output(x, w, padding)
+    probe = jnp.asarray(rng.standard_normal(conv(x, w).shape), jnp.float32)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)) * probe)
+
+    np.testing.assert_array_equal(narrow(x, w), conv(x, w))  # forward untouched
+    want = jax.grad(loss(conv), argnums=(0, 1))(x, w)
+    got = jax.jit(jax.grad(loss(narrow), argnums=(0, 1)))(x, w)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+def test_cotangent_patches_from_the_definition():
+    """Patch (p, a, b) is the cotangent at the output pixel reading input p through tap (a, b)."""
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((2, 6, 5, 2)).astype(np.float32)  # output of a 3x3 conv, padding (1, 0) x (0, 2)
+    (pt, pb), (pl, pr), k = (1, 0), (0, 2), 3
+    h, w = 6 - pt - pb + k - 1, 5 - pl - pr + k - 1
+    got = np.asarray(layers.cotangent_patches(jnp.asarray(g), (k, k, 4, 2), (h, w), ((pt, pb), (pl, pr))))
+    want = np.zeros((2, h, w, k, k, 2), np.float32)
+    for n, i, j, a, b in np.ndindex(2, h, w, k, k):
+        oi, oj = i + pt - a, j + pl - b
+        if 0 <= oi < g.shape[1] and 0 <= oj < g.shape[2]:
+            want[n, i, j, a, b] = g[n, oi, oj]
+    np.testing.assert_array_equal(got, want.reshape(2 * h * w, k * k * 2))
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,plan", [
+    ((2, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_taps"),      # LR body
+    ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "xla"),            # HR body
+    ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_taps"),   # USRNet down conv
+    ((2, 128, 128, 128), (4, 4, 128, 128), (4, 4), ((0, 0), (0, 0)), "kernel_taps"),  # DSSR down conv
+    ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
+    ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "xla"),             # RGB head
+    ((2, 128, 128, 64), (9, 9, 64, 3), (4, 4), ((4, 4), (4, 4)), "xla"),             # strided narrow
+])
+def test_gradient_plan_per_geometry(x_shape, kernel_shape, strides, padding, plan):
+    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding) == plan
+    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding, "xla") == "xla"
+
+
+def test_conv2d_uses_the_custom_gradients_on_cpu_only(monkeypatch):
     x = jnp.ones((1, 6, 6, 16))
     module = layers.Upsampler(scale=2, out_channels=3)  # a 16 -> 64 conv, then a 16 -> 3 one
     variables = module.init(jax.random.key(0), x)
     traced = lambda: str(jax.make_jaxpr(lambda v: module.apply(v, x))(variables))
     assert jax.default_backend() == "cpu" and layers.conv_gradient_method() == "matmul"
-    # the 3-channel tail is too skinny for per-tap matmuls and keeps XLA's gradient
-    assert traced().count("custom_vjp_call") == 1
+    # per-tap kernel gradient for the 16 -> 64 conv, cotangent patches for the 3-channel tail
+    assert traced().count("custom_vjp_call") == 2
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert layers.conv_gradient_method() == "xla" and "custom_vjp" not in traced()
     monkeypatch.undo()
