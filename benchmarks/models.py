@@ -209,6 +209,9 @@ def main(argv=None) -> None:
                         help="write a jax.profiler trace of each configuration's timed runs under this folder")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if __name__ == "__main__":  # the process settings jaxsr.main uses on the CPU
+        xla_options.restart_with_huge_pages()
+        xla_options.keep_large_buffers_in_heap()
 
     info = common.print_machine()
     args.peak = common.matmul_peak(args.peak_size) if args.peak_size else None

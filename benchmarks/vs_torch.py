@@ -24,8 +24,9 @@ flatter jaxsr. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
 
 jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.compiler_options()`
 (on the CPU: no YNNPACK fusions; `--xla-defaults` compiles with XLA's defaults instead), and with
-`keep_large_buffers_in_heap()` as `jaxsr.main` sets it on the CPU; that setting is process-wide,
-so PyTorch runs with it too (`--malloc-defaults` leaves glibc alone for both). `--conv-gradient xla`
+`keep_large_buffers_in_heap()` and `restart_with_huge_pages()` as `jaxsr.main` sets them on the
+CPU; both are process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone
+for both). `--conv-gradient xla`
 differentiates jaxsr's convolutions with XLA's backward-filter convolution instead of the per-tap
 matmuls (`jaxsr.models.layers.conv2d`).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
@@ -328,8 +329,11 @@ def main(argv=None) -> None:
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
     p.add_argument("--malloc-defaults", action="store_true",
-                   help="leave glibc's mmap threshold alone (jaxsr.main raises it on the CPU; both sides share it)")
+                   help="leave glibc alone: no raised mmap threshold, no huge pages (jaxsr.main sets both on the "
+                        "CPU; both sides share them)")
     args = p.parse_args(argv)
+    if not args.malloc_defaults and __name__ == "__main__":
+        xla_options.restart_with_huge_pages()  # as jaxsr.main does; process-wide, so PyTorch gets it too
     xla_options.ENABLED = not args.xla_defaults
     layers.CONV_GRADIENT = args.conv_gradient
     heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
@@ -351,7 +355,8 @@ def main(argv=None) -> None:
           f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
     print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}")
     print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
-          f"(glibc mmap threshold {xla_options.HEAP_KEEP_BYTES >> 20} MiB, both sides): {heap}")
+          f"(glibc mmap threshold {xla_options.HEAP_KEEP_BYTES >> 20} MiB, both sides): {heap}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     rows = []
     for name in names:
         case = BUILDERS[name](args.quick)

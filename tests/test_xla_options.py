@@ -1,6 +1,10 @@
 """jaxsr's per-backend compile options change speed only, never results."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,3 +87,38 @@ def test_compiled_with_options_equals_xla_defaults(name):
     plain = jax.jit(lambda p, x: spec.predict(model, {"params": p}, x)[0])(params, lr)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-5, atol=1e-5)
     assert float(jnp.std(ours)) > 1e-3  # a real image, not a constant
+
+
+_RESTART_SCRIPT = """
+import os, sys
+print("run", flush=True)
+from jaxsr import xla_options
+xla_options.restart_with_huge_pages()
+print("argv", sys.argv[1:], "tunables", os.environ.get("GLIBC_TUNABLES"))
+"""
+
+
+def _run_restart_script(**env):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", xla_options.HUGE_PAGES_ENV)}
+    full_env.update(env)
+    res = subprocess.run([sys.executable, "-c", _RESTART_SCRIPT, "a b", "--flag=1"], env=full_env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_restart_with_huge_pages_sets_the_tunable_once_and_keeps_the_command_line():
+    out = _run_restart_script(GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("argv ['a b', '--flag=1'] tunables ")
+    wanted = sys.platform.startswith("linux") and "[never]" not in open(xla_options._THP_SETTING).read() \
+        if os.path.exists(xla_options._THP_SETTING) else False
+    if wanted:  # restarted exactly once, the caller's tunables kept
+        assert out.count("run") == 2 and last.endswith("glibc.malloc.arena_max=4:" + xla_options.HUGE_PAGES_TUNABLE)
+    else:
+        assert out.count("run") == 1 and last.endswith("glibc.malloc.arena_max=4")
+
+
+def test_restart_with_huge_pages_opt_out():
+    out = _run_restart_script(**{xla_options.HUGE_PAGES_ENV: "0"})
+    assert out.count("run") == 1 and out.strip().endswith("tunables None")

@@ -102,8 +102,9 @@ def test_conv2d_uses_the_custom_gradients_on_cpu_only(monkeypatch):
     variables = module.init(jax.random.key(0), x)
     traced = lambda: str(jax.make_jaxpr(lambda v: module.apply(v, x))(variables))
     assert jax.default_backend() == "cpu" and layers.conv_gradient_method() == "matmul"
-    # per-tap kernel gradient for the 16 -> 64 conv, cotangent patches for the 3-channel tail
-    assert traced().count("custom_vjp_call") == 2
+    # per-tap kernel gradient for the 16 -> 64 conv, cotangent patches for the 3-channel tail,
+    # and both bias additions
+    assert traced().count("custom_vjp_call") == 4
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert layers.conv_gradient_method() == "xla" and "custom_vjp" not in traced()
     monkeypatch.undo()
@@ -111,6 +112,38 @@ def test_conv2d_uses_the_custom_gradients_on_cpu_only(monkeypatch):
     assert "custom_vjp" not in traced()
     with pytest.raises(ValueError, match="conv gradient method"):
         layers.conv_gradient_method("fast")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_add_bias_gradient_matches_jax_grad(dtype):
+    rng = np.random.default_rng(5)
+    y = jnp.asarray(rng.standard_normal((2, 7, 9, 6)), dtype)
+    bias = jnp.asarray(rng.standard_normal(6), dtype)
+    probe = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    loss = lambda f: lambda y, b: jnp.sum(jnp.sin(f(y, b).astype(jnp.float32)) * probe)
+    np.testing.assert_array_equal(layers.add_bias(y, bias), y + bias)
+    want = jax.grad(loss(lambda y, b: y + b), argnums=(0, 1))(y, bias)
+    got = jax.jit(jax.grad(loss(layers.add_bias), argnums=(0, 1)))(y, bias)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=tol,
+                                   atol=tol * float(jnp.max(jnp.abs(r.astype(jnp.float32)))))
+
+
+def test_conv_module_matches_torch_conv2d_definition():
+    """`Conv` (kernel, bias, stride, padding) against a NumPy cross-correlation from the definition."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    module = layers.Conv(5, 3, stride=2, padding=1)
+    variables = module.init(jax.random.key(0), jnp.asarray(x))
+    w, b = (np.asarray(variables["params"][k]) for k in ("kernel", "bias"))
+    assert w.shape == (3, 3, 3, 5) and b.shape == (5,) and w.dtype == np.float32
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = np.zeros((2, 5, 4, 5), np.float32)
+    for i, j in np.ndindex(5, 4):
+        want[:, i, j] = np.einsum("nabc,abco->no", xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3], w) + b
+    np.testing.assert_allclose(module.apply(variables, jnp.asarray(x)), want, rtol=1e-5, atol=1e-5)
 
 
 def test_model_gradients_equal_with_either_kernel_gradient(monkeypatch):
