@@ -51,10 +51,13 @@ CONV_GRADIENTS = ("auto", "xla", "matmul")
 CONV_GRADIENT = "auto"
 # Fewer channels than this on a side: that side is "narrow" (RGB heads and tails).
 NARROW_CHANNELS = 16
-# Per-tap matmuls beat XLA:CPU's backward-filter convolution up to about this many output
-# pixels (N·Ho·Wo); above it (HR feature maps) the tap copies no longer fit the caches and
-# XLA's own gradient is faster (2x128x128, 64 -> 64: 73 vs 38 ms; 2x64x64: 9 vs 11 ms).
+# Strided convs: per-tap matmuls beat XLA:CPU's backward-filter convolution up to about this many
+# output pixels (N·Ho·Wo); above it the tap copies no longer fit the caches.
 MATMUL_GRADIENT_MAX_ROWS = 12288
+# Stride-1 convs: the row/column stacks of `conv_kernel_gradient` hold 3x the input and 3x the
+# cotangent (for 3x3); up to this many elements in input + cotangent (2x128x128 at 64 -> 64) they
+# beat or match XLA's gradient (41 vs 41-64 ms there; 2x64x64, 64 -> 64: 7.9 vs 12 ms).
+STACKED_GRADIENT_MAX_ELEMENTS = 1 << 22
 
 
 def conv_gradient_method(method: str = "auto") -> str:
@@ -74,16 +77,26 @@ def _plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tup
 
 def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
                          padding: tuple[tuple[int, int], ...]) -> Array:
-    """d<conv(x, w), g>/dw as one matmul per tap: dw[a, b] = X_ab^T @ G, where X_ab (N·Ho·Wo, C)
-    is the zero-padded `x` shifted by (a, b) and strided, G (N·Ho·Wo, O) the output cotangent.
+    """d<conv(x, w), g>/dw as matmuls (the same sums as XLA's backward-filter convolution, up to
+    float rounding; XLA:CPU runs that convolution at a fraction of its matmul speed).
 
-    The same sums as XLA's backward-filter convolution (up to float rounding), which XLA:CPU
-    runs at a fraction of its matmul speed on LR-sized maps (3x3 64->64 on 2x32x32: ~1.4x slower)."""
+    Stride 1: one matmul, R^T @ S, of the padded input's kw column shifts stacked on channels,
+    R[n, r, j, (b, c)] = xp[n, r, j + b, c], and the cotangent's kh row shifts stacked on channels,
+    S[n, r, j, (a, o)] = g[n, r - a, j, o]: summed over (n, r, j) that is sum_i xp[i + a, j + b] g[i, j].
+    Other strides: one matmul per tap, dw[a, b] = X_ab^T @ G, X_ab the strided input window."""
     kh, kw, c, o = kernel_shape
     n, ho, wo, _ = g.shape
     (pt, pb), (pl, pr) = padding
     sh, sw = strides
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    if (sh, sw) == (1, 1):
+        rows = ho + kh - 1  # = the padded input's height
+        r = jnp.concatenate([xp[:, :, b:b + wo, :] for b in range(kw)], axis=-1)
+        gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (0, 0), (0, 0)))
+        s = jnp.concatenate([gp[:, kh - 1 - a:kh - 1 - a + rows] for a in range(kh)], axis=-1)
+        m = n * rows * wo
+        dw = jax.lax.dot_general(r.reshape(m, kw * c), s.reshape(m, kh * o), (((0,), (0,)), ((), ())))
+        return dw.reshape(kw, c, kh, o).transpose(2, 0, 1, 3).astype(g.dtype)
     g2 = g.reshape(n * ho * wo, o)
     taps = []
     for a in range(kh):
@@ -164,9 +177,10 @@ def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], 
     "narrow_output" (`conv_narrow_output`), "kernel_taps" (`conv_matmul_gradient`) or "xla".
 
     With `method` "matmul" (the CPU): stride-1 convs to fewer than NARROW_CHANNELS outputs take
-    the cotangent patches; convs with both sides wide take per-tap kernel gradients when the
-    taps do not overlap (stride = kernel size, USRNet's and DSSR's down convs) or the output has
-    at most MATMUL_GRADIENT_MAX_ROWS pixels; everything else keeps XLA's gradients."""
+    the cotangent patches; convs with both sides wide take `conv_kernel_gradient` when stride 1
+    and input + cotangent hold at most STACKED_GRADIENT_MAX_ELEMENTS, when the taps do not
+    overlap (stride = kernel size, USRNet's and DSSR's down convs), or when strided with at most
+    MATMUL_GRADIENT_MAX_ROWS output pixels; everything else keeps XLA's gradients."""
     if conv_gradient_method(method) != "matmul" or min(min(p) for p in padding) < 0:
         return "xla"
     kh, kw, c, o = kernel_shape
@@ -176,6 +190,8 @@ def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], 
         return "xla"
     n, h, w = x_shape[:3]
     rows = n * ((h + sum(padding[0]) - kh) // strides[0] + 1) * ((w + sum(padding[1]) - kw) // strides[1] + 1)
+    if tuple(strides) == (1, 1):
+        return "kernel_taps" if n * h * w * c + rows * o <= STACKED_GRADIENT_MAX_ELEMENTS else "xla"
     if tuple(strides) == (kh, kw) or rows <= MATMUL_GRADIENT_MAX_ROWS:
         return "kernel_taps"
     return "xla"

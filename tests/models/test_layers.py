@@ -84,7 +84,9 @@ def test_cotangent_patches_from_the_definition():
 
 @pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,plan", [
     ((2, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_taps"),      # LR body
-    ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "xla"),            # HR body
+    ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_taps"),    # USRNet HR level
+    ((2, 128, 128, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "xla"),         # DSSR HR body
+    ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "xla"),            # strided, HR
     ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_taps"),   # USRNet down conv
     ((2, 128, 128, 128), (4, 4, 128, 128), (4, 4), ((0, 0), (0, 0)), "kernel_taps"),  # DSSR down conv
     ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
