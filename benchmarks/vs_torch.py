@@ -26,9 +26,8 @@ jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.com
 (on the CPU: no YNNPACK fusions; `--xla-defaults` compiles with XLA's defaults instead), and with
 `keep_large_buffers_in_heap()` and `restart_with_huge_pages()` as `jaxsr.main` sets them on the
 CPU; both are process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone
-for both). `--conv-gradient xla`
-differentiates jaxsr's convolutions with XLA's backward-filter convolution instead of the per-tap
-matmuls (`jaxsr.models.layers.conv2d`).
+for both). `--conv-gradient xla` differentiates jaxsr's convolutions with XLA's own gradient
+convolutions instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations
@@ -325,7 +324,7 @@ def main(argv=None) -> None:
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the rows as JSON")
     p.add_argument("--conv-gradient", default="auto", choices=layers.CONV_GRADIENTS,
-                   help="kernel gradient of jaxsr's convolutions (auto = matmul on CPU; xla = XLA's own)")
+                   help="gradients of jaxsr's convolutions (auto = the matmul plan on CPU; xla = XLA's own)")
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
     p.add_argument("--malloc-defaults", action="store_true",

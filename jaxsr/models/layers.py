@@ -174,7 +174,7 @@ conv_narrow_output.defvjp(_narrow_fwd, _narrow_bwd)
 def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
                        padding: tuple[tuple[int, int], ...], method: str = "auto") -> str:
     """How `conv_general_dilated` differentiates a plain NHWC convolution:
-    "narrow_output" (`conv_narrow_output`), "kernel_taps" (`conv_matmul_gradient`) or "xla".
+    "narrow_output" (`conv_narrow_output`), "kernel_matmul" (`conv_matmul_gradient`) or "xla".
 
     With `method` "matmul" (the CPU): stride-1 convs to fewer than NARROW_CHANNELS outputs take
     the cotangent patches; convs with both sides wide take `conv_kernel_gradient` when stride 1
@@ -191,9 +191,9 @@ def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], 
     n, h, w = x_shape[:3]
     rows = n * ((h + sum(padding[0]) - kh) // strides[0] + 1) * ((w + sum(padding[1]) - kw) // strides[1] + 1)
     if tuple(strides) == (1, 1):
-        return "kernel_taps" if n * h * w * c + rows * o <= STACKED_GRADIENT_MAX_ELEMENTS else "xla"
+        return "kernel_matmul" if n * h * w * c + rows * o <= STACKED_GRADIENT_MAX_ELEMENTS else "xla"
     if tuple(strides) == (kh, kw) or rows <= MATMUL_GRADIENT_MAX_ROWS:
-        return "kernel_taps"
+        return "kernel_matmul"
     return "xla"
 
 
@@ -215,7 +215,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT)
         if plan == "narrow_output":
             return conv_narrow_output(lhs, rhs, pads)
-        if plan == "kernel_taps":
+        if plan == "kernel_matmul":
             return conv_matmul_gradient(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

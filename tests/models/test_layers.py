@@ -1,4 +1,4 @@
-"""`layers.conv2d`'s convolution: on CPU it differentiates through custom VJPs (per-tap kernel
+"""`layers.conv2d`'s convolution: on CPU it differentiates through custom VJPs (matmul kernel
 gradients; cotangent patches for narrow outputs); forward and gradients must match the plain
 `lax.conv_general_dilated` and its `jax.grad`."""
 import jax
@@ -39,6 +39,20 @@ def test_matmul_kernel_gradient_matches_jax_grad_of_the_plain_conv(k, stride, pa
     for g, r in zip(got, want):
         assert g.shape == r.shape and g.dtype == r.dtype
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+@pytest.mark.parametrize("k,pad_h,pad_w", [(3, (2, 0), (0, 1)), (4, (1, 2), (2, 1)), (2, (3, 3), (1, 0))])
+def test_stacked_kernel_gradient_with_asymmetric_padding(k, pad_h, pad_w):
+    """The stride-1 (stacked shifts) kernel gradient where top/bottom and left/right padding differ."""
+    rng = np.random.default_rng(k * 100 + sum(pad_h) * 10 + sum(pad_w))
+    x = jnp.asarray(rng.standard_normal((2, 13, 11, 5)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 5, 7)) / k, jnp.float32)
+    conv = lambda w: jax.lax.conv_general_dilated(x, w, (1, 1), (pad_h, pad_w), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y, vjp = jax.vjp(conv, w)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    got = layers.conv_kernel_gradient(x, g, w.shape, (1, 1), (pad_h, pad_w))
+    want = vjp(g)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
 # (kernel, padding top/bottom, left/right) of stride-1 convs, asymmetric ones included
@@ -83,12 +97,12 @@ def test_cotangent_patches_from_the_definition():
 
 
 @pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,plan", [
-    ((2, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_taps"),      # LR body
-    ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_taps"),    # USRNet HR level
+    ((2, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),      # LR body
+    ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),    # USRNet HR level
     ((2, 128, 128, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "xla"),         # DSSR HR body
     ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "xla"),            # strided, HR
-    ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_taps"),   # USRNet down conv
-    ((2, 128, 128, 128), (4, 4, 128, 128), (4, 4), ((0, 0), (0, 0)), "kernel_taps"),  # DSSR down conv
+    ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_matmul"),   # USRNet down conv
+    ((2, 128, 128, 128), (4, 4, 128, 128), (4, 4), ((0, 0), (0, 0)), "kernel_matmul"),  # DSSR down conv
     ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
     ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "xla"),             # RGB head
     ((2, 128, 128, 64), (9, 9, 64, 3), (4, 4), ((4, 4), (4, 4)), "xla"),             # strided narrow
@@ -104,7 +118,7 @@ def test_conv2d_uses_the_custom_gradients_on_cpu_only(monkeypatch):
     variables = module.init(jax.random.key(0), x)
     traced = lambda: str(jax.make_jaxpr(lambda v: module.apply(v, x))(variables))
     assert jax.default_backend() == "cpu" and layers.conv_gradient_method() == "matmul"
-    # per-tap kernel gradient for the 16 -> 64 conv, cotangent patches for the 3-channel tail,
+    # matmul kernel gradient for the 16 -> 64 conv, cotangent patches for the 3-channel tail,
     # and both bias additions
     assert traced().count("custom_vjp_call") == 4
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
