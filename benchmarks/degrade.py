@@ -192,14 +192,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--malloc-defaults", action="store_true",
-                   help="leave glibc alone: no raised mmap threshold, no huge pages (jaxsr.main sets both on the CPU; "
+                   help="leave glibc alone: no heap tunables, no huge pages (jaxsr.main sets both on the CPU; "
                         "all pipelines share them)")
     p.add_argument("--no-host", action="store_true", help="skip the NumPy/SciPy pipeline")
     p.add_argument("--profile", default=None, help="write an XLA trace of the jitted runs here")
     p.add_argument("--out", default=None, help="JSON results file")
     args = p.parse_args(argv)
     if not args.malloc_defaults and __name__ == "__main__":
-        xla_options.restart_with_huge_pages()  # as jaxsr.main does; all pipelines share it
+        xla_options.restart_with_malloc_tuning()  # as jaxsr.main does; all pipelines share it
 
     heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
     info = common.print_machine()

@@ -210,7 +210,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if __name__ == "__main__":  # the process settings jaxsr.main uses on the CPU
-        xla_options.restart_with_huge_pages()
+        xla_options.restart_with_malloc_tuning()
         xla_options.keep_large_buffers_in_heap()
 
     info = common.print_machine()

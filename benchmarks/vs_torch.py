@@ -24,10 +24,11 @@ flatter jaxsr. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
 
 jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.compiler_options()`
 (on the CPU: no YNNPACK fusions; `--xla-defaults` compiles with XLA's defaults instead), and with
-`keep_large_buffers_in_heap()` and `restart_with_huge_pages()` as `jaxsr.main` sets them on the
-CPU; both are process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone
-for both). `--conv-gradient xla` differentiates jaxsr's convolutions with XLA's own gradient
-convolutions instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`).
+`restart_with_malloc_tuning()` and `keep_large_buffers_in_heap()` as `jaxsr.main` sets them on the
+CPU (glibc: one heap for all threads that keeps large blocks, transparent huge pages); they are
+process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone for both).
+`--conv-gradient xla` differentiates jaxsr's convolutions with XLA's own gradient convolutions
+instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations
@@ -249,8 +250,9 @@ def jax_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
     return compile_s, run
 
 
-def interleaved(torch_fn, jax_fn, rounds: int, warmup: int) -> tuple[float, float]:
-    """Medians (s) of `rounds` alternating timed calls, after `warmup` calls of each."""
+def interleaved(torch_fn, jax_fn, rounds: int, warmup: int) -> tuple[float, float, dict[str, list[float]]]:
+    """Medians (s) of `rounds` alternating timed calls, after `warmup` calls of each, and every
+    timed call (s) per side."""
     for _ in range(warmup):
         torch_fn()
         jax_fn()
@@ -261,7 +263,7 @@ def interleaved(torch_fn, jax_fn, rounds: int, warmup: int) -> tuple[float, floa
             t = time.perf_counter()
             fn()
             times[side].append(time.perf_counter() - t)
-    return statistics.median(times["torch"]), statistics.median(times["jax"])
+    return statistics.median(times["torch"]), statistics.median(times["jax"]), times
 
 
 def max_rel_diff(case: Case, lr: np.ndarray, jax_fn) -> float:
@@ -279,13 +281,13 @@ def run_case(case: Case, args) -> dict:
     row["forward_compile_s"], jfwd = jax_forward(case, lr_f)
     row["max_rel_diff"] = max_rel_diff(case, lr_f, jfwd)
     if "forward" in args.parts:
-        row["forward_torch_s"], row["forward_jax_s"] = interleaved(torch_forward(case, lr_f), jfwd,
-                                                                   args.rounds, args.warmup)
+        row["forward_torch_s"], row["forward_jax_s"], row["forward_rounds_s"] = interleaved(
+            torch_forward(case, lr_f), jfwd, args.rounds, args.warmup)
     if "train" in args.parts:
         lr_t, hr_t = images(args.train_batch, args.train_size, seed=2)
         row["train_compile_s"], jstep = jax_train_step(case, lr_t, hr_t)
-        row["train_torch_s"], row["train_jax_s"] = interleaved(torch_train_step(case, lr_t, hr_t), jstep,
-                                                               args.rounds, args.warmup)
+        row["train_torch_s"], row["train_jax_s"], row["train_rounds_s"] = interleaved(
+            torch_train_step(case, lr_t, hr_t), jstep, args.rounds, args.warmup)
     return row
 
 
@@ -328,11 +330,11 @@ def main(argv=None) -> None:
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
     p.add_argument("--malloc-defaults", action="store_true",
-                   help="leave glibc alone: no raised mmap threshold, no huge pages (jaxsr.main sets both on the "
+                   help="leave glibc alone: no heap tunables, no huge pages (jaxsr.main sets both on the "
                         "CPU; both sides share them)")
     args = p.parse_args(argv)
     if not args.malloc_defaults and __name__ == "__main__":
-        xla_options.restart_with_huge_pages()  # as jaxsr.main does; process-wide, so PyTorch gets it too
+        xla_options.restart_with_malloc_tuning()  # as jaxsr.main does; process-wide, so PyTorch gets it too
     xla_options.ENABLED = not args.xla_defaults
     layers.CONV_GRADIENT = args.conv_gradient
     heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
@@ -354,7 +356,7 @@ def main(argv=None) -> None:
           f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
     print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}")
     print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
-          f"(glibc mmap threshold {xla_options.HEAP_KEEP_BYTES >> 20} MiB, both sides): {heap}; "
+          f"(both sides): {heap}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     rows = []
     for name in names:
@@ -362,6 +364,10 @@ def main(argv=None) -> None:
         row = run_case(case, args)
         rows.append(row)
         print(f"# {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+        for part in ("forward", "train"):
+            if f"{part}_rounds_s" in row:
+                print(f"#   {part} rounds (s): " + "; ".join(
+                    f"{side} " + " ".join(f"{t:.2f}" for t in ts) for side, ts in row[f"{part}_rounds_s"].items()))
     print_table(rows, args)
     print("# load average at the end (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
     common.write_json(args.out, {"machine": machine, "torch": torch.__version__, "args": vars(args), "rows": rows})

@@ -31,7 +31,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
     from jaxsr import cli, sharding, xla_options  # after flag parsing, so --help stays fast
     if __name__ == "__main__":  # started as `python -m jaxsr.main`, not imported
-        xla_options.restart_with_huge_pages()  # before any device or thread starts; a no-op once set
+        xla_options.restart_with_malloc_tuning()  # before any device or thread starts; a no-op once set
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "

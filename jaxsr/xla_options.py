@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata
+import importlib.util
 import os
 import sys
 from typing import Any, Callable
@@ -49,7 +51,7 @@ def compiler_options(backend: str | None = None) -> dict[str, str]:
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-HEAP_KEEP_BYTES = 1 << 30
+HEAP_KEEP_BYTES = 1 << 30  # mallopt takes an int: at most 2 GiB at run time
 
 
 def keep_large_buffers_in_heap() -> bool:
@@ -61,12 +63,17 @@ def keep_large_buffers_in_heap() -> bool:
     from the heap on the benchmark machine. Raising the mmap and trim thresholds to 1 GiB keeps
     freed blocks for reuse (the process keeps up to that much freed memory).
 
+    The run-time half of `restart_with_malloc_tuning` (which sets larger thresholds, and one
+    heap for all threads, at start-up): where those tunables are already set it leaves them.
     Process-wide, so only `python -m jaxsr.main` calls it (on the CPU backend) and the
-    benchmarks; a library user may call it too. Returns whether both settings took effect
+    benchmarks; a library user may call it too. Returns whether both settings are in effect
     (False off glibc Linux).
     """
     if not sys.platform.startswith("linux"):
         return False
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in tunables and "glibc.malloc.trim_threshold" in tunables:
+        return True  # set at start-up (possibly above what mallopt can take); keep them
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -77,42 +84,93 @@ def keep_large_buffers_in_heap() -> bool:
 
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-# Set to "0" to keep a process from restarting itself with HUGE_PAGES_TUNABLE.
-HUGE_PAGES_ENV = "JAXSR_HUGE_PAGES"
+# Blocks up to this size come from the heap, and freed memory up to it stays there (64 GiB: more
+# than any step's temporaries; the process keeps its peak heap between steps, as it needs it back).
+HEAP_TUNABLE_BYTES = 1 << 36
+# One heap (arena) for every thread: XLA allocates from its worker threads too, and glibc serves a
+# block over 64 MiB asked for on a thread's own arena with a fresh mmap whatever the thresholds.
+HEAP_TUNABLES = ("glibc.malloc.arena_max=1", f"glibc.malloc.mmap_threshold={HEAP_TUNABLE_BYTES}",
+                 f"glibc.malloc.trim_threshold={HEAP_TUNABLE_BYTES}")
+# Set to "0" to keep a process from restarting itself with the tunables.
+MALLOC_TUNING_ENV = "JAXSR_MALLOC_TUNING"
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def huge_pages_wanted() -> bool:
-    """Whether `restart_with_huge_pages` would restart this process: glibc Linux, transparent
-    huge pages not switched off, the tunable not yet set, and no opt-out."""
-    if not sys.platform.startswith("linux") or os.environ.get(HUGE_PAGES_ENV) == "0":
-        return False
-    if "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""):
+def _glibc_linux() -> bool:
+    if not sys.platform.startswith("linux"):
         return False
     try:
-        with open(_THP_SETTING) as f:
-            if "[never]" in f.read():
-                return False
         return bool(os.confstr("CS_GNU_LIBC_VERSION"))
     except (OSError, ValueError):
         return False
 
 
-def restart_with_huge_pages() -> None:
-    """Re-run this process (same PID and command line, `os.execve`) with glibc's malloc asking
-    for transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), if `huge_pages_wanted()`.
+def _huge_pages_available() -> bool:
+    try:
+        with open(_THP_SETTING) as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
 
-    XLA:CPU allocates each step's temporaries (gigabytes for HR-size training) afresh; on 4 KiB
-    pages every step pays a page fault per page: 343k faults and ~1 s of kernel time per
-    USRNet training step (T = 2) on the benchmark machine, 1.5k and 0.2 s with huge pages, for
-    a step 18% faster. glibc reads the tunable only at process start, hence the restart. Call it
-    first thing, before any thread or device starts; `python -m jaxsr.main` and the benchmarks
-    do. Set JAXSR_HUGE_PAGES=0 to opt out.
+
+def accelerator_plugin_installed() -> bool:
+    """Whether JAX could find a GPU/TPU here without starting it: JAX_PLATFORMS names another
+    platform, or a PJRT plugin (the `jax_plugins` namespace or entry points, libtpu) is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return any(p.strip() not in ("cpu", "") for p in platforms.split(","))
+    if importlib.util.find_spec("libtpu") is not None:
+        return True
+    try:
+        if importlib.metadata.entry_points(group="jax_plugins"):
+            return True
+    except Exception:  # noqa: BLE001 - a broken metadata entry is not a plugin
+        pass
+    try:
+        import jax_plugins  # noqa: F401 - namespace package of the CUDA/ROCm plugins
+    except ImportError:
+        return False
+    return True
+
+
+def malloc_tunables_wanted() -> tuple[str, ...]:
+    """The glibc tunables `restart_with_malloc_tuning` would add to GLIBC_TUNABLES: HEAP_TUNABLES
+    and (where transparent huge pages are not off) HUGE_PAGES_TUNABLE, less those whose name the
+    environment already sets. Empty off glibc Linux, where an accelerator plugin is installed
+    (the host then holds no XLA temporaries, and one heap would only make the input pipeline's
+    threads contend), or with JAXSR_MALLOC_TUNING=0."""
+    if os.environ.get(MALLOC_TUNING_ENV) == "0" or not _glibc_linux() or accelerator_plugin_installed():
+        return ()
+    present = {t.split("=")[0] for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t}
+    wanted = HEAP_TUNABLES + ((HUGE_PAGES_TUNABLE,) if _huge_pages_available() else ())
+    return tuple(t for t in wanted if t.split("=")[0] not in present)
+
+
+def restart_with_malloc_tuning() -> None:
+    """Re-run this process (same PID and command line, `os.execve`) with glibc's malloc set up
+    for XLA:CPU's large per-step buffers (`malloc_tunables_wanted()`), if any is missing:
+
+    * transparent huge pages (glibc.malloc.hugetlb=1): a page fault per 2 MiB instead of 4 KiB.
+      XLA:CPU allocates each step's temporaries (gigabytes for HR-size training) afresh: on
+      4 KiB pages, 343k faults and ~1 s of kernel time per USRNet training step (T = 2) on the
+      benchmark machine; 1.5k and 0.2 s with huge pages.
+    * one heap for all threads that keeps blocks of any size (HEAP_TUNABLES), so those buffers
+      are reused from step to step and not faulted in again at all: a DSSR training step had
+      ~2600 huge-page faults and 0.3 s of kernel time with huge pages alone, none with both; and
+      when other work allocates in between (PyTorch's step in benchmarks/vs_torch.py), refaulting
+      cost 1.7-2.6 s of kernel time per step (DSSR step 5.0 -> 5.8 s), none with both. The price:
+      the heap keeps its high-water mark (7.5 GB for that DSSR step with PyTorch alongside), and
+      each time it grows the new memory is faulted in once.
+
+    glibc reads tunables only at process start, hence the restart. Call it first thing, before
+    any thread or device starts; `python -m jaxsr.main` and the benchmarks do. Tunables already
+    in GLIBC_TUNABLES are kept. Set JAXSR_MALLOC_TUNING=0 to opt out.
     """
-    if not huge_pages_wanted():
+    missing = malloc_tunables_wanted()
+    if not missing:
         return
     env = dict(os.environ)
-    env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"), HUGE_PAGES_TUNABLE) if t)
+    env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"),) + missing if t)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, list(sys.orig_argv), env)
