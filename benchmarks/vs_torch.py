@@ -29,17 +29,23 @@ CPU (glibc: one heap for all threads that keeps large blocks, transparent huge p
 process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone for both).
 `--conv-gradient xla` differentiates jaxsr's convolutions with XLA's own gradient convolutions
 instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`).
+Each model runs in a process of its own (as a training run does; `--same-process` runs them all in
+this one): run after the others in one process, DSSR's jaxsr times were 20-25% slower on this machine
+(forward 3.1 -> 3.9 s), PyTorch's unchanged.
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import importlib.util
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -313,6 +319,19 @@ def print_table(rows: list[dict], args) -> None:
         print(f"| {row['model']} | {cells[0]} | {cells[1]} | {compile_s} | {row['max_rel_diff']:.1e} |")
 
 
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv less the given flags and their values (either "--flag value" or "--flag=value")."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not any(arg.startswith(f + "=") for f in flags):
+            out.append(arg)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(BUILDERS), help=f"comma-separated subset of {list(BUILDERS)}")
@@ -332,6 +351,8 @@ def main(argv=None) -> None:
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc alone: no heap tunables, no huge pages (jaxsr.main sets both on the "
                         "CPU; both sides share them)")
+    p.add_argument("--same-process", action="store_true",
+                   help="run every model in this process (default: one child process per model)")
     args = p.parse_args(argv)
     if not args.malloc_defaults and __name__ == "__main__":
         xla_options.restart_with_malloc_tuning()  # as jaxsr.main does; process-wide, so PyTorch gets it too
@@ -359,7 +380,18 @@ def main(argv=None) -> None:
           f"(both sides): {heap}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     rows = []
-    for name in names:
+    if len(names) > 1 and not args.same_process:
+        # One child per model (same flags): what a model leaves in the heap and XLA's caches does
+        # not slow the next one down. Children print their own rounds; their rows come back as JSON.
+        argv = list(sys.argv[1:] if argv is None else argv)
+        for name in names:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "rows.json")
+                subprocess.run([sys.executable, os.path.abspath(__file__), *_without(argv, ("--models", "--out")),
+                                "--models", name, "--out", out, "--same-process"], check=True)
+                with open(out) as f:
+                    rows += json.load(f)["rows"]
+    for name in (names if not rows else []):
         case = BUILDERS[name](args.quick)
         row = run_case(case, args)
         rows.append(row)

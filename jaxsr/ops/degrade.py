@@ -314,6 +314,17 @@ def downsample(images: jax.Array, scale: int, method: str = "bicubic") -> jax.Ar
 # float32 rounding, for any kernel.
 
 
+def _downsampler_matrix(n: int, scale: int, downsampler: str) -> np.ndarray:
+    """M (out, n) float64: output i of the downsampler is sum_r M[i, r] x[r] along one axis."""
+    if downsampler == "sfold":
+        out = -(-n // scale)
+        m = np.zeros((out, n))
+        m[np.arange(out), scale * np.arange(out)] = 1.0
+        return m
+    out = math.ceil(n * (1.0 / scale))  # the size imresize(x, 1 / scale) gives
+    return np.asarray(_matlab_matrix(n, out, 1.0 / scale, True), np.float64)
+
+
 class _AxisPlan(NamedTuple):
     out: int                # number of outputs along the axis
     regular: tuple          # (i0, i1): outputs i0 <= i < i1 share the pattern `taps`
@@ -325,13 +336,8 @@ class _AxisPlan(NamedTuple):
 @functools.lru_cache(maxsize=128)
 def _axis_plan(n: int, scale: int, ksize: int, downsampler: str) -> _AxisPlan:
     """Static (trace-time, NumPy float64) description of one axis of the fused operator."""
-    if downsampler == "sfold":
-        out = -(-n // scale)
-        m = np.zeros((out, n))
-        m[np.arange(out), scale * np.arange(out)] = 1.0
-    else:
-        out = math.ceil(n * (1.0 / scale))  # the size imresize(x, 1 / scale) gives
-        m = np.asarray(_matlab_matrix(n, out, 1.0 / scale, True))
+    m = _downsampler_matrix(n, scale, downsampler)
+    out = m.shape[0]
     spans = []
     for row in m:
         nz = np.flatnonzero(row)
@@ -587,12 +593,7 @@ def _blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsamp
 @functools.lru_cache(maxsize=64)
 def _separable_basis(n: int, scale: int, ksize: int, downsampler: str) -> np.ndarray:
     """T (out, k, n) float64: T[i, a, p] = sum_r M[i, r] [reflect(r + a - k // 2) = p]."""
-    if downsampler == "sfold":
-        out = -(-n // scale)
-        m = np.zeros((out, n))
-        m[np.arange(out), scale * np.arange(out)] = 1.0
-    else:
-        m = np.asarray(_matlab_matrix(n, math.ceil(n * (1.0 / scale)), 1.0 / scale, True), np.float64)
+    m = _downsampler_matrix(n, scale, downsampler)
     pad = ksize // 2
     r = np.arange(n)
     basis = np.zeros((m.shape[0], ksize, n))
