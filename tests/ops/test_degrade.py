@@ -355,3 +355,13 @@ def test_degrade_isotropic_takes_the_separable_path_with_the_same_result(spec, m
 def test_separable_bad_input_raises_named_value_error(taps_h, taps_w, match):
     with pytest.raises(ValueError, match=match):
         D.separable_blur_downsample(jnp.zeros((1, 8, 8, 3)), taps_h, taps_w, 2)
+
+
+def test_degrade_isotropic_above_the_separable_size_takes_the_2d_path(monkeypatch):
+    hr = jnp.asarray(_rng(32).random((2, 40, 32, 3)), jnp.float32)
+    key, spec = jax.random.key(4), D.DegradationSpec(scale=2, kernel_size=7, blur_method="fused")
+    monkeypatch.setattr(D, "SEPARABLE_MAX_SIDE", 39)
+    monkeypatch.setattr(D, "separable_blur_downsample", lambda *a, **k: (_ for _ in ()).throw(AssertionError("separable")))
+    got = jax.jit(D._degrade.__wrapped__, static_argnames=("spec",))(key, hr, spec=spec)
+    want = D.degrade(key, hr, D.DegradationSpec(scale=2, kernel_size=7, blur_method="conv"))
+    np.testing.assert_allclose(got.lr, want.lr, atol=2e-6)
