@@ -188,22 +188,12 @@ def _narrow_bwd(padding, residuals, g):
 conv_narrow_output.defvjp(_narrow_fwd, _narrow_bwd)
 
 
-def conv_pointwise(x: Array, w: Array) -> Array:
-    """A 1x1, stride-1, unpadded NHWC convolution as one matmul over the pixels; its gradients are
-    matmuls too (XLA:CPU's gradient convolutions for 1x1 128 -> 128 on 2x128x128: 17 ms; matmuls:
-    see benchmarks)."""
-    n, h, wd, c = x.shape
-    y = jax.lax.dot_general(x.reshape(n * h * wd, c), w.reshape(c, w.shape[-1]), (((1,), (0,)), ((), ())))
-    return y.reshape(n, h, wd, w.shape[-1])
-
-
 def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
                        padding: tuple[tuple[int, int], ...], method: str = "auto") -> str:
-    """How `conv_general_dilated` differentiates a plain NHWC convolution: "pointwise"
-    (`conv_pointwise`), "narrow_output" (`conv_narrow_output`), "kernel_matmul"
-    (`conv_matmul_gradient`) or "xla".
+    """How `conv_general_dilated` differentiates a plain NHWC convolution:
+    "narrow_output" (`conv_narrow_output`), "kernel_matmul" (`conv_matmul_gradient`) or "xla".
 
-    With `method` "matmul" (the CPU): 1x1 stride-1 unpadded convs are matmuls; stride-1 convs to fewer than NARROW_CHANNELS outputs take
+    With `method` "matmul" (the CPU): stride-1 convs to fewer than NARROW_CHANNELS outputs take
     the cotangent patches; convs with both sides wide take `conv_kernel_gradient` when stride 1
     and input + cotangent hold at most STACKED_GRADIENT_MAX_ELEMENTS, when the taps do not
     overlap (stride = kernel size, USRNet's and DSSR's down convs), or when strided with at most
@@ -211,8 +201,6 @@ def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], 
     if conv_gradient_method(method) != "matmul" or min(min(p) for p in padding) < 0:
         return "xla"
     kh, kw, c, o = kernel_shape
-    if (kh, kw) == (1, 1) and tuple(strides) == (1, 1) and max(max(p) for p in padding) == 0:
-        return "pointwise"
     if tuple(strides) == (1, 1) and o < NARROW_CHANNELS:
         return "narrow_output"
     if min(c, o) < NARROW_CHANNELS:
@@ -231,9 +219,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """Drop-in for `lax.conv_general_dilated` inside `nn.Conv` (its `conv_general_dilated` field).
 
     Plain 2-D NHWC/HWIO convolutions with explicit padding differentiate as `conv_gradient_plan`
-    says (custom VJPs and matmuls on the CPU); anything else goes to lax unchanged. Forward
-    outputs are XLA's convolution, except for 1x1 convs on the CPU (a matmul: the same sums, up to
-    float rounding)."""
+    says (custom VJPs on the CPU); anything else goes to lax unchanged. Forward outputs are XLA's
+    convolution, except for narrow-output convs on the CPU (`narrow_output_forward`: the same sums,
+    up to float rounding)."""
     plain = (lhs.ndim == 4 and not isinstance(padding, str) and feature_group_count == 1 and precision is None
              and not kwargs and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
              and dimension_numbers is not None
@@ -243,8 +231,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         strides = tuple(int(s) for s in window_strides)
         plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT)
-        if plan == "pointwise":
-            return conv_pointwise(lhs, rhs)
         if plan == "narrow_output":
             return conv_narrow_output(lhs, rhs, pads)
         if plan == "kernel_matmul":

@@ -82,24 +82,6 @@ def test_narrow_output_gradients_match_jax_grad_of_the_plain_conv(k, pad_h, pad_
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
 
 
-@pytest.mark.parametrize("shape", [(2, 13, 11, 5, 7), (1, 4, 6, 128, 3), (3, 1, 1, 16, 64)])
-def test_pointwise_conv_and_gradients_match_the_plain_conv(shape):
-    n, h, w_, c, o = shape
-    rng = np.random.default_rng(sum(shape))
-    x = jnp.asarray(rng.standard_normal((n, h, w_, c)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((1, 1, c, o)), jnp.float32)
-    # the definition: y[n, i, j, o] = sum_c x[n, i, j, c] w[0, 0, c, o]
-    want = np.einsum("nijc,co->nijo", np.asarray(x, np.float64), np.asarray(w[0, 0], np.float64))
-    np.testing.assert_allclose(layers.conv_pointwise(x, w), want, rtol=1e-5, atol=1e-5)
-    probe = jnp.asarray(rng.standard_normal((n, h, w_, o)), jnp.float32)
-    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)) * probe)
-    got = jax.jit(jax.grad(loss(layers.conv_pointwise), argnums=(0, 1)))(x, w)
-    ref = jax.grad(loss(lambda x, w: plain(x, w, 1, 0)), argnums=(0, 1))(x, w)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape and g.dtype == r.dtype
-        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
-
-
 def test_cotangent_patches_from_the_definition():
     """Patch (p, a, b) is the cotangent at the output pixel reading input p through tap (a, b)."""
     rng = np.random.default_rng(3)
@@ -123,8 +105,6 @@ def test_cotangent_patches_from_the_definition():
     ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_matmul"),   # USRNet down conv
     ((2, 128, 128, 128), (4, 4, 128, 128), (4, 4), ((0, 0), (0, 0)), "kernel_matmul"),  # DSSR down conv
     ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
-    ((2, 128, 128, 128), (1, 1, 128, 128), (1, 1), ((0, 0), (0, 0)), "pointwise"),    # DSSR's gamma/beta
-    ((2, 128, 128, 128), (1, 1, 128, 3), (1, 1), ((0, 0), (0, 0)), "pointwise"),
     ((2, 16, 16, 64), (1, 1, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),      # padded 1x1: a conv
     ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "xla"),             # RGB head
     ((2, 128, 128, 64), (9, 9, 64, 3), (4, 4), ((4, 4), (4, 4)), "xla"),             # strided narrow
