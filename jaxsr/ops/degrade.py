@@ -15,7 +15,9 @@ Conventions
   axes (σx, σy) and the rotation θ: Σ = R(θ) diag(σx², σy²) R(θ)ᵀ.
 - `degrade` / `apply_degradation` on CPU do not blur at full resolution: `blur_downsample`
   evaluates blur-then-downsample only at the kept pixels (equal to the two-step path up to
-  float32 rounding). `DegradationSpec.blur_method` picks the implementation per backend.
+  float32 rounding); for the isotropic kernels it samples itself, `degrade` uses
+  `separable_blur_downsample` (two matrix products per image) instead. `DegradationSpec.blur_method`
+  picks the implementation per backend.
 
 Quick use::
 
@@ -674,10 +676,14 @@ class Degraded(NamedTuple):
 
 
 def apply_degradation(hr: jax.Array, kernels: jax.Array, spec: DegradationSpec,
-                      noise_sigma=None, rng: jax.Array | None = None, *, _separable: bool = False) -> jax.Array:
-    """Degrade `hr` with given kernels (and optional noise levels): the deterministic half of `degrade`.
+                      noise_sigma=None, rng: jax.Array | None = None) -> jax.Array:
+    """Degrade `hr` with given kernels (and optional noise levels): the deterministic half of `degrade`."""
+    return _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable=False)
 
-    (`_separable` is `degrade`'s: its kernels are isotropic Gaussians, so outer products.)"""
+
+def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> jax.Array:
+    """`apply_degradation`; `separable` says the kernels are outer products (only `degrade` knows:
+    it sampled them), which lets the fused method take `separable_blur_downsample`."""
     _checks.check_images("hr", hr)
     n, h, w, _ = hr.shape
     if h % spec.scale or w % spec.scale:
@@ -689,7 +695,7 @@ def apply_degradation(hr: jax.Array, kernels: jax.Array, spec: DegradationSpec,
     method = spec.blur_method
     if method == "auto":
         method = "fused" if jax.default_backend() == "cpu" else "conv"
-    if method == "fused" and _separable and max(h, w) <= SEPARABLE_MAX_SIDE:
+    if method == "fused" and separable and max(h, w) <= SEPARABLE_MAX_SIDE:
         lr = separable_blur_downsample(hr, *separable_factors(kernels), spec.scale, spec.downsampler)
     elif method == "fused":
         lr = blur_downsample(hr, kernels, spec.scale, spec.downsampler)
@@ -711,10 +717,10 @@ def _degrade(rng, hr, spec):
     lo, hi = spec.noise_range
     if hi > 0:
         sigma = jax.random.uniform(k_sigma, (n,), minval=lo, maxval=hi)
-        lr = apply_degradation(hr, kernels, spec, sigma, k_noise, _separable=separable)
+        lr = _apply_degradation(hr, kernels, spec, sigma, k_noise, separable)
     else:
         sigma = jnp.zeros((n,), jnp.float32)
-        lr = apply_degradation(hr, kernels, spec, _separable=separable)
+        lr = _apply_degradation(hr, kernels, spec, None, None, separable)
     return Degraded(lr, kernels, sigma)
 
 
