@@ -42,6 +42,7 @@ import json
 import importlib.util
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -256,20 +257,97 @@ def jax_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
     return compile_s, run
 
 
-def interleaved(torch_fn, jax_fn, rounds: int, warmup: int) -> tuple[float, float, dict[str, list[float]]]:
-    """Medians (s) of `rounds` alternating timed calls, after `warmup` calls of each, and every
-    timed call (s) per side."""
-    for _ in range(warmup):
-        torch_fn()
-        jax_fn()
-    times = {"torch": [], "jax": []}
+def minor_faults() -> int:
+    """Page faults this process has taken so far (first touches of fresh memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(fn: Callable) -> Callable[[], tuple[float, int]]:
+    """fn as a call that returns (wall seconds, page faults taken during it)."""
+    def run():
+        faults, t = minor_faults(), time.perf_counter()
+        fn()
+        return time.perf_counter() - t, minor_faults() - faults
+    return run
+
+
+# A warm-up call that takes more page faults than this grew its process's heap (a steady-state
+# step takes none); warm-up goes on until neither side does, for at most --max-warmup calls.
+WARM_FAULTS = 100
+
+
+def interleaved(torch_fn, jax_fn, rounds: int, warmup: int, max_warmup: int) -> dict[str, Any]:
+    """Medians (s) of `rounds` alternating timed calls, after warm-up calls of each side, with every
+    timed call's seconds and page faults. `torch_fn` and `jax_fn` return (seconds, page faults).
+
+    Warm-up: `warmup` calls of each side, and more (up to `max_warmup` in all) while a side's last
+    call still page-faulted (its heap was still growing to the step's high-water mark)."""
+    warm = 0
+    while True:
+        faults = [torch_fn()[1], jax_fn()[1]]
+        warm += 1
+        if warm >= max_warmup or (warm >= warmup and max(faults) <= WARM_FAULTS):
+            break
+    times: dict[str, list] = {"torch": [], "jax": []}
+    faults = {"torch": [], "jax": []}
     for r in range(rounds):
         order = (("torch", torch_fn), ("jax", jax_fn)) if r % 2 == 0 else (("jax", jax_fn), ("torch", torch_fn))
         for side, fn in order:
-            t = time.perf_counter()
-            fn()
-            times[side].append(time.perf_counter() - t)
-    return statistics.median(times["torch"]), statistics.median(times["jax"]), times
+            seconds, n = fn()
+            times[side].append(seconds)
+            faults[side].append(n)
+    return {"torch_s": statistics.median(times["torch"]), "jax_s": statistics.median(times["jax"]),
+            "rounds_s": times, "page_faults": faults, "warmup_calls": warm}
+
+
+class TorchWorker:
+    """PyTorch's side of one model in a process of its own (this script with --torch-worker): it
+    builds the same case (the same seeded weights and inputs) and runs one forward or training call
+    per request, timing it itself. A training run never shares its process with the other
+    framework; sharing one glibc heap, each side's allocations between the other's steps split the
+    free blocks the other reuses, and jaxsr's heap kept growing (2000 huge-page faults, 9-19 s of
+    kernel time in a 12 s USRNet step, in rounds after warm-up)."""
+
+    def __init__(self, name: str, args):
+        argv = [sys.executable, os.path.abspath(__file__), "--torch-worker", name,
+                "--forward-size", str(args.forward_size), "--forward-batch", str(args.forward_batch),
+                "--train-size", str(args.train_size), "--train-batch", str(args.train_batch)]
+        if args.quick:
+            argv.append("--quick")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self._reply() != "ready":
+            raise RuntimeError("the PyTorch worker did not start")
+
+    def _reply(self) -> str:
+        line = self.proc.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"the PyTorch worker exited (code {self.proc.wait()})")
+        return line
+
+    def call(self, part: str) -> tuple[float, int]:
+        self.proc.stdin.write(part + "\n")
+        self.proc.stdin.flush()
+        seconds, faults = self._reply().split()
+        return float(seconds), int(faults)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def torch_worker(name: str, args) -> None:
+    """The --torch-worker loop: read "forward" / "train" lines, answer "<seconds> <page faults>"."""
+    protocol, sys.stdout = sys.stdout, sys.stderr  # anything else printed goes to stderr
+    torch.set_num_threads(os.cpu_count())
+    case = BUILDERS[name](args.quick)
+    lr_f, _ = images(args.forward_batch, args.forward_size, seed=1)
+    lr_t, hr_t = images(args.train_batch, args.train_size, seed=2)
+    calls = {"forward": timed(torch_forward(case, lr_f)), "train": timed(torch_train_step(case, lr_t, hr_t))}
+    print("ready", file=protocol, flush=True)
+    for line in sys.stdin:
+        seconds, faults = calls[line.strip()]()
+        print(f"{seconds:.6f} {faults}", file=protocol, flush=True)
 
 
 def max_rel_diff(case: Case, lr: np.ndarray, jax_fn) -> float:
@@ -286,14 +364,25 @@ def run_case(case: Case, args) -> dict:
     lr_f, _ = images(args.forward_batch, args.forward_size, seed=1)
     row["forward_compile_s"], jfwd = jax_forward(case, lr_f)
     row["max_rel_diff"] = max_rel_diff(case, lr_f, jfwd)
-    if "forward" in args.parts:
-        row["forward_torch_s"], row["forward_jax_s"], row["forward_rounds_s"] = interleaved(
-            torch_forward(case, lr_f), jfwd, args.rounds, args.warmup)
-    if "train" in args.parts:
-        lr_t, hr_t = images(args.train_batch, args.train_size, seed=2)
-        row["train_compile_s"], jstep = jax_train_step(case, lr_t, hr_t)
-        row["train_torch_s"], row["train_jax_s"], row["train_rounds_s"] = interleaved(
-            torch_train_step(case, lr_t, hr_t), jstep, args.rounds, args.warmup)
+    worker = None if args.torch_in_process else TorchWorker(case.name, args)
+    lr_t, hr_t = images(args.train_batch, args.train_size, seed=2)
+    try:
+        for part in ("forward", "train"):
+            if part not in args.parts:
+                continue
+            if part == "forward":
+                jax_fn, torch_fn = jfwd, (None if worker else torch_forward(case, lr_f))
+            else:
+                row["train_compile_s"], jax_fn = jax_train_step(case, lr_t, hr_t)
+                torch_fn = None if worker else torch_train_step(case, lr_t, hr_t)
+            torch_call = (lambda p=part: worker.call(p)) if worker else timed(torch_fn)
+            result = interleaved(torch_call, timed(jax_fn), args.rounds, args.warmup, args.max_warmup)
+            row[f"{part}_torch_s"], row[f"{part}_jax_s"] = result["torch_s"], result["jax_s"]
+            row[f"{part}_rounds_s"], row[f"{part}_page_faults"] = result["rounds_s"], result["page_faults"]
+            row[f"{part}_warmup_calls"] = result["warmup_calls"]
+    finally:
+        if worker:
+            worker.close()
     return row
 
 
@@ -338,7 +427,9 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="reduced widths and image sizes")
     p.add_argument("--parts", default="forward,train")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per side (default 7; 5 with --quick)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="warm-up calls per side, at least")
+    p.add_argument("--max-warmup", type=int, default=6,
+                   help="warm-up calls per side at most, while a call still page-faults (its heap grows)")
     p.add_argument("--forward-size", type=int, default=None, help="LR side of the forward input (64; quick 24)")
     p.add_argument("--forward-batch", type=int, default=1)
     p.add_argument("--train-size", type=int, default=None, help="LR side of the training input (32; quick 16)")
@@ -351,6 +442,9 @@ def main(argv=None) -> None:
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc alone: no heap tunables, no huge pages (jaxsr.main sets both on the "
                         "CPU; both sides share them)")
+    p.add_argument("--torch-in-process", action="store_true",
+                   help="run PyTorch in this process (default: a worker process of its own, rounds still interleaved)")
+    p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--same-process", action="store_true",
                    help="run every model in this process (default: one child process per model)")
     args = p.parse_args(argv)
@@ -363,6 +457,9 @@ def main(argv=None) -> None:
     args.forward_size = args.forward_size or (24 if args.quick else 64)
     args.train_size = args.train_size or (16 if args.quick else 32)
     args.parts = tuple(args.parts.split(","))
+    if args.torch_worker:
+        torch_worker(args.torch_worker, args)
+        return
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(BUILDERS))
     if unknown:
@@ -374,7 +471,8 @@ def main(argv=None) -> None:
     print(f"# PyTorch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} | x{SCALE} "
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
-          f"{args.warmup} warm-up calls, medians; jaxsr compile excluded")
+          f"{args.warmup}-{args.max_warmup} warm-up calls (until no page faults), medians; jaxsr compile excluded; "
+          f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
     print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}")
     print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
           f"(both sides): {heap}; "
@@ -399,7 +497,10 @@ def main(argv=None) -> None:
         for part in ("forward", "train"):
             if f"{part}_rounds_s" in row:
                 print(f"#   {part} rounds (s): " + "; ".join(
-                    f"{side} " + " ".join(f"{t:.2f}" for t in ts) for side, ts in row[f"{part}_rounds_s"].items()))
+                    f"{side} " + " ".join(f"{t:.2f}" for t in ts) for side, ts in row[f"{part}_rounds_s"].items())
+                    + f" | page faults: " + "; ".join(f"{side} " + " ".join(map(str, n))
+                                                     for side, n in row[f"{part}_page_faults"].items())
+                    + f" | warm-up calls {row[f'{part}_warmup_calls']}")
     print_table(rows, args)
     print("# load average at the end (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
     common.write_json(args.out, {"machine": machine, "torch": torch.__version__, "args": vars(args), "rows": rows})
