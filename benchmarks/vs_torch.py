@@ -442,6 +442,8 @@ def main(argv=None) -> None:
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc alone: no heap tunables, no huge pages (jaxsr.main sets both on the "
                         "CPU; both sides share them)")
+    p.add_argument("--async-dispatch", action="store_true",
+                   help="keep JAX's asynchronous CPU dispatch (jaxsr.main runs CPU executions inline)")
     p.add_argument("--torch-in-process", action="store_true",
                    help="run PyTorch in this process (default: a worker process of its own, rounds still interleaved)")
     p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
@@ -450,6 +452,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not args.malloc_defaults and __name__ == "__main__":
         xla_options.restart_with_malloc_tuning()  # as jaxsr.main does; process-wide, so PyTorch gets it too
+    if not args.async_dispatch:
+        xla_options.run_cpu_executions_inline()  # as jaxsr.main does: a step's temporaries freed before the next's
     xla_options.ENABLED = not args.xla_defaults
     layers.CONV_GRADIENT = args.conv_gradient
     heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
@@ -476,7 +480,8 @@ def main(argv=None) -> None:
     print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}")
     print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
           f"(both sides): {heap}; "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}; CPU executions "
+          f"{'dispatched asynchronously' if args.async_dispatch else 'inline'}")
     rows = []
     if len(names) > 1 and not args.same_process:
         # One child per model (same flags): what a model leaves in the heap and XLA's caches does

@@ -32,6 +32,7 @@ def main(argv):
     from jaxsr import cli, sharding, xla_options  # after flag parsing, so --help stays fast
     if __name__ == "__main__":  # started as `python -m jaxsr.main`, not imported
         xla_options.restart_with_malloc_tuning()  # before any device or thread starts; a no-op once set
+        xla_options.run_cpu_executions_inline()  # one step's temporaries freed before the next's
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "

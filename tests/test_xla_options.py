@@ -171,3 +171,27 @@ def test_no_malloc_tuning_where_jax_would_use_an_accelerator(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     assert not xla_options.accelerator_plugin_installed()
     assert bool(xla_options.malloc_tunables_wanted()) == _glibc_linux()
+
+
+_INLINE_SCRIPT = """
+import sys, jax, jax.numpy as jnp
+from jaxsr import xla_options
+inline = sys.argv[1] == "inline"
+if inline:
+    assert xla_options.run_cpu_executions_inline()
+x = jnp.ones((768, 768), jnp.float32)
+f = jax.jit(lambda x: jax.lax.fori_loop(0, 40, lambda i, y: jnp.tanh(y @ x) , x))
+f(x).block_until_ready()
+ready = [f(x).is_ready() for _ in range(3)]
+print("ready", all(ready), "late", xla_options.run_cpu_executions_inline())
+"""
+
+
+@pytest.mark.parametrize("mode", ["inline", "async"])
+def test_cpu_executions_run_inline_only_when_asked_before_the_backend_starts(mode):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _INLINE_SCRIPT, mode], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    # inline: the result is complete when the call returns; queued (JAX's default), a 40-matmul
+    # loop is still running. Once the backend runs, the switch refuses (it would change nothing).
+    assert out.split() == ["ready", str(mode == "inline"), "late", "False"], out
