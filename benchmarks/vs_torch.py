@@ -312,8 +312,8 @@ class TorchWorker:
         argv = [sys.executable, os.path.abspath(__file__), "--torch-worker", name,
                 "--forward-size", str(args.forward_size), "--forward-batch", str(args.forward_batch),
                 "--train-size", str(args.train_size), "--train-batch", str(args.train_batch)]
-        if args.quick:
-            argv.append("--quick")
+        argv += [flag for flag, on in (("--quick", args.quick), ("--malloc-defaults", args.malloc_defaults),
+                                       ("--async-dispatch", args.async_dispatch)) if on]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self._reply() != "ready":
             raise RuntimeError("the PyTorch worker did not start")
@@ -371,11 +371,13 @@ def run_case(case: Case, args) -> dict:
             if part not in args.parts:
                 continue
             if part == "forward":
-                jax_fn, torch_fn = jfwd, (None if worker else torch_forward(case, lr_f))
+                jax_fn = jfwd
             else:
                 row["train_compile_s"], jax_fn = jax_train_step(case, lr_t, hr_t)
-                torch_fn = None if worker else torch_train_step(case, lr_t, hr_t)
-            torch_call = (lambda p=part: worker.call(p)) if worker else timed(torch_fn)
+            if worker:
+                torch_call = lambda p=part: worker.call(p)
+            else:
+                torch_call = timed(torch_forward(case, lr_f) if part == "forward" else torch_train_step(case, lr_t, hr_t))
             result = interleaved(torch_call, timed(jax_fn), args.rounds, args.warmup, args.max_warmup)
             row[f"{part}_torch_s"], row[f"{part}_jax_s"] = result["torch_s"], result["jax_s"]
             row[f"{part}_rounds_s"], row[f"{part}_page_faults"] = result["rounds_s"], result["page_faults"]

@@ -180,7 +180,7 @@ inline = sys.argv[1] == "inline"
 if inline:
     assert xla_options.run_cpu_executions_inline()
 x = jnp.ones((768, 768), jnp.float32)
-f = jax.jit(lambda x: jax.lax.fori_loop(0, 40, lambda i, y: jnp.tanh(y @ x) , x))
+f = jax.jit(lambda x: jax.lax.fori_loop(0, 40, lambda i, y: jnp.tanh(y @ x), x))
 f(x).block_until_ready()
 ready = [f(x).is_ready() for _ in range(3)]
 print("ready", all(ready), "late", xla_options.run_cpu_executions_inline())
