@@ -14,8 +14,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsr import cpu_gemm
-
 Array = jax.Array
 
 
@@ -99,14 +97,14 @@ def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], stri
         r = jnp.stack([xp[:, :, b:b + wo, :] for b in range(kw)], axis=-2).reshape(n, rows, wo, kw * c)
         s = jnp.stack([gp[:, kh - 1 - a:kh - 1 - a + rows] for a in range(kh)], axis=-2).reshape(n, rows, wo, kh * o)
         m = n * rows * wo
-        dw = cpu_gemm.matmul(r.reshape(m, kw * c), s.reshape(m, kh * o), transpose_a=True)
+        dw = jax.lax.dot_general(r.reshape(m, kw * c), s.reshape(m, kh * o), (((0,), (0,)), ((), ())))
         return dw.reshape(kw, c, kh, o).transpose(2, 0, 1, 3).astype(g.dtype)
     g2 = g.reshape(n * ho * wo, o)
     taps = []
     for a in range(kh):
         for b in range(kw):
             xs = jax.lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-            taps.append(cpu_gemm.matmul(xs.reshape(n * ho * wo, c), g2, transpose_a=True))
+            taps.append(jax.lax.dot_general(xs.reshape(n * ho * wo, c), g2, (((0,), (0,)), ((), ()))))
     return jnp.stack(taps).reshape(kernel_shape).astype(g.dtype)
 
 
@@ -166,7 +164,8 @@ def narrow_output_forward(x: Array, w: Array, padding: tuple[tuple[int, int], ..
     n, h, wd, _ = x.shape
     (pt, pb), (pl, pr) = padding
     ho, wo = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
-    z = cpu_gemm.matmul(x.reshape(n * h * wd, c), w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o))
+    z = jax.lax.dot_general(x.reshape(n * h * wd, c), w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o),
+                            (((1,), (0,)), ((), ())))
     z = jnp.pad(z.reshape(n, h, wd, kh, kw, o), ((0, 0), (pt, pb), (pl, pr), (0, 0), (0, 0), (0, 0)))
     # z's row r is input row r - pt, so output row i meets tap a at z row i + a
     taps = [z[:, a:a + ho, b:b + wo, a, b, :] for a in range(kh) for b in range(kw)]
@@ -182,9 +181,9 @@ def _narrow_bwd(padding, residuals, g):
     kh, kw, c, o = w.shape
     n, h, wd, _ = x.shape
     patches = cotangent_patches(g, w.shape, (h, wd), padding)
-    dw = cpu_gemm.matmul(x.reshape(n * h * wd, c), patches, transpose_a=True)  # (C, kh·kw·O)
+    dw = jax.lax.dot_general(x.reshape(n * h * wd, c), patches, (((0,), (0,)), ((), ())))  # (C, kh·kw·O)
     dw = dw.reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
-    dx = cpu_gemm.matmul(patches, w.transpose(0, 1, 3, 2).reshape(kh * kw * o, c).astype(patches.dtype))
+    dx = patches @ w.transpose(0, 1, 3, 2).reshape(kh * kw * o, c).astype(patches.dtype)
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
 
 
