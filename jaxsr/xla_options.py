@@ -187,8 +187,9 @@ def run_cpu_executions_inline() -> bool:
     grew it by 3.9 GB in 4 of its first 8 steps and now and then later, each time ~2000 huge-page
     faults and 16-19 s of kernel time on the 2-core benchmark VM, in a 10-12 s step. Run inline, one
     step's temporaries are freed before the next is allocated (none of 12 traced steps allocated
-    while another's were live; no page faults in the timed USRNet rounds of vs_torch). The price is that Python no longer runs ahead of the computation (the input pipeline
-    still prefetches in its own threads). Multi-device computations are not affected.
+    while another's were live; no page faults in the timed USRNet rounds of vs_torch). The price is
+    that Python no longer runs ahead of the computation (the input pipeline still prefetches in its
+    own threads). Multi-device computations are not affected.
 
     Process-wide and read when the CPU backend starts, so call it before anything touches a device;
     `python -m jaxsr.main` does. Returns False (and changes nothing) once a backend is running.
