@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxsr import cpu_kernels
+
 Array = jax.Array
 
 
@@ -77,8 +79,19 @@ def _plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tup
 
 def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
                          padding: tuple[tuple[int, int], ...]) -> Array:
-    """d<conv(x, w), g>/dw as matmuls (the same sums as XLA's backward-filter convolution, up to
-    float rounding; XLA:CPU runs that convolution at a fraction of its matmul speed).
+    """d<conv(x, w), g>/dw without XLA's backward-filter convolution (the same sums up to float
+    rounding; XLA:CPU runs that convolution at a fraction of its matmul speed).
+
+    Stride 1, float32, where `jaxsr.cpu_kernels` is available: its native kernel (no copies).
+    Otherwise `matmul_kernel_gradient`."""
+    if tuple(strides) == (1, 1) and x.dtype == g.dtype == jnp.float32 and cpu_kernels.available():
+        return cpu_kernels.kernel_gradient(x, g, kernel_shape, padding)
+    return matmul_kernel_gradient(x, g, kernel_shape, strides, padding)
+
+
+def matmul_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                           padding: tuple[tuple[int, int], ...]) -> Array:
+    """d<conv(x, w), g>/dw as matmuls in XLA.
 
     Stride 1: one matmul, R^T @ S, of the padded input's kw column shifts stacked on channels,
     R[n, r, j, (b, c)] = xp[n, r, j + b, c], and the cotangent's kh row shifts stacked on channels,
@@ -191,12 +204,14 @@ conv_narrow_output.defvjp(_narrow_fwd, _narrow_bwd)
 
 
 def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
-                       padding: tuple[tuple[int, int], ...], method: str = "auto") -> str:
+                       padding: tuple[tuple[int, int], ...], method: str = "auto", native: bool | None = None) -> str:
     """How `conv_general_dilated` differentiates a plain NHWC convolution:
     "narrow_output" (`conv_narrow_output`), "kernel_matmul" (`conv_matmul_gradient`) or "xla".
 
     With `method` "matmul" (the CPU): stride-1 convs to fewer than NARROW_CHANNELS outputs take
-    the cotangent patches; convs with both sides wide take `conv_kernel_gradient` when stride 1
+    the cotangent patches. With `native` (default: `jaxsr.cpu_kernels.available()`; callers pass
+    False for operands other than float32) every other stride-1 conv takes `conv_kernel_gradient`,
+    whose native kernel needs no stacks. Otherwise convs with both sides wide take it when stride 1
     and input + cotangent hold at most STACKED_GRADIENT_MAX_ELEMENTS, when the taps do not
     overlap (stride = kernel size, USRNet's and DSSR's down convs), or when strided with at most
     MATMUL_GRADIENT_MAX_ROWS output pixels; everything else keeps XLA's gradients."""
@@ -205,6 +220,10 @@ def conv_gradient_plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], 
     kh, kw, c, o = kernel_shape
     if tuple(strides) == (1, 1) and o < NARROW_CHANNELS:
         return "narrow_output"
+    if native is None:
+        native = cpu_kernels.available()
+    if native and tuple(strides) == (1, 1):
+        return "kernel_matmul"  # the native kernel: no stacks, so no size limit
     if min(c, o) < NARROW_CHANNELS:
         return "xla"
     n, h, w = x_shape[:3]
@@ -232,7 +251,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if plain:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         strides = tuple(int(s) for s in window_strides)
-        plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT)
+        native = lhs.dtype == rhs.dtype == jnp.float32 and cpu_kernels.available()
+        plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT, native=native)
         if plan == "narrow_output":
             return conv_narrow_output(lhs, rhs, pads)
         if plan == "kernel_matmul":

@@ -6,7 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxsr import cpu_kernels
 from jaxsr.models import dan, layers
+
+needs_native = pytest.mark.skipif(not cpu_kernels.available(),
+                                  reason="jaxsr.cpu_kernels not built here (no C++ compiler, AVX-512 or x86-64)")
 
 # (kernel, stride, padding): the geometries the models use (3x3, 1x1, DANv1's 9x9/4 HR head,
 # USRNet's 2x2/2 and DSSR's 4x4/4 down convs) and a few others
@@ -50,9 +54,68 @@ def test_stacked_kernel_gradient_with_asymmetric_padding(k, pad_h, pad_w):
     conv = lambda w: jax.lax.conv_general_dilated(x, w, (1, 1), (pad_h, pad_w), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y, vjp = jax.vjp(conv, w)
     g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-    got = layers.conv_kernel_gradient(x, g, w.shape, (1, 1), (pad_h, pad_w))
+    got = layers.matmul_kernel_gradient(x, g, w.shape, (1, 1), (pad_h, pad_w))
     want = vjp(g)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def kernel_gradient_from_definition(x, g, kernel_shape, padding):
+    """dw[a, b] = sum over n, i, j of x_padded[n, i + a, j + b] (outer) g[n, i, j], in float64."""
+    kh, kw, _, _ = kernel_shape
+    (pt, pb), (pl, pr) = padding
+    ho, wo = g.shape[1:3]
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    g = np.asarray(g, np.float64)
+    return np.stack([np.stack([np.einsum("nijc,nijo->co", xp[:, a:a + ho, b:b + wo], g) for b in range(kw)])
+                     for a in range(kh)])
+
+
+# (batch, height, width, in, out, kernel, padding): odd sizes, channel counts that are not
+# multiples of the kernel's register blocks (6 rows, 16 lanes, 64-wide column blocks), several
+# column blocks and row chunks, asymmetric and zero padding, padding wider than the kernel reach
+@needs_native
+@pytest.mark.parametrize("n,h,w,c,o,k,padding", [
+    (2, 13, 11, 5, 7, 3, ((1, 1), (1, 1))),
+    (1, 9, 17, 70, 37, 3, ((1, 1), (1, 1))),
+    (3, 8, 6, 16, 130, 3, ((0, 0), (0, 0))),
+    (2, 7, 9, 3, 64, 5, ((2, 1), (0, 3))),
+    (1, 6, 5, 33, 200, 1, ((0, 0), (0, 0))),
+    (2, 5, 5, 12, 16, 4, ((1, 2), (2, 1))),
+    (1, 4, 4, 8, 24, 3, ((3, 3), (2, 0))),
+    (2, 20, 24, 64, 64, 3, ((1, 1), (1, 1))),
+])
+def test_native_kernel_gradient_matches_the_definition(n, h, w, c, o, k, padding):
+    rng = np.random.default_rng(n * 1000 + h * 10 + c + o + k)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    (pt, pb), (pl, pr) = padding
+    g = rng.standard_normal((n, h + pt + pb - k + 1, w + pl + pr - k + 1, o)).astype(np.float32)
+    got = jax.jit(lambda x, g: cpu_kernels.kernel_gradient(x, g, (k, k, c, o), padding))(x, g)
+    want = kernel_gradient_from_definition(x, g, (k, k, c, o), padding)
+    assert got.shape == (k, k, c, o) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+def test_native_kernel_gradient_is_what_conv_kernel_gradient_uses(monkeypatch):
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.standard_normal((2, 10, 12, 20)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((2, 10, 12, 24)), jnp.float32)
+
+    def traced(x, g):  # a new function each time: JAX caches traces per function
+        return str(jax.make_jaxpr(lambda x, g: layers.conv_kernel_gradient(x, g, (3, 3, 20, 24), (1, 1),
+                                                                          ((1, 1), (1, 1))))(x, g))
+
+    assert "jaxsr_conv_kernel_grad" in traced(x, g)
+    assert "jaxsr_conv_kernel_grad" not in traced(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+    monkeypatch.setattr(cpu_kernels, "ENABLED", False)
+    assert not cpu_kernels.available() and "jaxsr_conv_kernel_grad" not in traced(x, g)
+
+
+@needs_native
+def test_native_kernel_gradient_rejects_mismatched_shapes():
+    x, g = jnp.zeros((2, 8, 8, 4)), jnp.zeros((2, 8, 8, 5))
+    with pytest.raises(ValueError, match="stride-1 convolution"):
+        cpu_kernels.kernel_gradient(x, g, (3, 3, 4, 5), ((0, 0), (0, 0)))  # 3x3 unpadded gives 6x6
 
 
 # (kernel, padding top/bottom, left/right) of stride-1 convs, asymmetric ones included
@@ -110,8 +173,22 @@ def test_cotangent_patches_from_the_definition():
     ((2, 128, 128, 64), (9, 9, 64, 3), (4, 4), ((4, 4), (4, 4)), "xla"),             # strided narrow
 ])
 def test_gradient_plan_per_geometry(x_shape, kernel_shape, strides, padding, plan):
-    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding) == plan
-    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding, "xla") == "xla"
+    """Without the native kernel (no C++ compiler, or bfloat16 operands)."""
+    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding, native=False) == plan
+    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding, "xla", native=False) == "xla"
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,plan", [
+    ((2, 128, 128, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),  # DSSR HR body
+    ((1, 256, 256, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),    # no size limit
+    ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),     # RGB head
+    ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
+    ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "xla"),            # strided, HR
+    ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_matmul"),   # USRNet down conv
+])
+def test_gradient_plan_with_the_native_kernel(x_shape, kernel_shape, strides, padding, plan):
+    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding, native=True) == plan
+    assert layers.conv_gradient_plan(x_shape, kernel_shape, strides, padding, "xla", native=True) == "xla"
 
 
 def test_conv2d_uses_the_custom_gradients_on_cpu_only(monkeypatch):
