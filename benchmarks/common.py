@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import time
 
@@ -86,7 +87,8 @@ def compiled_flops(compiled) -> tuple[float | None, bool]:
     """(flops, has_loops) from XLA's cost analysis of a compiled executable.
 
     XLA counts the body of a while loop once, whatever its trip count, so when the program still
-    has loops (has_loops) the figure is a lower bound.
+    has loops (has_loops) the figure is a lower bound. The native kernel gradients' FLOPs, which
+    XLA does not count, are added (`native_kernel_gradient_flops`).
     """
     try:
         analysis = compiled.cost_analysis()
@@ -95,5 +97,26 @@ def compiled_flops(compiled) -> tuple[float | None, bool]:
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else None
     flops = (analysis or {}).get("flops")
-    has_loops = " while(" in compiled.as_text()
-    return (float(flops) if flops is not None and flops >= 0 else None), has_loops
+    text = compiled.as_text()
+    has_loops = " while(" in text
+    if flops is None or flops < 0:
+        return None, has_loops
+    return float(flops) + native_kernel_gradient_flops(text), has_loops
+
+
+_HLO_VALUE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]", re.M)
+_NATIVE_CALL = re.compile(r"=\s*f32\[(\d+),(\d+),(\d+),(\d+)\][^\n]*?custom-call\(([^)]*)\)"
+                          r"[^\n]*custom_call_target=\"jaxsr_conv_kernel_grad\"")
+
+
+def native_kernel_gradient_flops(hlo_text: str) -> float:
+    """FLOPs of the program's `jaxsr.cpu_kernels` kernel-gradient calls, which XLA's cost analysis
+    does not see (custom calls): 2·kh·kw·C·O per output pixel, as XLA counts a convolution."""
+    shapes = {name: [int(d) for d in dims.split(",") if d] for name, dims in _HLO_VALUE.findall(hlo_text)}
+    total = 0.0
+    for kh, kw, c, o, operands in _NATIVE_CALL.findall(hlo_text):
+        names = [op.strip().split()[-1].lstrip("%") for op in operands.split(",")]
+        g = shapes.get(names[1]) if len(names) == 2 else None
+        if g and len(g) == 4:
+            total += 2.0 * int(kh) * int(kw) * int(c) * int(o) * g[0] * g[1] * g[2]
+    return total

@@ -28,7 +28,8 @@ jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.com
 CPU (glibc: one heap for all threads that keeps large blocks, transparent huge pages); they are
 process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone for both).
 `--conv-gradient xla` differentiates jaxsr's convolutions with XLA's own gradient convolutions
-instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`).
+instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`); `--no-native` keeps
+the plan but computes stride-1 kernel gradients as XLA matmuls instead of `jaxsr.cpu_kernels`.
 Each model runs in a process of its own (as a training run does; `--same-process` runs them all in
 this one): run after the others in one process, DSSR's jaxsr times were 20-25% slower on this machine
 (forward 3.1 -> 3.9 s), PyTorch's unchanged.
@@ -66,7 +67,7 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-from jaxsr import models, torch_import, xla_options  # noqa: E402
+from jaxsr import cpu_kernels, models, torch_import, xla_options  # noqa: E402
 from jaxsr.models import dan, dssr, kxnet, layers, usrnet  # noqa: E402
 
 TESTS = HERE.parent / "tests"
@@ -439,6 +440,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="write the rows as JSON")
     p.add_argument("--conv-gradient", default="auto", choices=layers.CONV_GRADIENTS,
                    help="gradients of jaxsr's convolutions (auto = the matmul plan on CPU; xla = XLA's own)")
+    p.add_argument("--no-native", action="store_true",
+                   help="without jaxsr.cpu_kernels: stride-1 kernel gradients as XLA matmuls of stacked shifts")
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
     p.add_argument("--malloc-defaults", action="store_true",
@@ -458,6 +461,8 @@ def main(argv=None) -> None:
         xla_options.run_cpu_executions_inline()  # as jaxsr.main does: a step's temporaries freed before the next's
     xla_options.ENABLED = not args.xla_defaults
     layers.CONV_GRADIENT = args.conv_gradient
+    if args.no_native:
+        cpu_kernels.ENABLED = False
     heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
     args.rounds = args.rounds or (5 if args.quick else 7)
     args.forward_size = args.forward_size or (24 if args.quick else 64)
@@ -479,7 +484,8 @@ def main(argv=None) -> None:
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup}-{args.max_warmup} warm-up calls (until no page faults), medians; jaxsr compile excluded; "
           f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
-    print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}")
+    print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}; native stride-1 "
+          f"kernel gradient (jaxsr.cpu_kernels): {cpu_kernels.available()}")
     print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
           f"(both sides): {heap}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}; CPU executions "

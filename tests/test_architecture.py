@@ -22,6 +22,10 @@ FORBIDDEN = {
     # compile options: the bottom layer, used by ops, models and the loop alike
     "jaxsr.xla_options": ("jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict",
                           "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data", "jaxsr.evaluate"),
+    # the CPU's native kernels: below models, beside the compile options
+    "jaxsr.cpu_kernels": ("jaxsr.xla_options", "jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train",
+                          "jaxsr.predict", "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data",
+                          "jaxsr.evaluate"),
     "jaxsr.ops": ("jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict", "jaxsr.cli",
                   "jaxsr.main", "jaxsr.convert", "jaxsr.evaluate", "jaxsr.infer", "jaxsr.config_lib",
                   "jaxsr.data", "jaxsr.validation"),

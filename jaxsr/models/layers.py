@@ -56,7 +56,8 @@ NARROW_CHANNELS = 16
 # Strided convs: per-tap matmuls beat XLA:CPU's backward-filter convolution up to about this many
 # output pixels (N·Ho·Wo); above it the tap copies no longer fit the caches.
 MATMUL_GRADIENT_MAX_ROWS = 12288
-# Stride-1 convs: the row/column stacks of `conv_kernel_gradient` hold 3x the input and 3x the
+# Stride-1 convs without the native kernel (`jaxsr.cpu_kernels`, which needs no stacks): the
+# row/column stacks of `matmul_kernel_gradient` hold 3x the input and 3x the
 # cotangent (for 3x3); up to this many elements in input + cotangent (2x128x128 at 64 -> 64) they
 # beat or match XLA's gradient (41 vs 41-64 ms there; 2x64x64, 64 -> 64: 7.9 vs 12 ms).
 STACKED_GRADIENT_MAX_ELEMENTS = 1 << 22
