@@ -3,7 +3,7 @@
 XLA:CPU reduces a convolution's kernel gradient to a matrix product whose contraction runs over
 every output pixel and whose result is small (kh·kw·C x O). Its Eigen kernels run that shape at
 about half the speed they reach on the forward pass, and only after copying shifted views of the
-input and cotangent into stacks (`layers.conv_kernel_gradient`). `kernel_gradient` computes the
+input and cotangent into stacks (`layers.matmul_kernel_gradient`). `kernel_gradient` computes the
 same sums without copies, as small products of contiguous pixel runs in AVX-512 registers
 (`native/conv_kernel_grad.cc`), the work split over XLA's intra-op threads.
 
@@ -106,10 +106,15 @@ def available() -> bool:
     return ENABLED and jax.default_backend() == "cpu" and _registered()
 
 
+def used_for(*operands: Array) -> bool:
+    """Whether a kernel gradient of these operands runs natively: `available()`, all float32."""
+    return all(x.dtype == jnp.float32 for x in operands) and available()
+
+
 def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], padding: tuple[tuple[int, int], ...]) -> Array:
     """dw (kh, kw, C, O) of a stride-1 NHWC/HWIO convolution with input `x` (N, H, W, C), output
     cotangent `g` (N, Ho, Wo, O) and `padding` ((top, bottom), (left, right)), float32: the native
-    kernel. Callers check `available()` first."""
+    kernel. Callers check `used_for(x, g)` first."""
     kh, kw, c, o = kernel_shape
     (pt, pb), (pl, pr) = padding
     n, h, w, cx = x.shape
@@ -117,7 +122,9 @@ def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], padding: 
             or g.shape[2] != w + pl + pr - kw + 1 or min(pt, pb, pl, pr) < 0):
         raise ValueError(f"kernel_gradient: x {x.shape}, g {g.shape}, kernel {kernel_shape} and padding "
                          f"{padding} do not describe one stride-1 convolution")
+    if x.dtype != jnp.float32 or g.dtype != jnp.float32:
+        raise ValueError(f"kernel_gradient: takes float32 operands, got {x.dtype} and {g.dtype}")
     if not _registered():
         raise RuntimeError("jaxsr.cpu_kernels: the native kernel is not available here (see available())")
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((kh, kw, c, o), jnp.float32), vmap_method="sequential")
-    return call(x.astype(jnp.float32), g.astype(jnp.float32), pad_top=int(pt), pad_left=int(pl))
+    return call(x, g, pad_top=int(pt), pad_left=int(pl))

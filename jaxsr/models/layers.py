@@ -85,7 +85,7 @@ def conv_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], stri
 
     Stride 1, float32, where `jaxsr.cpu_kernels` is available: its native kernel (no copies).
     Otherwise `matmul_kernel_gradient`."""
-    if tuple(strides) == (1, 1) and x.dtype == g.dtype == jnp.float32 and cpu_kernels.available():
+    if tuple(strides) == (1, 1) and cpu_kernels.used_for(x, g):
         return cpu_kernels.kernel_gradient(x, g, kernel_shape, padding)
     return matmul_kernel_gradient(x, g, kernel_shape, strides, padding)
 
@@ -252,8 +252,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if plain:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         strides = tuple(int(s) for s in window_strides)
-        native = lhs.dtype == rhs.dtype == jnp.float32 and cpu_kernels.available()
-        plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT, native=native)
+        plan = conv_gradient_plan(lhs.shape, rhs.shape, strides, pads, CONV_GRADIENT,
+                                  native=cpu_kernels.used_for(lhs, rhs))
         if plan == "narrow_output":
             return conv_narrow_output(lhs, rhs, pads)
         if plan == "kernel_matmul":

@@ -116,6 +116,8 @@ def test_native_kernel_gradient_rejects_mismatched_shapes():
     x, g = jnp.zeros((2, 8, 8, 4)), jnp.zeros((2, 8, 8, 5))
     with pytest.raises(ValueError, match="stride-1 convolution"):
         cpu_kernels.kernel_gradient(x, g, (3, 3, 4, 5), ((0, 0), (0, 0)))  # 3x3 unpadded gives 6x6
+    with pytest.raises(ValueError, match="float32"):
+        cpu_kernels.kernel_gradient(x.astype(jnp.bfloat16), g, (3, 3, 4, 5), ((1, 1), (1, 1)))
 
 
 # (kernel, padding top/bottom, left/right) of stride-1 convs, asymmetric ones included
