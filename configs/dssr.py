@@ -20,7 +20,7 @@ from jaxsr import config_lib
 def model_config(**overrides) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict(dict(
         name="dssr", features=128, structure_blocks=15, refine_blocks=5, num_iters=4, remat=False,
-        scan_unroll=0,  # 0: unrolled on CPU, a rolled loop on GPU/TPU
+        scan_unroll=-1,  # -1: unrolled on CPU, a rolled loop on GPU/TPU
         dtype="float32"))  # compute dtype: "float32", or "bfloat16" on GPU/TPU (README)
     m.update(overrides)
     return m

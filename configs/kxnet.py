@@ -22,7 +22,7 @@ from jaxsr import config_lib
 def model_config(**overrides) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict(dict(
         name="kxnet", kernel_size=21, num_stages=19, aux_x_features=32, aux_k_features=24, kernel_replicas=3,
-        prox_blocks=4, aux_kernel_init="aniso", remat=False, scan_unroll=0,
+        prox_blocks=4, aux_kernel_init="aniso", remat=False, scan_unroll=-1,
         dtype="float32"))  # compute dtype: "float32", or "bfloat16" on GPU/TPU (README)
     m.update(overrides)
     return m

@@ -1,6 +1,8 @@
 """jaxsr: blind super-resolution in JAX/Flax (DANv1/v2, KXNet, DSSR, KENet + USRNet).
 
 Layers, bottom to top (each imports only from those below it; tests/test_architecture.py checks):
+  cache           the one cache directory ($JAXSR_CACHE_DIR)
+  cpu/            XLA:CPU tuning behind one boundary; models and ops reach it only through cpu.hook
   ops/            pure array functions (degradations, resizing, PCA, metrics, unfolding steps)
   torch_import    generic reading and checking of official PyTorch checkpoints
   models/         one file per system, each ending in its ModelSpec (the model's whole interface)
@@ -10,3 +12,10 @@ Layers, bottom to top (each imports only from those below it; tests/test_archite
   evaluate, infer, cli, main, convert
 """
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "jit":  # jaxsr.jit: jax.jit with the compile options of the platform it runs on
+        from jaxsr.cpu.compile import jit
+        return jit
+    raise AttributeError(f"module 'jaxsr' has no attribute {name!r}")

@@ -29,18 +29,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
-    from jaxsr import cli, sharding, xla_options  # after flag parsing, so --help stays fast
-    if __name__ == "__main__":  # started as `python -m jaxsr.main`, not imported
-        xla_options.restart_with_malloc_tuning()  # before any device or thread starts; a no-op once set
-        xla_options.run_cpu_executions_inline()  # one step's temporaries freed before the next's
+    from jaxsr import cli, cpu, sharding  # after flag parsing, so --help stays fast
+    # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
+    # re-execute the process with allocator settings), never when imported.
+    cpu_setup = cpu.setup(restart=__name__ == "__main__") if __name__ == "__main__" else {}
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
           f"{jax.process_count()} processes", flush=True)
     cfg, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     cli.check_backend(cfg, _MODE.value)
-    if jax.default_backend() == "cpu":
-        xla_options.keep_large_buffers_in_heap()
+    if cpu_setup and jax.default_backend() == "cpu":
+        print(f"XLA:CPU settings: {', '.join(k for k, v in cpu_setup.items() if v) or 'none'}", flush=True)
     if _MODE.value == "train":
         cli.train(cfg, workdir)
     elif _MODE.value == "eval":

@@ -19,6 +19,7 @@ import json
 import os
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -44,7 +45,8 @@ def load_official(path: str, cfg) -> tuple[Any, dict, dict]:
                          f"models with one: {models.with_official_checkpoints()}")
     state_dict = torch_import.read_torch_checkpoint(path)
     matrix = spec.official.extras(state_dict).get("pca_matrix")
-    model = spec.create(cfg, pca_matrix=matrix) if matrix is not None else spec.create(cfg)
+    platform = models.platform_of(jax.devices())
+    model = models.create(cfg, platform, **({"pca_matrix": matrix} if matrix is not None else {}))
     params, extras = torch_import.convert_state_dict(state_dict, model, spec.official)
     return model, params, extras
 

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsr import checkpoints, config_lib, models, preemption, sharding, xla_options
+from jaxsr import checkpoints, config_lib, cpu, models, preemption, sharding
 from jaxsr import io as jio
 from jaxsr.data import datasets, pipeline
 from jaxsr.metric_writer import MetricWriter
@@ -59,10 +59,11 @@ def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None)
     return models.get(cfg.model.get("name"))
 
 
-def build_model(cfg) -> tuple[models.ModelSpec, Any]:
-    """(spec, Flax module) for a prepared config (`config_lib.prepare`)."""
-    spec = models.get(cfg.model.name)
-    return spec, spec.create(cfg)
+def build_model(cfg, platform: str | None = None) -> tuple[models.ModelSpec, Any]:
+    """(spec, Flax module) for a prepared config (`config_lib.prepare`), built for programs
+    compiled for `platform` ("cpu", "gpu", "tpu"; default: that of this process's devices)."""
+    platform = platform or models.platform_of(jax.devices())
+    return models.get(cfg.model.name), models.create(cfg, platform)
 
 
 def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -82,7 +83,7 @@ def lr_shape(cfg, batch: int) -> tuple[int, int, int, int]:
 def create_train_state(cfg, spec: models.ModelSpec, model, tx) -> TrainState:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     # One compiled init instead of one small compilation per parameter's random draw.
-    init = xla_options.jit(lambda rng: spec.init(model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
+    init = cpu.jit(lambda rng: spec.init(model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
     params = init(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
@@ -97,7 +98,7 @@ def make_train_step(cfg, model_spec: models.ModelSpec, model, tx, schedule, spec
         batch = {"hr": hr, "lr": lr, "kernel": kernel, "noise_sigma": noise_sigma}
 
         def loss_fn(params):
-            outputs = model_spec.forward(model, {"params": params}, batch)
+            outputs = model_spec.forward(model, {"params": params}, batch, cfg)
             return model_spec.loss(outputs, batch, cfg)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -143,7 +144,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     paths = datasets.resolve_image_paths(cfg.data.train_dirs, key="data.train_dirs")
     datasets.resolve_image_paths(cfg.data.val_dirs, key="data.val_dirs")
 
-    model_spec, model = build_model(cfg)
+    model_spec, model = build_model(cfg, models.platform_of(mesh))
     tx, schedule = make_optimizer(cfg)
     state = create_train_state(cfg, model_spec, model, tx)
     meta = checkpoints.fingerprint(cfg, state.params)
@@ -170,7 +171,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         log("resumed from %s at step %d", ckpt.directory, start_step)
 
     state = jax.device_put(state, repl)
-    step_fn = xla_options.jit(make_train_step(cfg, model_spec, model, tx, schedule, spec),
+    step_fn = cpu.jit(make_train_step(cfg, model_spec, model, tx, schedule, spec),
                       in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0)
     validator = Validator(cfg, spec, model_spec, model)
     writer = MetricWriter(workdir, start_step)

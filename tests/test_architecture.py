@@ -4,7 +4,13 @@ Every `import` in the package (module-level or inside a function: a lazy import 
 dependency) is read with `ast`, without importing anything. The graph must have no cycle, and
 the low layers must not reach up:
 
-    ops  <  torch_import  <  models  <  data, config_lib, checkpoints, ...  <  train  <  predict  <  cli, main
+    cache  <  cpu  <  ops  <  torch_import  <  models  <  data, config_lib, ...  <  train  <  predict  <  cli, main
+
+and the CPU tuning stays behind its boundary: everything that exists only to make XLA:CPU fast
+lives in `jaxsr/cpu/`, models and ops reach it only through `jaxsr.cpu.hook` (whose functions
+choose per the platform a program is compiled for), and no model or op asks the host for its
+default backend while tracing: a platform choice is made at lowering (the hook) or passed in
+explicitly (`models.create(cfg, platform)`).
 
 `python -m pytest tests/test_architecture.py` shows any violation with the file and line.
 """
@@ -19,13 +25,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxsr"
 
 # module prefix -> modules it must never import (directly or lazily)
 FORBIDDEN = {
-    # compile options: the bottom layer, used by ops, models and the loop alike
-    "jaxsr.xla_options": ("jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict",
-                          "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data", "jaxsr.evaluate"),
-    # the CPU's native kernels: below models, beside the compile options
-    "jaxsr.cpu_kernels": ("jaxsr.xla_options", "jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train",
-                          "jaxsr.predict", "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data",
-                          "jaxsr.evaluate"),
+    "jaxsr.cache": ("jaxsr.cpu", "jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict",
+                    "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data", "jaxsr.evaluate"),
+    # the CPU tuning: below ops, knows nothing of them
+    "jaxsr.cpu": ("jaxsr.ops", "jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict",
+                  "jaxsr.cli", "jaxsr.main", "jaxsr.config_lib", "jaxsr.data", "jaxsr.evaluate", "jaxsr.infer",
+                  "jaxsr.validation", "jaxsr.checkpoints", "jaxsr.losses"),
     "jaxsr.ops": ("jaxsr.models", "jaxsr.torch_import", "jaxsr.train", "jaxsr.predict", "jaxsr.cli",
                   "jaxsr.main", "jaxsr.convert", "jaxsr.evaluate", "jaxsr.infer", "jaxsr.config_lib",
                   "jaxsr.data", "jaxsr.validation"),
@@ -142,3 +147,55 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     finally:
         PACKAGE = saved
     assert {"jaxsr.train", "jaxsr.cli", "jaxsr.cli.main"} <= found
+
+
+def test_models_and_ops_reach_the_cpu_tuning_only_through_the_hook():
+    bad = []
+    for folder in ("models", "ops"):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            found = imports_of(path)
+            hook_lines = {line for mod, line in found if mod == "jaxsr.cpu.hook"}
+            for mod, line in found:
+                # `from jaxsr.cpu import hook` names the package on the hook's line
+                if mod.startswith("jaxsr.cpu") and mod != "jaxsr.cpu.hook" and not (mod == "jaxsr.cpu" and line in hook_lines):
+                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {mod}")
+    assert not bad, "CPU tuning reached around the hook:\n" + "\n".join(bad)
+
+
+def _calls_default_backend(path: pathlib.Path) -> list[int]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "default_backend"]
+
+
+def test_no_model_or_op_asks_the_host_for_its_backend():
+    """A program traced on a CPU host for a TPU must get the TPU's choices: models and ops never
+    read `jax.default_backend()`."""
+    bad = [f"{p.relative_to(PACKAGE.parent)}:{line}" for folder in ("models", "ops", "cpu")
+           for p in sorted((PACKAGE / folder).rglob("*.py")) for line in _calls_default_backend(p)]
+    assert not bad, "jax.default_backend() in models/ops/cpu:\n" + "\n".join(bad)
+
+
+def test_the_backend_checker_can_fail(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import jax\nif jax.default_backend() == 'cpu':\n    pass\n")
+    assert _calls_default_backend(f) == [2]
+
+
+def test_no_module_switch_in_models_ops_or_the_cpu_formulations():
+    """No module-level variable of models/ops/cpu is assigned from outside its module (a global
+    switch read at trace time would change programs behind the jit cache's back): every
+    `module.NAME = ...` assignment in the package and its benchmarks is listed here."""
+    bad = []
+    roots = [PACKAGE, PACKAGE.parent / "benchmarks"]
+    for root in roots:
+        for p in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(p.read_text(), str(p))):
+                if isinstance(node, (ast.Assign, ast.AugAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    for t in targets:
+                        if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                                and t.value.id in ("layers", "hook", "conv", "native", "compile", "degrade",
+                                                   "unfolding", "cpu_conv", "cpu")):
+                            bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno} sets {t.value.id}.{t.attr}")
+    assert not bad, "module switches set from outside:\n" + "\n".join(bad)

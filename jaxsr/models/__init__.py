@@ -5,7 +5,8 @@ for DANv1/DANv2). The spec is the whole contract between a model and the rest of
 
     create(cfg, pca_matrix=None) -> flax.linen.Module
     init(model, rng, lr) -> variables                  default: model.init(rng, lr)
-    forward(model, variables, batch) -> outputs         default: model.apply(variables, batch["lr"])
+    forward(model, variables, batch, cfg) -> outputs    default: model.apply(variables, batch["lr"])
+        the training forward; `cfg` (its loss settings) says which outputs the loss weights
     loss(outputs, batch, cfg) -> (loss, metrics)
     predict(model, variables, lr, *, num_iters=None, kernel=None, noise_sigma=None)
         -> (sr or None, kernel or None)                  default: the last iteration's sr/kernel
@@ -13,8 +14,10 @@ for DANv1/DANv2). The spec is the whole contract between a model and the rest of
     official: the `jaxsr.torch_import.OfficialMap` of its official PyTorch checkpoints, or None
     restorer: the name of the non-blind model that turns its kernels into images (KENet)
 
-`jaxsr.train`, `jaxsr.predict` and the converter read specs through `get(name)`; nothing
-probes a model module for optional functions. Model files import only `jaxsr.ops`,
+`jaxsr.train`, `jaxsr.predict` and the converter read specs through `get(name)` and build
+modules through `create(cfg, platform)`, which settles the one choice that depends on the
+platform a program is compiled for (`scan_unroll`); nothing probes a model module for optional
+functions. Model files import only `jaxsr.ops`,
 `jaxsr.losses`, `jaxsr.torch_import` and each other's layers, never the trainer.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-from jaxsr import xla_options
+from jaxsr.cpu import hook
 
 # cfg.model.name -> the file that implements it
 REGISTRY: dict[str, str] = {
@@ -40,7 +43,8 @@ def default_init(model, rng, lr):
     return model.init(rng, lr)
 
 
-def default_forward(model, variables, batch):
+def default_forward(model, variables, batch, cfg=None):
+    del cfg  # every output may be weighted
     return model.apply(variables, batch["lr"])
 
 
@@ -72,8 +76,40 @@ class ModelSpec:
     def jit_predict(self, model, num_iters: int | None = None):
         """predict(params, lr, kernel=None, noise_sigma=None) -> (sr, kernel), jitted. The
         parameters are an argument: closed over, XLA would embed them as constants."""
-        return xla_options.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
+        return hook.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
             model, {"params": params}, lr, num_iters=num_iters, kernel=kernel, noise_sigma=noise_sigma))
+
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
+def platform_of(devices) -> str:
+    """"cpu", "gpu" or "tpu": the platform of the devices a program is compiled for (a `Mesh`, a
+    sequence of devices, or one device). CUDA and ROCm devices are both "gpu"."""
+    devices = getattr(devices, "devices", devices)  # a Mesh
+    first = devices.flat[0] if hasattr(devices, "flat") else (devices[0] if isinstance(devices, (list, tuple)) else devices)
+    platform = first.platform.lower()
+    return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
+
+
+def unroll_for(platform: str) -> int:
+    """`scan_unroll` for config value -1 ("auto"): every iteration unrolled in a program for the
+    CPU (XLA:CPU runs a loop body several times slower than the same ops unrolled: a DANv1 `cpu`
+    config gradient 0.47 vs 0.09 s), a rolled loop on GPU/TPU (one body to compile)."""
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
+    return 0 if platform == "cpu" else 1
+
+
+def create(cfg, platform: str, **kwargs):
+    """The Flax module of `cfg.model` for programs compiled for `platform` ("cpu", "gpu", "tpu").
+
+    `cfg.model.scan_unroll` -1 (or absent: the default) becomes `unroll_for(platform)`; any other
+    value is kept. `kwargs` go to the spec's `create` (e.g. `pca_matrix`)."""
+    model = get(cfg.model.get("name")).create(cfg, **kwargs)
+    if "scan_unroll" in type(model).__dataclass_fields__ and int(cfg.model.get("scan_unroll", -1)) == -1:
+        model = model.clone(scan_unroll=unroll_for(platform))
+    return model
 
 
 def get(name: str) -> ModelSpec:
@@ -103,6 +139,8 @@ def module_from_config(cls, cfg, *, names: tuple[str, ...], drop: tuple[str, ...
         raise ValueError(f"cfg.model.name must be one of {sorted(names)} for {cls.__name__}, got {name!r}")
     for key in drop:
         fields.pop(key, None)
+    if fields.get("scan_unroll") == -1:  # "auto": settled per platform by `create`
+        fields.pop("scan_unroll")
     if "scale" in cls.__dataclass_fields__:
         fixed.setdefault("scale", int(cfg.scale))
     allowed = {f for f in cls.__dataclass_fields__ if f not in ("parent", "name", *fixed)}

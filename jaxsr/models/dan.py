@@ -155,7 +155,7 @@ class _DAN(nn.Module):
     code_length: int = 10
     num_iters: int = 4
     remat: bool = False
-    scan_unroll: int = 0  # 0 = auto (see layers.scan_unroll)
+    scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
     dtype: str = "float32"  # compute dtype ("bfloat16" for accelerators); params and outputs stay float32
 
     def __post_init__(self):
@@ -179,7 +179,12 @@ class _DAN(nn.Module):
         """Returns (code, kernel) from the Estimator."""
         raise NotImplementedError("subclasses (DANv1, DANv2) define the Estimator step")
 
-    def __call__(self, lr: Array, num_iters: int | None = None) -> dict[str, Array]:
+    def __call__(self, lr: Array, num_iters: int | None = None, train_from: int = 0) -> dict[str, Array]:
+        """Outputs of every iteration. Iterations before `train_from` run with their parameters
+        behind a stop-gradient, so differentiating builds no backward pass for them and keeps
+        none of their activations; the values are the same. Training passes the first iteration
+        its loss weights (`forward`): each iteration's gradient comes only from its own outputs
+        (the stop-gradients between Restorer and Estimator), so an unweighted one adds nothing."""
         matrix = jnp.asarray(self._validate())
         # Eager even under jit, so a concrete `lr` closed over by a jitted function is
         # NaN-checked instead of turning the check into a tracer.
@@ -188,6 +193,8 @@ class _DAN(nn.Module):
         iters = self.num_iters if num_iters is None else num_iters
         if not isinstance(iters, (int, np.integer)) or iters < 1:
             raise ValueError(f"num_iters must be a positive int, got {iters!r}")
+        if not isinstance(train_from, (int, np.integer)) or not 0 <= train_from < iters:
+            raise ValueError(f"train_from must be an int in [0, {iters - 1}] for {iters} iterations, got {train_from!r}")
 
         # Dirac initial kernel: its code is the matrix row of the centre tap.
         centre = (self.kernel_size // 2) * (self.kernel_size + 1)
@@ -199,13 +206,25 @@ class _DAN(nn.Module):
             code, kernel = mdl._estimate(jax.lax.stop_gradient(sr), lr_in, matrix)
             return code, {"sr": sr.astype(jnp.float32), "kernel": kernel, "code": code}
 
-        unroll = scan_unroll(self.scan_unroll, int(iters))
-        if self.remat:
-            step = remat_cell(step, unroll)
-        loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=nn.broadcast, length=int(iters), unroll=unroll)
-        _, outputs = loop(self, code0, lr.astype(dtype))
-        return outputs
+        def loop(length: int, frozen: bool = False):
+            unroll = scan_unroll(self.scan_unroll, length)
+            cell = remat_cell(step, unroll) if self.remat and not frozen else step
+            scanned = nn.scan(cell, variable_broadcast="params", split_rngs={"params": False},
+                              in_axes=nn.broadcast, length=length, unroll=unroll)
+            if frozen:  # parameters behind a stop-gradient: nothing to differentiate, nothing to keep
+                scanned = nn.map_variables(scanned, "params", trans_in_fn=_stop_gradient, init=False)
+            return scanned
+
+        lr_in = lr.astype(dtype)
+        if train_from == 0 or self.is_initializing():
+            return loop(int(iters))(self, code0, lr_in)[1]
+        code, early = loop(int(train_from), frozen=True)(self, code0, lr_in)
+        _, late = loop(int(iters) - int(train_from))(self, jax.lax.stop_gradient(code), lr_in)
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), early, late)
+
+
+def _stop_gradient(tree):
+    return jax.tree.map(jax.lax.stop_gradient, tree)
 
 
 class DANv1(_DAN):
@@ -277,6 +296,24 @@ def create_model(cfg, pca_matrix=None) -> nn.Module:
                          f"key 'matrix') or cfg.model.pca_matrix")
     return module_from_config(MODELS.get(name, DANv1), cfg, names=tuple(MODELS), drop=("pca_path", "pca_matrix"),
                               pca_matrix=matrix)
+
+
+def first_weighted_iteration(cfg, num_iters: int) -> int:
+    """The first iteration `cfg.loss.iter_weights` gives a non-zero weight (the last by default)."""
+    weights = (cfg.get("loss", None) or {}).get("iter_weights", None)
+    if weights is None:
+        return num_iters - 1
+    if len(weights) != num_iters:
+        raise ValueError(f"config key loss.iter_weights has {len(weights)} entries but the model runs "
+                         f"{num_iters} iterations: {tuple(weights)}")
+    return next((t for t, w in enumerate(weights) if float(w) != 0.0), num_iters - 1)
+
+
+def forward(model: _DAN, variables, batch: Mapping[str, Array], cfg=None) -> dict[str, Array]:
+    """Training forward: the iterations before the first one the loss weights run without a
+    backward pass (`_DAN.__call__`'s `train_from`). Without a config, all are differentiated."""
+    train_from = 0 if cfg is None else first_weighted_iteration(cfg, model.num_iters)
+    return model.apply(variables, batch["lr"], train_from=train_from)
 
 
 def compute_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], cfg) -> tuple[Array, dict]:
@@ -389,7 +426,7 @@ def dan_prepare(model: _DAN, extras: Mapping[str, Any]) -> _DAN:
 
 
 def _spec(name: str, key_map) -> ModelSpec:
-    return ModelSpec(name=name, create=create_model, loss=compute_loss,
+    return ModelSpec(name=name, create=create_model, loss=compute_loss, forward=forward,
                      official=OfficialMap(key_map, dan_buffers, dan_extras, dan_prepare))
 
 

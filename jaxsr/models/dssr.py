@@ -170,7 +170,7 @@ class DSSR(nn.Module):
     num_iters: int = 4
     remat: bool = False
     # Steps per compiled loop iteration (results unchanged).
-    scan_unroll: int = 0  # 0 = auto (layers.scan_unroll: full on CPU, rolled on GPU/TPU)
+    scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
     dtype: str = "float32"  # compute dtype of the features; the bicubic skip and the outputs stay float32
 
     @nn.compact

@@ -160,7 +160,7 @@ class KXNet(nn.Module):
     prox_blocks: int = 4
     aux_kernel_init: str = "aniso"
     remat: bool = False
-    scan_unroll: int = 0  # stages per XLA loop iteration; 0 = auto (layers.scan_unroll: full on CPU)
+    scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
     dtype: str = "float32"  # compute dtype of the prox nets ("bfloat16" for accelerators); see KXStage
 
     def _check(self, lr: Array, num_iters) -> int:

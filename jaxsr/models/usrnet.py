@@ -142,7 +142,7 @@ class USRNet(nn.Module):
     num_blocks: int = 2
     hyper_features: int = 64
     remat: bool = False
-    scan_unroll: int = 0  # 0 = auto (see layers.scan_unroll)
+    scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
     dtype: str = "float32"  # compute dtype of the ResUNet prior; the FFT data step stays float32
 
     def setup(self):
@@ -204,8 +204,10 @@ def create_model(cfg, pca_matrix=None) -> USRNet:
     return module_from_config(USRNet, cfg, names=("usrnet",))
 
 
-def forward(model: USRNet, variables, batch: Mapping[str, Array]) -> dict[str, Array]:
-    """Non-blind training: the ground-truth kernel and noise level go in with the LR batch."""
+def forward(model: USRNet, variables, batch: Mapping[str, Array], cfg=None) -> dict[str, Array]:
+    """Non-blind training: the ground-truth kernel and noise level go in with the LR batch. The
+    loss (on the last SR) reaches every iteration through the unfolded data steps."""
+    del cfg
     return model.apply(variables, batch["lr"], batch["kernel"], batch["noise_sigma"])
 
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import xla_options
+from jaxsr.cpu import hook
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import _matlab_matrix, imresize
 
@@ -233,8 +233,8 @@ def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Arr
     if method not in BLUR_METHODS:
         hint = " ('fused' needs a downsampler: use blur_downsample or apply_degradation)" if method == "fused" else ""
         raise ValueError(f"method must be one of {BLUR_METHODS}, got {method!r}{hint}")
-    if method == "auto":
-        method = "fft" if jax.default_backend() == "cpu" else "conv"
+    if method == "auto":  # per the platform the program is compiled for
+        return hook.on_cpu(images, kernels, cpu=lambda x, k: blur(x, k, "fft"), default=lambda x, k: blur(x, k, "conv"))
     n, h, w, c = images.shape
     size = kernels.shape[-1]
     pad = size // 2
@@ -693,14 +693,11 @@ def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> 
         raise ValueError(f"kernels must have shape (N, {spec.kernel_size}, {spec.kernel_size}) for this "
                          f"spec, got {kernels.shape}")
     method = spec.blur_method
-    if method == "auto":
-        method = "fused" if jax.default_backend() == "cpu" else "conv"
-    if method == "fused" and separable and max(h, w) <= SEPARABLE_MAX_SIDE:
-        lr = separable_blur_downsample(hr, *separable_factors(kernels), spec.scale, spec.downsampler)
-    elif method == "fused":
-        lr = blur_downsample(hr, kernels, spec.scale, spec.downsampler)
+    if method == "auto":  # per the platform the program is compiled for
+        lr = hook.on_cpu(hr, kernels, cpu=lambda x, k: _blur_downsample_with(x, k, spec, "fused", separable),
+                         default=lambda x, k: _blur_downsample_with(x, k, spec, "conv", separable))
     else:
-        lr = downsample(blur(hr, kernels, method), spec.scale, spec.downsampler)
+        lr = _blur_downsample_with(hr, kernels, spec, method, separable)
     if noise_sigma is not None:
         if rng is None:
             raise ValueError("rng is required when noise_sigma is given")
@@ -708,7 +705,18 @@ def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> 
     return quantize(lr) if spec.quantize else lr
 
 
-@functools.partial(xla_options.jit, static_argnames=("spec",))
+def _blur_downsample_with(hr, kernels, spec, method: str, separable: bool) -> jax.Array:
+    h, w = hr.shape[1:3]
+    if method == "fused" and separable and max(h, w) <= SEPARABLE_MAX_SIDE:
+        lr = separable_blur_downsample(hr, *separable_factors(kernels), spec.scale, spec.downsampler)
+    elif method == "fused":
+        lr = blur_downsample(hr, kernels, spec.scale, spec.downsampler)
+    else:
+        lr = downsample(blur(hr, kernels, method), spec.scale, spec.downsampler)
+    return lr
+
+
+@functools.partial(hook.jit, static_argnames=("spec",))
 def _degrade(rng, hr, spec):
     k_kernel, k_sigma, k_noise = jax.random.split(rng, 3)
     n = hr.shape[0]

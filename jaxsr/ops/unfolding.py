@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsr.cpu import hook
 from jaxsr.ops import degrade
 
 Array = jax.Array
@@ -30,12 +31,9 @@ def blur_down(x: Array, kernels: Array, scale: int) -> Array:
     return degrade.downsample_sfold(degrade.blur(x, kernels), scale)
 
 
-def _resolve(method: str) -> str:
+def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "auto":  # XLA's CPU grouped/dilated convolutions are slow; FFTs are not
-        return "fft" if jax.default_backend() == "cpu" else "conv"
-    return method
 
 
 def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: str = "auto") -> Array:
@@ -49,12 +47,16 @@ def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: st
 
     x (N, H, W, C) with H > s·(h-1), residual (N, h, w, C) -> (N, size, size).
     """
+    _check_method(method)
+    if method == "auto":  # XLA's CPU grouped/dilated convolutions are slow; FFTs are not
+        return hook.on_cpu(x, residual, cpu=lambda x, r: kernel_gradient(x, r, size, scale, "fft"),
+                           default=lambda x, r: kernel_gradient(x, r, size, scale, "conv"))
     n, hh, ww, c = x.shape
     h, w = residual.shape[1:3]
     pad = size // 2
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     residual = residual.astype(xp.dtype)
-    if _resolve(method) == "fft":
+    if method == "fft":
         # circular cross-correlation of X_pad with the zero-upsampled R; lags < size never wrap
         hp, wp = xp.shape[1:3]
         r_up = jnp.zeros_like(xp).at[:, :scale * h:scale, :scale * w:scale, :].set(residual)
@@ -79,11 +81,15 @@ def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") 
     "fft": real FFTs on a canvas large enough that nothing wraps; "auto": "fft" on CPU.
     e (N, h, w, C), kernels (N, k, k) -> (N, s·h, s·w, C).
     """
+    _check_method(method)
+    if method == "auto":
+        return hook.on_cpu(e, kernels, cpu=lambda e, k: transposed_blur(e, k, scale, "fft"),
+                           default=lambda e, k: transposed_blur(e, k, scale, "conv"))
     n, h, w, c = e.shape
     size = kernels.shape[-1]
     pad = size // 2
     kernels = kernels.astype(e.dtype)
-    if _resolve(method) == "fft":
+    if method == "fft":
         hp, wp = scale * h + size - 1, scale * w + size - 1
         e_up = jnp.zeros((n, hp, wp, c), e.dtype).at[:, :scale * h:scale, :scale * w:scale, :].set(e)
         canvas = jnp.zeros((n, hp, wp), e.dtype).at[:, :size, :size].set(kernels)

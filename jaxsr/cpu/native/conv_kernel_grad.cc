@@ -1,5 +1,5 @@
 // jaxsr_conv_kernel_grad: the kernel gradient of a stride-1 NHWC convolution on XLA:CPU, as an
-// XLA FFI custom call (see jaxsr/cpu_kernels.py, which builds and registers it).
+// XLA FFI custom call (see jaxsr/cpu/native.py, which builds and registers it).
 //
 //   dw[a, b, c, o] = sum over n, i, j of x[n, i + a - pt, j + b - pl, c] * g[n, i, j, o]
 //

@@ -1,53 +1,19 @@
-"""Compile options for jaxsr's own jitted functions, chosen per backend.
+"""Process-wide settings that make XLA:CPU training fast: glibc's allocator and inline dispatch.
 
-On the CPU, XLA (JAX >= 0.10) hands convolutions and matmuls to YNNPACK by default. For the
-convolutions of these models, XLA's own (Eigen) kernels are much faster on x86: 1.2-1.9x for a
-whole model's forward pass on the 2-core machine of benchmarks/vs_torch.py (see the README's
-benchmark section), with outputs equal within float rounding. So jaxsr compiles its functions
-with YNN fusions switched off on the CPU.
-
-The options are passed per compiled function (`jax.jit(..., compiler_options=...)`), never
-through XLA_FLAGS, so a program that imports jaxsr as a library keeps its own settings. GPU and
-TPU get no options. A JAX whose XLA does not know an option simply runs without it.
+None of them changes a program or a result; each is measured in its docstring. They touch the
+whole process (an `os.execve` restart, a `mallopt` call, a JAX config flag), so only entry points
+call them: `setup()` does it all, first thing in `python -m jaxsr.main` and the benchmarks. A
+library user may call `setup()` too, before anything touches a device.
 """
 from __future__ import annotations
 
 import ctypes
-import functools
 import importlib.metadata
 import importlib.util
 import os
 import sys
-from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
-
-# Empty list = no YNNPACK fusions: convolutions and dots go to XLA's Eigen kernels.
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-# Set to False (before anything is compiled) to compile with XLA's defaults, e.g. to compare.
-ENABLED = True
-
-
-@functools.cache
-def _cpu_options_supported() -> tuple[tuple[str, str], ...]:
-    """The CPU_OPTIONS this XLA accepts (an unknown name fails at compile time)."""
-    kept = []
-    for name, value in CPU_OPTIONS.items():
-        try:
-            jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(jnp.zeros((), jnp.float32)).compile()
-        except Exception:  # noqa: BLE001 - any refusal means "not supported by this XLA"
-            continue
-        kept.append((name, value))
-    return tuple(kept)
-
-
-def compiler_options(backend: str | None = None) -> dict[str, str]:
-    """The options jaxsr compiles with on `backend` (default: JAX's default backend)."""
-    if not ENABLED or (backend or jax.default_backend()) != "cpu":
-        return {}
-    return dict(_cpu_options_supported())
-
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -113,24 +79,34 @@ def _huge_pages_available() -> bool:
         return False
 
 
+def _accelerator_device_files() -> bool:
+    """Device files a TPU (/dev/accel*, /dev/vfio/N) or an NVIDIA/AMD GPU (/dev/nvidia0, /dev/kfd) shows."""
+    import glob
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or os.path.exists("/dev/nvidia0")
+                or os.path.exists("/dev/kfd"))
+
+
 def accelerator_plugin_installed() -> bool:
-    """Whether JAX could find a GPU/TPU here without starting it: JAX_PLATFORMS names another
-    platform, or a PJRT plugin (the `jax_plugins` namespace or entry points, libtpu) is installed."""
+    """Whether JAX will likely run on a GPU/TPU here, judged without starting it: JAX_PLATFORMS
+    names another platform, or a PJRT plugin (libtpu, the `jax_plugins` namespace or entry
+    points) is installed and the machine shows an accelerator's device files. A plugin alone (the
+    `tpu` extra installed for ahead-of-time compiles on a CPU machine) does not count."""
     platforms = os.environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return any(p.strip() not in ("cpu", "") for p in platforms.split(","))
-    if importlib.util.find_spec("libtpu") is not None:
-        return True
-    try:
-        if importlib.metadata.entry_points(group="jax_plugins"):
-            return True
-    except Exception:  # noqa: BLE001 - a broken metadata entry is not a plugin
-        pass
-    try:
-        import jax_plugins  # noqa: F401 - namespace package of the CUDA/ROCm plugins
-    except ImportError:
-        return False
-    return True
+    plugin = importlib.util.find_spec("libtpu") is not None
+    if not plugin:
+        try:
+            plugin = bool(importlib.metadata.entry_points(group="jax_plugins"))
+        except Exception:  # noqa: BLE001 - a broken metadata entry is not a plugin
+            plugin = False
+    if not plugin:
+        try:
+            import jax_plugins  # noqa: F401 - namespace package of the CUDA/ROCm plugins
+            plugin = True
+        except ImportError:
+            plugin = False
+    return plugin and _accelerator_device_files()
 
 
 def malloc_tunables_wanted() -> tuple[str, ...]:
@@ -207,45 +183,14 @@ def run_cpu_executions_inline() -> bool:
     return True
 
 
-def _tracing(args, kwargs) -> bool:
-    """Whether a JAX trace is under way (or, failing that check, any argument is a tracer)."""
-    try:
-        from jax._src import core as jax_core
-        return not jax_core.trace_state_clean()
-    except (ImportError, AttributeError):
-        return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
-
-
-class _Jit:
-    """`jax.jit(fun, **kwargs)` with `compiler_options()`, built on first use: the backend is
-    only known once JAX has started, which must not happen at import time (multi-host runs
-    call `jax.distributed.initialize` first)."""
-
-    def __init__(self, fun: Callable, kwargs: dict[str, Any]):
-        functools.update_wrapper(self, fun)
-        self._fun, self._kwargs, self._jitted = fun, kwargs, None
-        self._nested = jax.jit(fun, **kwargs)
-
-    @property
-    def jitted(self):
-        if self._jitted is None:
-            self._jitted = jax.jit(self._fun, compiler_options=compiler_options() or None, **self._kwargs)
-        return self._jitted
-
-    def __call__(self, *args, **kwargs):
-        # Inside another trace (a caller's jit, grad or vmap) JAX refuses compile options: the
-        # caller's own jit compiles the whole program, so the plain nested jit is used.
-        if _tracing(args, kwargs):
-            return self._nested(*args, **kwargs)
-        return self.jitted(*args, **kwargs)
-
-    def lower(self, *args, **kwargs):
-        return self.jitted.lower(*args, **kwargs)
-
-
-def jit(fun: Callable | None = None, **kwargs) -> Callable:
-    """Drop-in for `jax.jit` (also as `@jit(static_argnames=...)`) that adds the backend's
-    compile options."""
-    if fun is None:
-        return lambda f: _Jit(f, kwargs)
-    return _Jit(fun, kwargs)
+def setup(restart: bool = True) -> dict[str, bool]:
+    """All of the above for a process about to run XLA:CPU work, in the order they need: the
+    allocator restart (`restart_with_malloc_tuning`, unless `restart=False`; it re-executes the
+    process, so call this first thing), inline dispatch, and the heap thresholds. Where an
+    accelerator plugin is installed, only what is harmless there. Returns what took effect."""
+    if restart:
+        restart_with_malloc_tuning()
+    inline = run_cpu_executions_inline()
+    heap = keep_large_buffers_in_heap() if not accelerator_plugin_installed() else False
+    return {"inline_dispatch": inline, "heap": heap,
+            "malloc_tunables": "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")}

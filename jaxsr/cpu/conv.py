@@ -1,0 +1,213 @@
+"""Convolution formulations for XLA:CPU: the same sums as `lax.conv_general_dilated` and its
+gradients, arranged so that XLA:CPU runs them at matmul speed.
+
+XLA:CPU runs a convolution's kernel gradient (a small-output, long-contraction product), its
+gradients to and from few channels (RGB heads and tails), and a plain bias-gradient reduction
+at a fraction of its matmul speed. `conv2d` and `bias_gradient` are the CPU formulations the hook
+(`jaxsr.cpu.hook`) selects in programs compiled for the CPU; `plan` says which one a conv gets,
+from its shapes alone. Each formulation is tested against the plain convolution
+(tests/cpu/test_conv.py).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxsr.cpu import native
+
+Array = jax.Array
+Padding = tuple[tuple[int, int], ...]
+_NHWC = ("NHWC", "HWIO", "NHWC")
+# Fewer channels than this on a side: that side is "narrow" (RGB heads and tails).
+NARROW_CHANNELS = 16
+# Strided convs: per-tap matmuls beat XLA:CPU's backward-filter convolution up to about this many
+# output pixels (N·Ho·Wo); above it the tap copies no longer fit the caches.
+MATMUL_GRADIENT_MAX_ROWS = 12288
+# Stride-1 convs without the native kernel: the row/column stacks of `matmul_kernel_gradient`
+# hold 3x the input and 3x the cotangent (3x3); up to this many elements in input + cotangent
+# (2x128x128 at 64 -> 64) they beat or match XLA's gradient (41 vs 41-64 ms there; 2x64x64,
+# 64 -> 64: 7.9 vs 12 ms).
+STACKED_GRADIENT_MAX_ELEMENTS = 1 << 22
+PLANS = ("narrow_output", "kernel_matmul", "xla")
+
+
+def plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -> Array:
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                    padding: Padding) -> Array:
+    """d<conv(x, w), g>/dw without XLA's backward-filter convolution (the same sums up to float
+    rounding). Stride 1, float32, with `jaxsr.cpu.native` loaded: the native kernel (no copies).
+    Otherwise `matmul_kernel_gradient`."""
+    if tuple(strides) == (1, 1) and native.used_for(x, g):
+        return native.kernel_gradient(x, g, kernel_shape, padding)
+    return matmul_kernel_gradient(x, g, kernel_shape, strides, padding)
+
+
+def matmul_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                           padding: tuple[tuple[int, int], ...]) -> Array:
+    """d<conv(x, w), g>/dw as matmuls in XLA.
+
+    Stride 1: one matmul, R^T @ S, of the padded input's kw column shifts stacked on channels,
+    R[n, r, j, (b, c)] = xp[n, r, j + b, c], and the cotangent's kh row shifts stacked on channels,
+    S[n, r, j, (a, o)] = g[n, r - a, j, o]: summed over (n, r, j) that is sum_i xp[i + a, j + b] g[i, j].
+    Other strides: one matmul per tap, dw[a, b] = X_ab^T @ G, X_ab the strided input window."""
+    kh, kw, c, o = kernel_shape
+    n, ho, wo, _ = g.shape
+    (pt, pb), (pl, pr) = padding
+    sh, sw = strides
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    if (sh, sw) == (1, 1):
+        rows = ho + kh - 1  # = the padded input's height
+        gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (0, 0), (0, 0)))
+        # stacked on a new axis next to the channels, then merged: one copy each (a concatenate on
+        # the channel axis costs a copy per slice and one more; ResUNet fwd+bwd 1335 -> 1277 ms)
+        r = jnp.stack([xp[:, :, b:b + wo, :] for b in range(kw)], axis=-2).reshape(n, rows, wo, kw * c)
+        s = jnp.stack([gp[:, kh - 1 - a:kh - 1 - a + rows] for a in range(kh)], axis=-2).reshape(n, rows, wo, kh * o)
+        m = n * rows * wo
+        dw = jax.lax.dot_general(r.reshape(m, kw * c), s.reshape(m, kh * o), (((0,), (0,)), ((), ())))
+        return dw.reshape(kw, c, kh, o).transpose(2, 0, 1, 3).astype(g.dtype)
+    g2 = g.reshape(n * ho * wo, o)
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            xs = jax.lax.slice(xp, (0, a, b, 0), (n, a + sh * (ho - 1) + 1, b + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+            taps.append(jax.lax.dot_general(xs.reshape(n * ho * wo, c), g2, (((0,), (0,)), ((), ()))))
+    return jnp.stack(taps).reshape(kernel_shape).astype(g.dtype)
+
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_matmul_gradient(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is `kernel_gradient`.
+
+    The forward pass and the input gradient are XLA's, unchanged."""
+    return plain_conv(x, w, strides, padding)
+
+
+def _conv_fwd(x, w, strides, padding):
+    return plain_conv(x, w, strides, padding), (x, w)
+
+
+def _conv_bwd(strides, padding, residuals, g):
+    x, w = residuals
+    _, input_vjp = jax.vjp(lambda x_: plain_conv(x_, w, strides, padding), x)
+    return input_vjp(g)[0], kernel_gradient(x, g, w.shape, strides, padding).astype(w.dtype)
+
+
+conv_matmul_gradient.defvjp(_conv_fwd, _conv_bwd)
+
+
+
+def cotangent_patches(g: Array, kernel_shape: tuple[int, ...], input_hw: tuple[int, int],
+                      padding: tuple[tuple[int, int], ...]) -> Array:
+    """(N·H·W, kh·kw·O): for every input pixel p and tap (a, b), the output cotangent at the
+    output pixel that reads p through that tap (zero where none does). Stride 1 only."""
+    kh, kw, _, o = kernel_shape
+    n = g.shape[0]
+    h, w = input_hw
+    (pt, _), (pl, _) = padding
+    # input row i meets tap a at output row i + pt - a; padding g by kh - 1 keeps every start >= 0
+    gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    cols = [jax.lax.slice(gp, (0, pt - a + kh - 1, pl - b + kw - 1, 0), (n, pt - a + kh - 1 + h, pl - b + kw - 1 + w, o))
+            for a in range(kh) for b in range(kw)]
+    return jnp.stack(cols, axis=-2).reshape(n * h * w, kh * kw * o)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_narrow_output(x: Array, w: Array, padding: tuple[tuple[int, int], ...]) -> Array:
+    """A stride-1 `lax.conv_general_dilated` (NHWC, HWIO) with few output channels (an RGB
+    tail), whose gradients both come from the cotangent's patches P (`cotangent_patches`):
+    dw = X^T @ P and dx = P @ W, two matmuls. The patches are only kh·kw·O wide, where XLA:CPU's
+    gradient convolutions run slowly (128 -> 3 on 2x128x128: kernel gradient 49 vs 6 ms).
+
+    The forward pass is `narrow_output_forward` (one matmul to every tap's outputs, then their
+    shifted sum), for the same reason: XLA:CPU's convolution to 3 channels is slow too."""
+    return narrow_output_forward(x, w, padding)
+
+
+def narrow_output_forward(x: Array, w: Array, padding: tuple[tuple[int, int], ...]) -> Array:
+    """A stride-1 conv as Z = X @ W (every tap's outputs at every input pixel, N·H·W x kh·kw·O),
+    then y[i, j] = sum over taps (a, b) of Z at input pixel (i + a - pt, j + b - pl), zero outside:
+    the same sums as the convolution in another order. Cheap only when kh·kw·O is small."""
+    kh, kw, c, o = w.shape
+    n, h, wd, _ = x.shape
+    (pt, pb), (pl, pr) = padding
+    ho, wo = h + pt + pb - kh + 1, wd + pl + pr - kw + 1
+    z = jax.lax.dot_general(x.reshape(n * h * wd, c), w.transpose(2, 0, 1, 3).reshape(c, kh * kw * o),
+                            (((1,), (0,)), ((), ())))
+    z = jnp.pad(z.reshape(n, h, wd, kh, kw, o), ((0, 0), (pt, pb), (pl, pr), (0, 0), (0, 0), (0, 0)))
+    # z's row r is input row r - pt, so output row i meets tap a at z row i + a
+    taps = [z[:, a:a + ho, b:b + wo, a, b, :] for a in range(kh) for b in range(kw)]
+    return functools.reduce(jnp.add, taps)
+
+
+def _narrow_fwd(x, w, padding):
+    return narrow_output_forward(x, w, padding), (x, w)
+
+
+def _narrow_bwd(padding, residuals, g):
+    x, w = residuals
+    kh, kw, c, o = w.shape
+    n, h, wd, _ = x.shape
+    patches = cotangent_patches(g, w.shape, (h, wd), padding)
+    dw = jax.lax.dot_general(x.reshape(n * h * wd, c), patches, (((0,), (0,)), ((), ())))  # (C, kh·kw·O)
+    dw = dw.reshape(c, kh, kw, o).transpose(1, 2, 0, 3)
+    dx = patches @ w.transpose(0, 1, 3, 2).reshape(kh * kw * o, c).astype(patches.dtype)
+    return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
+
+
+conv_narrow_output.defvjp(_narrow_fwd, _narrow_bwd)
+
+
+
+def bias_gradient(g: Array) -> Array:
+    """The gradient of `y + bias` w.r.t. bias: the cotangent summed over all but the last axis,
+    as a matmul with ones. XLA:CPU splits the plain reduction into a slow windowed one (a
+    128-channel map on 2x128x128: 11.2 vs 1.7 ms)."""
+    rows = g.size // g.shape[-1]
+    return jax.lax.dot_general(jnp.ones((rows,), g.dtype), g.reshape(rows, g.shape[-1]), (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding,
+         native_kernel: bool = False) -> str:
+    """How a CPU program computes a plain NHWC convolution and its gradients: "narrow_output"
+    (`conv_narrow_output`), "kernel_matmul" (`conv_matmul_gradient`) or "xla" (XLA's own).
+
+    Stride-1 convs to fewer than NARROW_CHANNELS outputs take the cotangent patches. With
+    `native_kernel` (the native kernel gradient serves these operands) every other stride-1 conv
+    takes `conv_matmul_gradient`, whose kernel gradient then needs no stacks. Otherwise convs with
+    both sides wide take it when stride 1 and input + cotangent hold at most
+    STACKED_GRADIENT_MAX_ELEMENTS, when the taps do not overlap (stride = kernel size, USRNet's and
+    DSSR's down convs), or when strided with at most MATMUL_GRADIENT_MAX_ROWS output pixels;
+    everything else keeps XLA's gradients."""
+    if min(min(p) for p in padding) < 0:
+        return "xla"
+    kh, kw, c, o = kernel_shape
+    if tuple(strides) == (1, 1) and o < NARROW_CHANNELS:
+        return "narrow_output"
+    if native_kernel and tuple(strides) == (1, 1):
+        return "kernel_matmul"
+    if min(c, o) < NARROW_CHANNELS:
+        return "xla"
+    n, h, w = x_shape[:3]
+    rows = n * ((h + sum(padding[0]) - kh) // strides[0] + 1) * ((w + sum(padding[1]) - kw) // strides[1] + 1)
+    if tuple(strides) == (1, 1):
+        return "kernel_matmul" if n * h * w * c + rows * o <= STACKED_GRADIENT_MAX_ELEMENTS else "xla"
+    if tuple(strides) == (kh, kw) or rows <= MATMUL_GRADIENT_MAX_ROWS:
+        return "kernel_matmul"
+    return "xla"
+
+
+def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -> Array:
+    """A plain NHWC/HWIO convolution with explicit padding, in the formulation `plan` picks."""
+    chosen = plan(x.shape, w.shape, strides, padding, native_kernel=native.used_for(x, w))
+    if chosen == "narrow_output":
+        return conv_narrow_output(x, w, padding)
+    if chosen == "kernel_matmul":
+        return conv_matmul_gradient(x, w, strides, padding)
+    return plain_conv(x, w, strides, padding)

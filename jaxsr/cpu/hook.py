@@ -1,0 +1,85 @@
+"""The one place models and ops reach the CPU tuning: each function here computes one thing,
+in XLA's plain formulation in programs compiled for a GPU or TPU and in `jaxsr.cpu`'s
+formulation in programs compiled for the CPU.
+
+The choice is `jax.lax.platform_dependent`: both formulations are traced, and when the program
+is lowered for its platform only that platform's branch is emitted. So a function traced on a
+CPU host for a TPU target (`python -m jaxsr.aot`) is the program a TPU host would build, with no
+CPU custom call in it, and no choice depends on the host's default backend or on a global read
+while tracing. Both formulations compute the same values up to float rounding.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxsr.cpu import conv as _conv
+from jaxsr.cpu.compile import jit  # noqa: F401 - jitting with the platform's compile options
+
+Array = jax.Array
+
+
+def on_cpu(*args, cpu: Callable, default: Callable):
+    """`cpu(*args)` in programs compiled for the CPU, `default(*args)` on every other platform."""
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
+
+
+def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+    """`lax.conv_general_dilated(x, w, strides, padding)` for NHWC `x`, HWIO `w`, explicit
+    padding. On the CPU: `jaxsr.cpu.conv.conv2d` (matmul-shaped gradients, see `plan`); elsewhere
+    XLA's convolution and XLA's own gradients of it.
+
+    A `custom_vjp` whose forward and backward each choose per platform, rather than a choice
+    between two differentiable functions: JAX differentiates a platform choice as a `cond`, and
+    that cond's residual handling made a DANv1 CPU gradient 5x slower. The price is that these
+    convs support reverse-mode differentiation only (no `jax.jvp`)."""
+    strides = tuple(int(s) for s in strides)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _conv2d(x, w, strides, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x, w, strides, padding):
+    return on_cpu(x, w, cpu=lambda x, w: _conv.conv2d(x, w, strides, padding),
+                  default=lambda x, w: _conv.plain_conv(x, w, strides, padding))
+
+
+def _conv2d_fwd(x, w, strides, padding):
+    return _conv2d(x, w, strides, padding), (x, w)
+
+
+def _conv2d_bwd(strides, padding, residuals, g):
+    x, w = residuals
+
+    def backward(conv_fn):
+        def run(x, w, g):
+            return jax.vjp(lambda x_, w_: conv_fn(x_, w_, strides, padding), x, w)[1](g)
+        return run
+
+    return tuple(on_cpu(x, w, g, cpu=backward(_conv.conv2d), default=backward(_conv.plain_conv)))
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+    """y + bias over the last axis. On the CPU its bias gradient is a matmul with ones
+    (`jaxsr.cpu.conv.bias_gradient`); elsewhere XLA's reduction."""
+    return y + bias
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias, None
+
+
+def _add_bias_bwd(_, g):
+    db = on_cpu(g, cpu=lambda g: _conv.bias_gradient(g).astype(g.dtype),
+                default=lambda g: jnp.sum(g.reshape(-1, g.shape[-1]), axis=0, dtype=jnp.float32).astype(g.dtype))
+    return g, db
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

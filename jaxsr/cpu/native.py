@@ -1,0 +1,146 @@
+"""A native XLA:CPU kernel: the kernel gradient of stride-1 convolutions as an FFI custom call.
+
+XLA:CPU reduces a convolution's kernel gradient to a matrix product whose contraction runs over
+every output pixel and whose result is small (kh·kw·C x O); its Eigen kernels run that shape at
+about half their forward-pass speed, after copying shifted views into stacks
+(`jaxsr.cpu.conv.matmul_kernel_gradient`). `kernel_gradient` computes the same sums without
+copies, as products of contiguous pixel runs in AVX-512 registers (`native/conv_kernel_grad.cc`),
+split over XLA's intra-op threads.
+
+Built once per machine, never while tracing: `build()` (or `python -m jaxsr.cpu.native`) compiles
+the C++ with the system compiler against jaxlib's FFI headers into the jaxsr cache directory
+(`jaxsr.cache.cache_dir()`); `load()` registers a built kernel with XLA, building it first if
+`build=True`. `python -m jaxsr.main` and the benchmarks call `load(build=True)` at start-up. Only
+then does `registered()` turn true, and only CPU programs traced after it use the kernel (the
+choice is made per platform in `jaxsr.cpu.conv`); elsewhere XLA's formulation runs. Where it
+cannot be built (no compiler, no AVX-512, not x86-64) nothing changes.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+from jaxsr.cache import cache_dir
+
+Array = jax.Array
+log = logging.getLogger(__name__)
+
+TARGET = "jaxsr_conv_kernel_grad"
+SOURCE = pathlib.Path(__file__).resolve().parent / "native" / "conv_kernel_grad.cc"
+COMPILE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mfma", "-w")
+_state: dict = {}  # "library": the loaded ctypes library once registered
+
+
+def library_path() -> pathlib.Path:
+    """Where the kernel built for this jaxlib and source lives in the cache."""
+    key = hashlib.sha256(SOURCE.read_bytes() + jax.ffi.include_dir().encode() + jax.__version__.encode()
+                         + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
+    return cache_dir() / f"conv_kernel_grad-{key}.so"
+
+
+def supported_machine() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64") and hasattr(jax, "ffi")
+
+
+def build() -> pathlib.Path | None:
+    """The built kernel's path, compiling it now if the cache lacks it (atomically: processes
+    starting together never load a half-written file). None where it cannot be built."""
+    if not supported_machine():
+        return None
+    target = library_path()
+    if target.exists():
+        return target
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        log.info("jaxsr.cpu.native: no C++ compiler found; XLA's kernel gradients are used")
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *COMPILE_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            log.warning("jaxsr.cpu.native: compiling %s failed; XLA's kernel gradients are used:\n%s",
+                        SOURCE, done.stderr[-2000:])
+            return None
+        os.replace(tmp, target)
+        return target
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("jaxsr.cpu.native: compiling %s failed (%s); XLA's kernel gradients are used", SOURCE, err)
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(build_missing: bool = False) -> bool:
+    """Register the built kernel with XLA (`build()` first when `build_missing`). Returns whether
+    it is registered; False, and nothing changed, where it is not built or this CPU lacks AVX-512."""
+    if "library" in _state:
+        return True
+    if not supported_machine():
+        return False
+    path = build() if build_missing else library_path()
+    if path is None or not path.exists():
+        return False
+    try:
+        lib = ctypes.CDLL(str(path))
+        if not lib.jaxsr_native_supported():
+            log.info("jaxsr.cpu.native: this CPU has no AVX-512; XLA's kernel gradients are used")
+            return False
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.jaxsr_conv_kernel_grad), platform="cpu")
+    except Exception as err:  # noqa: BLE001 - a broken build or an FFI this jaxlib lacks
+        log.warning("jaxsr.cpu.native: the custom call could not be registered (%s); "
+                    "XLA's kernel gradients are used", err)
+        return False
+    _state["library"] = lib  # keep it loaded
+    return True
+
+
+def registered() -> bool:
+    """Whether `load()` registered the kernel in this process."""
+    return "library" in _state
+
+
+def used_for(*operands: Array) -> bool:
+    """Whether a kernel gradient of these operands runs natively in a CPU program: registered,
+    all float32."""
+    return registered() and all(x.dtype == jnp.float32 for x in operands)
+
+
+def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], padding: tuple[tuple[int, int], ...]) -> Array:
+    """dw (kh, kw, C, O) of a stride-1 NHWC/HWIO convolution with input `x` (N, H, W, C), output
+    cotangent `g` (N, Ho, Wo, O) and `padding` ((top, bottom), (left, right)), float32, by the
+    native kernel. CPU programs only; callers check `used_for(x, g)` first."""
+    kh, kw, c, o = kernel_shape
+    (pt, pb), (pl, pr) = padding
+    n, h, w, cx = x.shape
+    if (cx != c or g.shape[0] != n or g.shape[3] != o or g.shape[1] != h + pt + pb - kh + 1
+            or g.shape[2] != w + pl + pr - kw + 1 or min(pt, pb, pl, pr) < 0):
+        raise ValueError(f"kernel_gradient: x {x.shape}, g {g.shape}, kernel {kernel_shape} and padding "
+                         f"{padding} do not describe one stride-1 convolution")
+    if x.dtype != jnp.float32 or g.dtype != jnp.float32:
+        raise ValueError(f"kernel_gradient: takes float32 operands, got {x.dtype} and {g.dtype}")
+    if not registered():
+        raise RuntimeError("jaxsr.cpu.native: the kernel is not registered in this process (call load())")
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((kh, kw, c, o), jnp.float32), vmap_method="sequential")
+    return call(x, g, pad_top=int(pt), pad_left=int(pl))
+
+
+if __name__ == "__main__":  # python -m jaxsr.cpu.native: build once for this machine
+    path = build()
+    ok = load()
+    print(f"native kernel: {path or 'not built'}; registered: {ok}")
+    sys.exit(0 if path else 1)
