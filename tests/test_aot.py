@@ -1,0 +1,194 @@
+"""Deviceless AOT compile checks (jaxsr.aot): target names, TPU compiles of small variants on this
+CPU-only machine (libtpu compiles without chips), the fit verdict, the over-budget exit status
+and advice, and the GPU path where the CUDA plugin is installed."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxsr import aot, config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+HAVE_LIBTPU = aot.libtpu_installed()
+HAVE_CUDA_PLUGIN = aot.cuda_plugin_installed()
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason="libtpu is not installed (pip install -e '.[tpu]'): TPU AOT compiles need it, no TPU needed")
+needs_cuda_plugin = pytest.mark.skipif(
+    not HAVE_CUDA_PLUGIN, reason="the CUDA plugin is not installed (pip install 'jax[cuda12]'): GPU AOT compiles "
+                                 "need it, no GPU needed")
+
+
+def _config(name: str):
+    return config_lib.load(str(CONFIGS / name))
+
+
+def _check_program(report: dict, name: str) -> dict:
+    """The invariants every compiled program must satisfy."""
+    p = report["programs"][name]
+    assert "error" not in p, p.get("error")
+    calls = p["custom_calls"]
+    assert not [c for c in calls if c.startswith("jaxsr_")], f"jaxsr's CPU-only native kernel in a {report['target']} program: {calls}"
+    assert not aot.cpu_only_calls(calls), calls
+    mem = p["memory"]
+    for key in ("argument", "output", "total"):
+        assert mem[key] > 0, (key, mem)
+    assert mem["temp"] >= 0 and mem["alias"] >= 0
+    assert mem["total"] >= mem["argument"] + mem["temp"]
+    assert p["compile_s"] > 0
+    assert p["fits"] is (mem["total"] <= report["memory_bytes"])
+    return p
+
+
+# ----------------------------------------------------------------------------- target names (no compiler needed)
+
+def test_target_names():
+    v5e = aot.parse_target("v5e-8")
+    assert (v5e.platform, v5e.num_devices, v5e.topology) == ("tpu", 8, "v5e:2x4")
+    assert v5e.memory_bytes == int(15.75 * aot.GIB) and v5e.accelerator_type == "v5litepod-8"
+    v4 = aot.parse_target("v4-8")  # 8 TensorCores = 4 chips, one megacore device each
+    assert (v4.num_devices, v4.topology, dict(v4.topology_kwargs)["chip_config_name"]) == (4, "v4:2x2x1", "megacore")
+    assert v4.memory_bytes == 32 * aot.GIB
+    assert aot.parse_target("v5p-8").num_devices == 4
+    assert aot.parse_target("v4-32").topology == "v4:2x2x4"
+    assert aot.parse_target("v5p-128").topology == "v5p:4x4x4"
+    assert aot.parse_target("v5e-32").topology == "v5e:4x8"
+    assert aot.parse_target("v6e-16").topology == "v6e:4x4"
+    one = aot.parse_target("v5e-1")
+    assert one.topology == "v5e:1x1" and dict(one.topology_kwargs)["chips_per_host_bounds"] == (1, 1, 1)
+    h100 = aot.parse_target("h100-8")
+    assert (h100.platform, h100.num_devices, h100.topology) == ("gpu", 8, "1x1x8")
+    assert h100.memory_bytes == int(84942979072 * aot.GPU_DEFAULT_MEM_FRACTION)
+    for name in ("a100-40g-2", "a100-80g-1", "h200-4"):
+        assert aot.parse_target(name).memory_bytes > 0
+    assert aot.parse_target("v5e-8", memory_gib=1).memory_bytes == aot.GIB
+    for bad in ("v5e", "v3-8", "v4-7", "v5e-6", "h100"):
+        with pytest.raises(ValueError):
+            aot.parse_target(bad)
+
+
+def test_shipped_gpu_descriptions_name_their_source():
+    for file in aot.GPU_FAMILIES.values():
+        text = (pathlib.Path(aot.TARGETS_DIR) / file).read_text()
+        assert "github.com/openxla/xla" in text.splitlines()[0] and "Apache" in text
+        assert aot.gpu_memory_size(str(pathlib.Path(aot.TARGETS_DIR) / file)) > 30 * aot.GIB
+
+
+def test_custom_call_scan():
+    text = ('%0 = stablehlo.custom_call @jaxsr_conv_kernel_grad(%a) : ...\n'
+            'x = f32[2] custom-call(y), custom_call_target="Sharding"')
+    names = aot.custom_call_targets(text)
+    assert names == ["Sharding", "jaxsr_conv_kernel_grad"]
+    assert aot.cpu_only_calls(names) == ["jaxsr_conv_kernel_grad"]
+
+
+def test_eval_lr_size(tmp_path):
+    cfg = _config("dan.py:setting1_x4")
+    cfg.eval.dirs = (str(tmp_path / "missing"),)
+    (h, w), why = aot.eval_lr_size(cfg)
+    assert (h, w) == (128, 128) and "ceil(512/4)" in why
+    from PIL import Image
+    Image.new("RGB", (330, 200)).save(tmp_path / "wide.png")  # w x h
+    cfg.eval.dirs = (str(tmp_path),)
+    (h, w), why = aot.eval_lr_size(cfg)
+    assert (h, w) == (64, 96) and "wide.png" in why  # 50x82 padded to a multiple of 16
+
+
+# ----------------------------------------------------------------------------- TPU compiles (libtpu, no chips)
+
+@needs_libtpu
+def test_tpu_topologies():
+    assert len(aot.target_devices(aot.parse_target("v5e-1"))) == 1
+    v4 = aot.target_devices(aot.parse_target("v4-8"))
+    assert len(v4) == 4 and all(d.num_cores == 2 for d in v4)  # megacore: what users of a v4-8 see
+    assert len(aot.target_devices(aot.parse_target("v5e-32"))) == 32  # a multi-host slice, one program
+
+
+@needs_libtpu
+def test_dan_tiny_train_step_and_predict_compile_for_v5e_4():
+    report = aot.check(_config("dan.py:tiny"), "v5e-4", count_flops=False, check_remat=False, eval_lr=(16, 16))
+    step = _check_program(report, "train_step")
+    assert report["settings"]["scan_unroll"] == 1  # the TPU's rolled loop, not the CPU's unrolled one
+    assert step["fits"] and report["fits"] and aot.exit_code(report) == 0
+    assert step["xla_flops"] is None or step["xla_flops"] > 0
+    pred = _check_program(report, "predict")
+    assert pred["lr_shape"] == [4, 16, 16, 3]
+    text = aot.format_report(report)
+    assert "-> fits" in text and "verdict: fits on v5e-4" in text and "temporaries" in text
+
+
+@needs_libtpu
+def test_usrnet_tiny_compiles_for_v4_8():
+    """v4: megacore devices; USRNet: a non-blind predict (kernel and noise level per image).
+    (Where jaxsr's native CPU kernel builds, a gradient plan that picked it regardless of the
+    target would put jaxsr_conv_kernel_grad into this TPU program.)"""
+    report = aot.check(_config("usrnet.py:tiny"), "v4-8", count_flops=False, check_remat=False, eval_lr=(16, 16))
+    assert report["num_devices"] == 4
+    _check_program(report, "train_step")
+    _check_program(report, "predict")
+    assert report["fits"]
+
+
+def test_unrolled_cpu_flop_count_covers_every_iteration():
+    """XLA counts a rolled loop's body once; the unrolled CPU compile counts every iteration."""
+    cfg = _config("dan.py:tiny")
+    cfg.model.num_iters = 3
+    unrolled = aot.count_flops_cpu(cfg, 4)
+    rolled = aot.count_flops_cpu(cfg, 4, scan_unroll=1)
+    assert unrolled["per_device_batch"] == 1 and unrolled["flops"] and rolled["flops"]
+    assert unrolled["flops"] > 1.15 * rolled["flops"]
+
+
+@needs_libtpu
+def test_over_budget_exits_nonzero_with_advice():
+    """A 1 MiB budget: the step does not fit; status 1, the remedies, and the remat re-check."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxsr.aot", f"--config={CONFIGS / 'dan.py'}:tiny", "--target=v5e-1",
+         "--memory_gib=0.001", "--predict=False", "--count_flops=False"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    out = proc.stdout
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert "does not fit" in out and "What would help" in out
+    assert "--config.model.remat=True" in out and "--config.model.dtype=bfloat16" in out
+    assert "more devices" in out and "--target=v5e-2" in out and "batch_size=2" in out
+    assert "checked: with model.remat=True the step does not fit" in out
+    assert "verdict: does not fit on v5e-1" in out
+
+
+@needs_libtpu
+def test_compiler_refusal_is_reported_as_does_not_fit():
+    """A batch far beyond a v5e chip's HBM: XLA:TPU refuses to compile (RESOURCE_EXHAUSTED); the
+    check reports it as 'does not fit' instead of crashing."""
+    cfg = _config("dan.py:tiny")
+    cfg.data.batch_size = 1 << 22  # one activation alone is 19 GB (at 1 << 17 XLA may rematerialize its way to a fit)
+    report = aot.check(cfg, "v5e-1", count_flops=False, check_remat=False, predict=False)
+    step = report["programs"]["train_step"]
+    assert step["fits"] is False and not report["fits"] and aot.exit_code(report) == 1
+    if step.get("oom"):  # the compiler's own figures, e.g. "HLO temporaries (28.99G) exceeds available HBM (15.75G)"
+        assert "RESOURCE_EXHAUSTED" in step["error"] and step["memory"]["from_error"]
+    assert step["memory"]["total"] > report["memory_bytes"]
+    assert "does not fit" in aot.format_report(report)
+
+
+def test_unavailable_target_is_reported(monkeypatch):
+    if HAVE_CUDA_PLUGIN:
+        pytest.skip("the CUDA plugin is installed here")
+    with pytest.raises(aot.TargetUnavailable, match="CUDA plugin"):
+        aot.target_devices(aot.parse_target("h100-1"))
+
+
+# ----------------------------------------------------------------------------- GPU (CUDA plugin, no GPU)
+
+@needs_cuda_plugin
+def test_dan_tiny_compiles_for_h100():
+    report = aot.check(_config("dan.py:tiny"), "h100-2", count_flops=False, check_remat=False, eval_lr=(16, 16))
+    assert report["platform"] == "gpu" and report["num_devices"] == 2
+    _check_program(report, "train_step")
+    _check_program(report, "predict")
+    assert report["fits"]
