@@ -558,6 +558,7 @@ def check(cfg, target: Target | str, *, predict: bool = True, count_flops: bool 
         pred = compile_program(lower_predict(b, devices, eval_lr, eval_per_device), target.memory_bytes)
         pred["lr_shape"] = [eval_per_device * len(devices), *eval_lr, 3]
         pred["lr_choice"] = why
+        pred["eval_max_batch"] = int(b.cfg.eval.get("max_batch", 8))
         report["programs"]["predict"] = pred
     if step.get("fits") is False:
         report["advice"] = advice(b.cfg, target)
@@ -594,8 +595,12 @@ def format_report(report: dict, title: str = "") -> str:
     for key, p in report["programs"].items():
         header = names[key]
         if key == "predict":
-            header = (f"predict: LR {'x'.join(map(str, p['lr_shape']))} ({p['lr_shape'][0] // n} per device); "
+            per_device = p["lr_shape"][0] // n
+            header = (f"predict: LR {'x'.join(map(str, p['lr_shape']))} ({per_device} per device); "
                       f"{p['lr_choice']}")
+            if per_device < p.get("eval_max_batch", 0):
+                header += (f"\n  (jaxsr.evaluate runs batches of up to eval.max_batch={p['eval_max_batch']} on one "
+                           f"device: --eval_per_device={p['eval_max_batch']} checks that)")
         lines.append(header)
         lines.append(f"  compile time        {p.get('compile_s', 0):.1f} s")
         mem = p.get("memory") or {}
