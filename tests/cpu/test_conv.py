@@ -23,12 +23,13 @@ def plain(x, w, stride, pad):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def custom(x, w, stride, pad):
-    return cpu_conv.conv_matmul_gradient(x, w, (stride, stride), ((pad, pad), (pad, pad)))
+FORMULATIONS = {"kernel_matmul": cpu_conv.conv_matmul_gradient, "canonical": cpu_conv.conv_canonical_gradients}
 
 
+@pytest.mark.parametrize("formulation", sorted(FORMULATIONS))
 @pytest.mark.parametrize("k,stride,pad", GEOMETRIES)
-def test_matmul_kernel_gradient_matches_jax_grad_of_the_plain_conv(k, stride, pad):
+def test_cpu_gradients_match_jax_grad_of_the_plain_conv(k, stride, pad, formulation):
+    custom = lambda x, w, stride, pad: FORMULATIONS[formulation](x, w, (stride, stride), ((pad, pad), (pad, pad)))
     rng = np.random.default_rng(k * 100 + stride * 10 + pad)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, 5)), jnp.float32)  # odd, non-square
     w = jnp.asarray(rng.standard_normal((k, k, 5, 7)) / k, jnp.float32)
@@ -69,6 +70,23 @@ def kernel_gradient_from_definition(x, g, kernel_shape, padding):
     g = np.asarray(g, np.float64)
     return np.stack([np.stack([np.einsum("nijc,nijo->co", xp[:, a:a + ho, b:b + wo], g) for b in range(kw)])
                      for a in range(kh)])
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, ((1, 1), (1, 1))), (9, 2, ((4, 4), (4, 4))), (4, 3, ((2, 1), (0, 3))),
+                                              (2, 2, ((0, 0), (0, 0))), (5, 1, ((0, 2), (1, 0)))])
+def test_correlation_kernel_gradient_matches_the_definition(k, stride, padding):
+    rng = np.random.default_rng(k * 10 + stride)
+    x = rng.standard_normal((2, 13, 11, 3)).astype(np.float32)
+    (pt, pb), (pl, pr) = padding
+    ho, wo = (13 + pt + pb - k) // stride + 1, (11 + pl + pr - k) // stride + 1
+    g = rng.standard_normal((2, ho, wo, 16)).astype(np.float32)
+    got = jax.jit(lambda x, g: cpu_conv.correlation_kernel_gradient(x, g, (k, k, 3, 16), (stride, stride), padding))(x, g)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    want = np.zeros((k, k, 3, 16))
+    for a, b in np.ndindex(k, k):
+        want[a, b] = np.einsum("nijc,nijo->co", xp[:, a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride],
+                               g.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 # (batch, height, width, in, out, kernel, padding): odd sizes, channel counts that are not
@@ -166,14 +184,14 @@ def test_cotangent_patches_from_the_definition():
 @pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,plan", [
     ((2, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),      # LR body
     ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),    # USRNet HR level
-    ((2, 128, 128, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "xla"),         # DSSR HR body
-    ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "xla"),            # strided, HR
+    ((2, 128, 128, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "canonical"),         # DSSR HR body
+    ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "canonical"),            # strided, HR
     ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_matmul"),   # USRNet down conv
     ((2, 128, 128, 128), (4, 4, 128, 128), (4, 4), ((0, 0), (0, 0)), "kernel_matmul"),  # DSSR down conv
     ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
     ((2, 16, 16, 64), (1, 1, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),      # padded 1x1: a conv
-    ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "xla"),             # RGB head
-    ((2, 128, 128, 64), (9, 9, 64, 3), (4, 4), ((4, 4), (4, 4)), "xla"),             # strided narrow
+    ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "canonical"),             # RGB head
+    ((2, 128, 128, 64), (9, 9, 64, 3), (4, 4), ((4, 4), (4, 4)), "canonical"),             # strided narrow
 ])
 def test_gradient_plan_per_geometry(x_shape, kernel_shape, strides, padding, plan):
     """Without the native kernel (no C++ compiler, or bfloat16 operands)."""
@@ -185,7 +203,7 @@ def test_gradient_plan_per_geometry(x_shape, kernel_shape, strides, padding, pla
     ((1, 256, 256, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),    # no size limit
     ((2, 128, 128, 3), (3, 3, 3, 128), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),     # RGB head
     ((2, 128, 128, 128), (3, 3, 128, 3), (1, 1), ((1, 1), (1, 1)), "narrow_output"),  # RGB tail
-    ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "xla"),            # strided, HR
+    ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "canonical"),            # strided, HR
     ((2, 128, 128, 64), (2, 2, 64, 128), (2, 2), ((0, 0), (0, 0)), "kernel_matmul"),   # USRNet down conv
 ])
 def test_gradient_plan_with_the_native_kernel(x_shape, kernel_shape, strides, padding, plan):
