@@ -76,7 +76,7 @@ def paired_sets(cfg) -> list[tuple[str, list]]:
 
 def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     from jaxsr import evaluate as evaluate_lib
-    train_lib.check_config(cfg)
+    predict_lib.check_config(cfg)
     protocol = cfg.eval.protocol
     oracle = bool(cfg.eval.get("oracle_kernel", False))  # predict_fn(lr, true kernel): non-blind upper bound
     # Every set and the output folder are checked before the model is built.
@@ -128,7 +128,7 @@ def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | N
     from jaxsr import infer as infer_lib
     if not inputs:
         raise ValueError("--mode=infer needs --input=FILE|FOLDER|GLOB")
-    train_lib.check_config(cfg)
+    predict_lib.check_config(cfg)
     infer_lib.expand_inputs(inputs)  # a wrong --input and an unwritable --output fail before the model is built
     io.check_writable_folder(out_dir)
     predict, source = predict_lib.build(cfg, workdir, official)

@@ -211,8 +211,9 @@ def _check_types(cfg: ml_collections.ConfigDict) -> None:
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Fail fast, before compilation, naming the offending key. (`jaxsr.train.check_config`
-    also checks model.name against the model registry.)"""
+    """Fail fast, before compilation, naming the offending key. (`jaxsr.predict.check_config`
+    and `jaxsr.train.check_config` also check model.name against the model registry, which
+    this module may not import.)"""
     _check_types(cfg)
     if cfg.scale not in (1, 2, 3, 4):
         raise ValueError(f"config key scale must be 1, 2, 3 or 4, got {cfg.scale!r}")

@@ -10,8 +10,9 @@ pipeline, its restorer loaded from `cfg.pipeline.<restorer>_workdir` (a jaxsr ru
 `cfg.pipeline.<restorer>_official` (a `.pth`). Given a kernel, the function restores with it
 (the "true kernel" bound of `eval.oracle_kernel=True`), which only non-blind models can.
 
-This layer sits above the models and the trainer (it restores checkpoints with
-`jaxsr.train.restore_params`); nothing below imports it.
+This layer sits above the models and the checkpoints; it does not call into the trainer
+(`check_config` and `restore_params` here are the eval / infer side's own). Nothing below
+imports it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ import ml_collections
 from jaxsr import config_lib, models, torch_import, train
 
 PredictFn = Callable[..., tuple[Any, Any]]
+
+
+def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> models.ModelSpec:
+    """`config_lib.validate` plus the model name against the registry; returns the model's spec.
+    (config_lib may not import the models, so the combined check lives here for eval / infer;
+    the trainer makes the same two calls itself.)"""
+    config_lib.validate(cfg, num_devices)
+    return models.get(cfg.model.get("name"))
 
 
 def optional_iters(value) -> int | None:

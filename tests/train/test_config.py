@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from jaxsr import config_lib, train
+from jaxsr import config_lib, predict, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -55,12 +55,15 @@ def test_unknown_variant():
     ("model.name", "srcnn", "model.name"),
     ("train.steps", 0, "train.steps"),
 ])
-def test_invalid_values_name_the_key(key, value, match):
+@pytest.mark.parametrize("check", [train.check_config, predict.check_config], ids=["train", "predict"])
+def test_invalid_values_name_the_key(key, value, match, check):
+    """The trainer's check and eval / infer's (`jaxsr.predict`, which does not call into the
+    trainer) give the same message."""
     cfg = load("dan", "tiny")
     section, _, field = key.rpartition(".")
     (cfg[section] if section else cfg)[field] = value
     with pytest.raises(ValueError, match=match):
-        train.check_config(cfg, num_devices=4)
+        check(cfg, num_devices=4)
 
 
 def test_missing_data_folder_names_key(tmp_path):
