@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -27,6 +28,10 @@ class ConfigMismatchError(ValueError):
     """The checkpoint was written by a different config (not damage: never skipped)."""
 
 
+class NoCheckpointError(FileNotFoundError):
+    """The directory holds no checkpoint at all."""
+
+
 def fingerprint(cfg, params) -> dict[str, Any]:
     shapes = {jax.tree_util.keystr(path): list(leaf.shape)
               for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
@@ -34,7 +39,7 @@ def fingerprint(cfg, params) -> dict[str, Any]:
         "model": json.loads(cfg.model.to_json_best_effort()),
         "scale": int(cfg.scale),
         "degradation": json.loads(cfg.degradation.to_json_best_effort()),
-        "num_params": int(sum(int(jax.numpy.size(x)) for x in jax.tree.leaves(params))),
+        "num_params": int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))),
         "param_shapes_digest": hashlib.sha1(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16],
         "param_shapes": shapes,
     }
@@ -49,6 +54,49 @@ def _diff(saved: dict, current: dict, prefix="") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: checkpoint has {a!r}, config has {b!r}")
     return out
+
+
+def check_fingerprint(where: str, saved: dict, current: dict | None) -> None:
+    """Raise `ConfigMismatchError` naming what differs between a checkpoint's fingerprint and
+    the current config's (nothing to check when `current` is None)."""
+    if current is None:
+        return
+    diffs = _diff({k: v for k, v in saved.items() if k != "param_shapes"},
+                  {k: v for k, v in current.items() if k != "param_shapes"})
+    if diffs:
+        raise ConfigMismatchError(
+            f"checkpoint {where} was written by a different config:\n  "
+            + "\n  ".join(diffs[:20]) + "\nUse a new --workdir or the matching config.")
+
+
+def restore_params(directory: str, abstract_params, current_meta: dict | None = None, step: int | None = None):
+    """(params, step): only the `params` of the training state saved at `step` (default: the
+    latest) in `directory`, for eval and infer. No optimizer is built and the optimizer state,
+    data position and PRNG key are not read (a partial restore of the saved tree).
+
+    `current_meta` (`fingerprint(cfg, abstract_params)`) is checked against the checkpoint's
+    before the parameters are read. Raises `NoCheckpointError` (a FileNotFoundError) when the
+    directory holds no checkpoint."""
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise NoCheckpointError(f"no checkpoint found in {directory}")
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise NoCheckpointError(f"no checkpoint found in {directory}")
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        check_fingerprint(f"{directory}/{step}", meta, current_meta)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                         abstract_params)}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    finally:
+        manager.close()
+    return restored["state"]["params"], step
 
 
 class Checkpointer:
@@ -76,13 +124,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state, current_meta: dict | None = None):
         """Returns (state, data_state, meta); checks the fingerprint first when given."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if current_meta is not None:
-            diffs = _diff({k: v for k, v in meta.items() if k != "param_shapes"},
-                          {k: v for k, v in current_meta.items() if k != "param_shapes"})
-            if diffs:
-                raise ConfigMismatchError(
-                    f"checkpoint {self.directory}/{step} was written by a different config:\n  "
-                    + "\n  ".join(diffs[:20]) + "\nUse a new --workdir or the matching config.")
+        check_fingerprint(f"{self.directory}/{step}", meta, current_meta)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored["state"], restored["data"], meta

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxsr import config_lib, models, torch_import, train
+from jaxsr import checkpoints, config_lib, models, torch_import
 
 PredictFn = Callable[..., tuple[Any, Any]]
 
@@ -60,12 +60,33 @@ def load_official(path: str, cfg) -> tuple[Any, dict, dict]:
     return model, params, extras
 
 
+def restore_params(cfg, workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
+    """(model, params, step) from the latest (or given) checkpoint in `workdir`: the parameters
+    only (`checkpoints.restore_params`), after the config's fingerprint is checked against the
+    checkpoint's. No optimizer is built."""
+    cfg = config_lib.prepare(cfg)
+    config_lib.ensure_pca(cfg)
+    spec = models.get(cfg.model.name)
+    model = models.create(cfg, models.platform_of(jax.devices()))
+    lr = jnp.zeros((1, cfg.data.patch_size, cfg.data.patch_size, 3), jnp.float32)
+    abstract = jax.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"])
+    directory = os.path.join(workdir, "checkpoints")
+    try:
+        params, step = checkpoints.restore_params(directory, abstract, checkpoints.fingerprint(cfg, abstract), step)
+    except checkpoints.NoCheckpointError:
+        raise FileNotFoundError(f"no checkpoint found in {directory}; train first "
+                                f"or pass --official=PATH.pth") from None
+    return model, params, step
+
+
 def load_model(cfg, workdir: str, official: str | None = None) -> tuple[Any, Any, str]:
     """(model, params, description) from `official` (a .pth) or the latest checkpoint in `workdir`."""
     if official:
-        model, params, _ = load_official(official, config_lib.prepare(cfg))
+        cfg = config_lib.prepare(cfg)
+        config_lib.ensure_pca(cfg)  # used when the .pth carries no PCA matrix of its own
+        model, params, _ = load_official(official, cfg)
         return model, params, f"official checkpoint {official}"
-    model, params, step = train.restore_params(cfg, workdir)
+    model, params, step = restore_params(cfg, workdir)
     return model, params, f"{workdir} step {step}"
 
 
@@ -123,7 +144,7 @@ def load_restorer(cfg, name: str) -> tuple[Any, Any, str, dict]:
         raise ValueError(f"cfg.pipeline.{name}_workdir={workdir!r} holds a {restorer_cfg.model.name!r} run, not {name}")
     if int(restorer_cfg.scale) != int(cfg.scale):
         raise ValueError(f"the {name} in {workdir!r} was trained at x{restorer_cfg.scale}, but cfg.scale is {cfg.scale}")
-    model, params, step = train.restore_params(restorer_cfg, workdir)
+    model, params, step = restore_params(restorer_cfg, workdir)
     return model, params, f"{name} {workdir} step {step}", pipe
 
 

@@ -134,6 +134,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
     mesh = sharding.make_mesh()
     check_config(cfg, num_devices=mesh.devices.size)
     cfg = config_lib.prepare(cfg)
+    config_lib.ensure_pca(cfg)
     spec = config_lib.degradation_spec(cfg)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -250,19 +251,3 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         writer.close()
     return last_val
 
-
-def restore_params(cfg, workdir: str, step: int | None = None):
-    """(model, params, step) from the latest (or given) checkpoint in `workdir`, for eval / infer."""
-    cfg = config_lib.prepare(cfg)
-    spec, model = build_model(cfg)
-    tx, _ = make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: create_train_state(cfg, spec, model, tx))
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {os.path.join(workdir, 'checkpoints')}; train first "
-                                f"or pass --official=PATH.pth")
-    meta = checkpoints.fingerprint(cfg, abstract.params)
-    state, _, _ = ckpt.restore(step, abstract, meta)
-    ckpt.close()
-    return model, state.params, step
