@@ -167,12 +167,27 @@ def load(path: str | os.PathLike, variant: str | None = None) -> ml_collections.
 
 
 def prepare(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy with the derived fields filled (the shipped PCA matrix for the DAN models), so
-    training, eval, infer and conversion build the same model."""
+    """A copy with the derived fields filled (the PCA matrix path for the DAN models), so
+    training, eval, infer and conversion build the same model. Pure: reads no file and writes
+    none; a matrix that is neither shipped nor cached yet is fitted by `ensure_pca`."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if "pca_path" in cfg.model and not cfg.model.pca_path:
         cfg.model.pca_path = pca.default_matrix_path(degradation_spec(cfg), cfg.model.get("code_length", 10))
     return cfg
+
+
+def ensure_pca(cfg: ml_collections.ConfigDict) -> str | None:
+    """The explicit side effect `prepare` leaves out: when the config's PCA matrix is the
+    default one for its degradation and not shipped, fit and cache it once (atomically, in
+    `jaxsr.cache.cache_dir()`). Returns the matrix path, or None for a model without one. A
+    path the config names itself is left alone (a missing one fails where it is loaded)."""
+    if "pca_path" not in cfg.model:
+        return None
+    spec, dim = degradation_spec(cfg), cfg.model.get("code_length", 10)
+    default = pca.default_matrix_path(spec, dim)
+    if cfg.model.pca_path and cfg.model.pca_path != default:
+        return cfg.model.pca_path
+    return pca.fit_cached(spec, dim)
 
 
 INT_KEYS = ("seed", "scale", "data.patch_size", "data.batch_size", "data.num_threads", "data.val_size",

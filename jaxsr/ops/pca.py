@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from importlib import resources
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import cache
 from jaxsr.ops import _checks
 
 ASSET_PACKAGE = "jaxsr.assets"
@@ -88,21 +90,44 @@ def fit_for_spec(spec, dim: int = 10, num_kernels: int = 20000, seed: int = 0) -
 
 
 def default_matrix_path(spec, dim: int = 10) -> str:
-    """Path of the shipped matrix for `spec` (a `DegradationSpec`). For a spec with no shipped
-    matrix, one is fitted once and cached under ~/.cache/jaxsr."""
+    """Path of the matrix for `spec` (a `DegradationSpec`): the shipped one, else where
+    `fit_cached` keeps a fitted one in the jaxsr cache directory (`jaxsr.cache.cache_dir()`,
+    which honours $JAXSR_CACHE_DIR). Pure: reads and writes nothing but the package listing;
+    the cached file may not exist yet."""
     name = asset_name(spec.kernel_type, spec.scale, spec.kernel_size, dim)
     shipped = resources.files(ASSET_PACKAGE) / name
     if shipped.is_file():
         return str(shipped)
-    cached = os.path.join(os.path.expanduser("~"), ".cache", "jaxsr", name)
-    if not os.path.exists(cached):
-        save(cached, fit_for_spec(spec, dim), scale=spec.scale, kernel_size=spec.kernel_size)
-    return cached
+    return str(cache.cache_dir() / name)
+
+
+def fit_cached(spec, dim: int = 10) -> str:
+    """The explicit step behind `default_matrix_path`: when `spec` has no shipped matrix and
+    none is cached yet, fit one and write it atomically (a temporary file in the cache
+    directory, then `os.replace`), so a concurrent reader sees either no file or a whole one.
+    Returns the path."""
+    path = default_matrix_path(spec, dim)
+    if os.path.exists(path):
+        return path
+    matrix = fit_for_spec(spec, dim)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, matrix=np.asarray(matrix, np.float32), scale=np.asarray(spec.scale),
+                     kernel_size=np.asarray(spec.kernel_size))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def default_matrix(spec, dim: int = 10) -> np.ndarray:
-    """The shipped (or cached) matrix for `spec`."""
-    return load(default_matrix_path(spec, dim))
+    """The shipped (or cached, fitted on first use) matrix for `spec`."""
+    return load(fit_cached(spec, dim))
 
 
 def standard_specs():

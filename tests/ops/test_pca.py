@@ -1,3 +1,6 @@
+import os
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -49,3 +52,59 @@ def test_shape_errors():
         pca.decode(np.zeros((2, 9), np.float32), m)
     with pytest.raises(ValueError, match="dim"):
         pca.fit(np.ones((5, 3, 3), np.float32), 10)
+
+
+def _unshipped_cfg():
+    """dan:tiny at a kernel size no shipped matrix covers."""
+    from jaxsr import config_lib
+    cfg = config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "dan.py:tiny")
+    cfg.degradation.kernel_size = 9
+    cfg.model.kernel_size = 9
+    return cfg
+
+
+def _files(*roots):
+    return sorted(str(p) for root in roots for p in pathlib.Path(root).rglob("*"))
+
+
+def test_prepare_writes_nothing(tmp_path, monkeypatch):
+    from jaxsr import config_lib
+    cache, home = tmp_path / "cache", tmp_path / "home"
+    cache.mkdir(), home.mkdir()
+    monkeypatch.setenv("JAXSR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    cfg = _unshipped_cfg()
+    prepared = config_lib.prepare(cfg)
+    assert pathlib.Path(prepared.model.pca_path).parent == cache  # where ensure_pca would write it
+    assert not cfg.model.pca_path  # a new config, the given one untouched
+    assert _files(cache, home) == []
+
+
+def test_ensure_pca_writes_atomically_into_the_cache_dir(tmp_path, monkeypatch):
+    from jaxsr import config_lib
+    monkeypatch.setenv("JAXSR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append((src, dst)), real_replace(src, dst))[1])
+    monkeypatch.setattr(pca, "fit_for_spec", lambda spec, dim=10, **kw: np.eye(spec.kernel_size ** 2, dim))
+    cfg = config_lib.prepare(_unshipped_cfg())
+    path = config_lib.ensure_pca(cfg)
+    assert path == cfg.model.pca_path and pathlib.Path(path).parent == tmp_path / "cache"
+    [(src, dst)] = replaced  # written under a temporary name in the same folder, then renamed
+    assert dst == path and pathlib.Path(src).parent == tmp_path / "cache" and src != dst
+    assert _files(tmp_path) == [str(tmp_path / "cache"), path]  # no temporary file left behind
+    np.testing.assert_array_equal(pca.load(path), np.eye(81, 10))
+    assert config_lib.ensure_pca(cfg) == path and len(replaced) == 1  # cached: not fitted again
+
+
+def test_ensure_pca_leaves_shipped_and_named_matrices_alone(tmp_path, monkeypatch):
+    from jaxsr import config_lib
+    monkeypatch.setenv("JAXSR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(pca, "fit_for_spec", lambda *a, **k: pytest.fail("fitted a matrix"))
+    cfg = config_lib.prepare(config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "dan.py:tiny"))
+    assert config_lib.ensure_pca(cfg) == cfg.model.pca_path  # the shipped one
+    cfg.model.pca_path = str(tmp_path / "mine.npz")
+    assert config_lib.ensure_pca(cfg) == str(tmp_path / "mine.npz")
+    assert not (tmp_path / "cache").exists()
