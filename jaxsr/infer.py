@@ -165,6 +165,66 @@ class _Tiles:
 BAND_ROWS = 64  # HR rows handed on at a time
 
 
+def _tile_layout(lr: np.ndarray, tile: int | None, overlap: int, bucket: int):
+    """(padded lr, tile corners in row-major order, tile_h, tile_w, row starts, column starts)."""
+    h, w, _ = lr.shape
+    if tile is None or (h <= tile and w <= tile):
+        tile = None  # one piece: the whole image padded to the bucket
+    tile_h, starts_h = _axis_plan(h, tile, overlap, bucket)
+    tile_w, starts_w = _axis_plan(w, tile, overlap, bucket)
+    # Short axes are padded once for the whole image; long axes are cut without padding.
+    pad_h, pad_w = max(tile_h - h, 0), max(tile_w - w, 0)
+    padded = np.pad(lr, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric") if pad_h or pad_w else lr
+    corners = [(y, x) for y in starts_h for x in starts_w]
+    return padded, corners, tile_h, tile_w, starts_h, starts_w
+
+
+def _axis_weights(starts: list[int], tile: int, length: int, overlap: int,
+                  scale: int) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """The HR blending weight of the tiles starting at each of `starts` along one axis, and
+    their sum at every HR position of that axis."""
+    weights = {s: _axis_weight(s, tile, length, overlap, scale).astype(np.float32) for s in starts}
+    total = np.zeros(scale * max(length, tile), np.float32)
+    for s in starts:
+        total[scale * s:scale * (s + tile)] += weights[s]
+    return weights, total
+
+
+class _Band:
+    """The weighted sum of one row of HR tiles, `top` its first HR row; rows above the next
+    row of tiles are final and handed on normalised and cropped to the image."""
+
+    def __init__(self, rows: int, cols: int, out_h: int, out_w: int, total_y: np.ndarray, total_x: np.ndarray):
+        self.band = np.zeros((rows, cols, 3), np.float32)
+        self.top, self.out_h, self.out_w = 0, out_h, out_w
+        self.total_y, self.norm_x = total_y, total_x[:out_w, None]
+
+    def add(self, y: int, x: int, weighted: np.ndarray) -> None:
+        """Accumulate a weighted HR tile whose top-left HR pixel is (y, x)."""
+        self.band[y - self.top:y - self.top + weighted.shape[0], x:x + weighted.shape[1]] += weighted
+
+    def _rows(self, end: int) -> Iterator[np.ndarray]:
+        for a in range(self.top, min(end, self.out_h), BAND_ROWS):
+            b = min(a + BAND_ROWS, end, self.out_h)
+            yield self.band[a - self.top:b - self.top, :self.out_w] / (self.total_y[a:b, None, None] * self.norm_x)
+
+    def finished(self, end: int) -> Iterator[np.ndarray]:
+        """Hand on the band's rows above HR row `end` (normalised, cropped), then move the
+        rest of the band up by as many rows."""
+        yield from self._rows(end)
+        band, done = self.band, end - self.top
+        step = min(done, BAND_ROWS)  # pieces of at most `done` rows never overlap: no temporary copy
+        for a in range(0, len(band) - done, step):
+            b = min(a + step, len(band) - done)
+            band[a:b] = band[a + done:b + done]
+        band[len(band) - done:] = 0.0
+        self.top = end
+
+    def rest(self) -> Iterator[np.ndarray]:
+        """The last row of tiles: every row left down to the image's bottom."""
+        yield from self._rows(self.out_h)
+
+
 def _sr_bands(predict_fn: PredictFn, lr: np.ndarray, scale: int, tile: int | None, overlap: int,
               bucket: int, max_batch: int, kernels: list) -> Iterator[np.ndarray]:
     """lr (H, W, 3) -> the SR (sH, sW, 3) as float32 bands of at most BAND_ROWS rows, top to
@@ -176,57 +236,21 @@ def _sr_bands(predict_fn: PredictFn, lr: np.ndarray, scale: int, tile: int | Non
     tiles is accumulated at a time.
     """
     h, w, _ = lr.shape
-    if tile is None or (h <= tile and w <= tile):
-        tile = None  # one piece: the whole image padded to the bucket
-    tile_h, starts_h = _axis_plan(h, tile, overlap, bucket)
-    tile_w, starts_w = _axis_plan(w, tile, overlap, bucket)
-    # Short axes are padded once for the whole image; long axes are cut without padding.
-    pad_h, pad_w = max(tile_h - h, 0), max(tile_w - w, 0)
-    padded = np.pad(lr, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric") if pad_h or pad_w else lr
-    corners = [(y, x) for y in starts_h for x in starts_w]
-
-    out_h, out_w = scale * h, scale * w  # the crop that is kept
-    weight_y = {y: _axis_weight(y, tile_h, h, overlap, scale).astype(np.float32) for y in starts_h}
-    weight_x = {x: _axis_weight(x, tile_w, w, overlap, scale).astype(np.float32) for x in starts_w}
-    total_y = np.zeros(scale * max(h, tile_h), np.float32)
-    total_x = np.zeros(scale * max(w, tile_w), np.float32)
-    for y in starts_h:
-        total_y[scale * y:scale * (y + tile_h)] += weight_y[y]
-    for x in starts_w:
-        total_x[scale * x:scale * (x + tile_w)] += weight_x[x]
-    norm_x = total_x[:out_w, None]
-
-    band = np.zeros((scale * tile_h, scale * max(w, tile_w), 3), np.float32)  # one row of tiles
-    top = 0  # HR row of band[0]
-
-    def finished(end: int) -> Iterator[np.ndarray]:
-        """Hand on the band's rows above HR row `end` (normalised, cropped), then move the
-        rest of the band up by as many rows."""
-        nonlocal top
-        for a in range(top, min(end, out_h), BAND_ROWS):
-            b = min(a + BAND_ROWS, end, out_h)
-            yield band[a - top:b - top, :out_w] / (total_y[a:b, None, None] * norm_x)
-        done = end - top
-        step = min(done, BAND_ROWS)  # pieces of at most `done` rows never overlap: no temporary copy
-        for a in range(0, len(band) - done, step):
-            b = min(a + step, len(band) - done)
-            band[a:b] = band[a + done:b + done]
-        band[len(band) - done:] = 0.0
-        top = end
-
+    padded, corners, tile_h, tile_w, starts_h, starts_w = _tile_layout(lr, tile, overlap, bucket)
+    weight_y, total_y = _axis_weights(starts_h, tile_h, h, overlap, scale)
+    weight_x, total_x = _axis_weights(starts_w, tile_w, w, overlap, scale)
+    band = _Band(scale * tile_h, scale * max(w, tile_w), scale * h, scale * w, total_y, total_x)
     for start, sr, kernel in iter_batches(predict_fn, _Tiles(padded, corners, tile_h, tile_w), max_batch):
         _check_sr_size(sr, (tile_h, tile_w), scale)
         if kernel is not None:
             kernels.append(kernel.astype(np.float64))
         for j, tile_sr in enumerate(sr):
             y, x = corners[start + j]
-            if scale * y > top:  # the first tile of a new row: the rows above it are final
-                yield from finished(scale * y)
+            if scale * y > band.top:  # the first tile of a new row: the rows above it are final
+                yield from band.finished(scale * y)
             weight = weight_y[y][:, None, None] * weight_x[x][None, :, None]
-            band[scale * y - top:scale * (y + tile_h) - top, scale * x:scale * (x + tile_w)] += weight * tile_sr
-    for a in range(top, out_h, BAND_ROWS):  # the last row of tiles
-        b = min(a + BAND_ROWS, out_h)
-        yield band[a - top:b - top, :out_w] / (total_y[a:b, None, None] * norm_x)
+            band.add(scale * y, scale * x, weight * tile_sr)
+    yield from band.rest()
 
 
 def _check_settings(scale, tile, overlap, bucket, max_batch) -> tuple[int, int | None, int, int, int]:

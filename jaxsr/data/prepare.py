@@ -263,19 +263,8 @@ def _write_manifest(store: str, inputs, entries: dict[str, dict], failed, comple
     _fsync_dir(store)
 
 
-def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
-                  workers: int | None = None, progress: bool = True,
-                  log: Callable[[str], None] | None = None) -> PrepareResult:
-    """Decode every image of ``inputs`` (folders, globs or files, as in ``data.train_dirs``)
-    into the store folder ``output``; see the module docstring for the layout and the
-    crash safety.
-
-    workers: decoding processes (default: one per CPU; 0 decodes in this process).
-    A file that cannot be decoded is listed in the result (and the manifest's ``failed``)
-    and left out of the store; the others are still converted.
-    """
-    start = time.time()
-    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+def _check_arguments(inputs, output, workers) -> tuple[list[str], str, int]:
+    """(absolute inputs, absolute store folder, worker count), or a ValueError."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     inputs = [os.path.abspath(os.path.expanduser(os.fspath(i))) for i in inputs]
@@ -286,9 +275,11 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    return inputs, store, workers
 
-    groups = _source_groups(inputs)
-    sources = [s for _, paths in groups for s in paths]
+
+def _check_store_folder(store: str, sources: list[str]) -> None:
+    """The output folder may be new, empty or a store, and must not hold source images."""
     if any(os.path.commonpath([store, s]) == store for s in sources):
         raise ValueError(f"--output {store} contains source images; give another folder")
     if os.path.exists(store) and not os.path.isdir(store):
@@ -297,11 +288,13 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
         raise ValueError(f"--output {store} is a non-empty folder without a {MANIFEST}; "
                          f"refusing to write a store into it (give a new or empty folder)")
 
-    os.makedirs(store, exist_ok=True)
+
+def _plan(store: str, groups, sources: list[str]):
+    """(array names, entries already done, sources to convert, stale entries) against the
+    store's manifest; the arrays of sources that are no longer inputs are deleted."""
     old = read_manifest(store) if is_store(store) else {"images": []}
     old_entries = {e["source"]: e for e in old.get("images", []) if "source" in e}
     names = _assign_names(groups, {s: e["array"] for s, e in old_entries.items()})
-
     entries: dict[str, dict] = {}
     todo = []
     for source in sources:
@@ -316,6 +309,67 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
             os.unlink(os.path.join(store, entry["array"]))
         except OSError:
             pass
+    return names, entries, todo, stale
+
+
+def _convert_all(jobs: list[tuple[str, str]], workers: int, record: Callable) -> None:
+    """Convert every (source, array path) job, in this process or a pool of `workers`, and
+    `record(source, fields, error)` each result as it finishes (also those finished when
+    interrupted)."""
+    if workers == 0 or len(jobs) <= 1:
+        for job in jobs:
+            record(*_convert_task(*job))
+        return
+    # "spawn": the parent may hold threads (grain, JAX) that fork would copy badly.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=context,
+            initializer=_ignore_sigint) as pool:
+        futures = {pool.submit(_convert_task, *job): job[0] for job in jobs}
+        pending = set(futures)
+
+        def harvest(future):
+            pending.discard(future)
+            try:
+                record(*future.result())
+            except Exception as error:  # noqa: BLE001  (a worker died: OOM, signal)
+                record(futures[future], None, f"{type(error).__name__}: {error}")
+
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                harvest(future)
+        except BaseException:
+            # Interrupted: drop what has not started, let the running images finish
+            # (one per worker), and keep every finished one in the manifest.
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            for future in list(pending):
+                if future.done() and not future.cancelled():
+                    harvest(future)
+            raise
+
+
+def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+                  workers: int | None = None, progress: bool = True,
+                  log: Callable[[str], None] | None = None) -> PrepareResult:
+    """Decode every image of ``inputs`` (folders, globs or files, as in ``data.train_dirs``)
+    into the store folder ``output``; see the module docstring for the layout and the
+    crash safety.
+
+    workers: decoding processes (default: one per CPU; 0 decodes in this process).
+    A file that cannot be decoded is listed in the result (and the manifest's ``failed``)
+    and left out of the store; the others are still converted.
+    """
+    start = time.time()
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    inputs, store, workers = _check_arguments(inputs, output, workers)
+    groups = _source_groups(inputs)
+    sources = [s for _, paths in groups for s in paths]
+    _check_store_folder(store, sources)
+
+    os.makedirs(store, exist_ok=True)
+    names, entries, todo, stale = _plan(store, groups, sources)
     _remove_temp_files(store)
     failed: list[tuple[str, str]] = []
     # Written before any array: a store folder always has a manifest, "complete": false
@@ -341,40 +395,8 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
             _write_manifest(store, inputs, entries, failed, complete=False)
             last_save = time.time()
 
-    jobs = [(s, os.path.join(store, names[s])) for s in todo]
     try:
-        if workers == 0 or len(jobs) <= 1:
-            for job in jobs:
-                record(*_convert_task(*job))
-        else:
-            # "spawn": the parent may hold threads (grain, JAX) that fork would copy badly.
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(
-                    min(workers, len(jobs)), mp_context=context,
-                    initializer=_ignore_sigint) as pool:
-                futures = {pool.submit(_convert_task, *job): job[0] for job in jobs}
-                pending = set(futures)
-
-                def harvest(future):
-                    pending.discard(future)
-                    try:
-                        record(*future.result())
-                    except Exception as error:  # noqa: BLE001  (a worker died: OOM, signal)
-                        record(futures[future], None, f"{type(error).__name__}: {error}")
-
-                try:
-                    for future in concurrent.futures.as_completed(futures):
-                        harvest(future)
-                except BaseException:
-                    # Interrupted: drop what has not started, let the running images finish
-                    # (one per worker), and keep every finished one in the manifest.
-                    for future in pending:
-                        future.cancel()
-                    pool.shutdown(wait=True)
-                    for future in list(pending):
-                        if future.done() and not future.cancelled():
-                            harvest(future)
-                    raise
+        _convert_all([(s, os.path.join(store, names[s])) for s in todo], workers, record)
     except BaseException:
         bar.close()
         _write_manifest(store, inputs, entries, failed, complete=False)
