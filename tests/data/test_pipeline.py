@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -252,20 +251,3 @@ def test_validation_set_centre_crops(paths):
     assert load_validation_set(paths, size=12, scale=3, max_images=100).shape[0] == len(paths)
     with pytest.raises(ValueError, match="scale"):
         load_validation_set(paths, size=13, scale=3, max_images=2)
-
-
-# ---------------------------------------------------------------- throughput (printed only)
-
-def test_bundled_throughput_report(capsys):
-    dataset = make_train_dataset(resolve_image_paths(BUNDLED), patch_size=192,
-                                 batch_size=16, seed=0)
-    iterator = iter(dataset)
-    next(iterator)  # start the worker threads outside the timed part
-    count, start = 30, time.perf_counter()
-    for _ in range(count):
-        batch = next(iterator)
-    seconds = time.perf_counter() - start
-    assert batch["hr"].shape == (16, 192, 192, 3)
-    with capsys.disabled():
-        print(f"\n[jaxsr.data] bundled photos, batch 16 x 192x192 uint8: "
-              f"{count / seconds:.1f} batches/s ({os.cpu_count()} CPUs, 2 threads)")
