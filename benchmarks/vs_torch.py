@@ -17,22 +17,24 @@ sides run the same weights on the same inputs (the largest forward difference is
 
 Timing: warm-up calls first, then `--rounds` rounds, each timing one PyTorch call and one jaxsr
 call in turn (so machine noise hits both sides alike); the medians are reported. jaxsr's compile
-time (`lower + compile`) is measured separately and excluded. PyTorch runs with
-`torch.set_num_threads(os.cpu_count())` and `OMP_WAIT_POLICY=PASSIVE` (unless set): with OpenMP's
-default spin-waiting, PyTorch on this shared 2-core machine ran up to 10x slower, and that would
-flatter jaxsr. ratio = PyTorch time / jaxsr time (> 1: jaxsr faster).
+time (`lower + compile`) is measured separately and excluded. ratio = PyTorch time / jaxsr time
+(> 1: jaxsr faster).
 
-jaxsr compiles as it does in training and inference: with `jaxsr.xla_options.compiler_options()`
-(on the CPU: no YNNPACK fusions; `--xla-defaults` compiles with XLA's defaults instead), and with
-`restart_with_malloc_tuning()` and `keep_large_buffers_in_heap()` as `jaxsr.main` sets them on the
-CPU (glibc: one heap for all threads that keeps large blocks, transparent huge pages); they are
-process-wide, so PyTorch runs with them too (`--malloc-defaults` leaves glibc alone for both).
-`--conv-gradient xla` differentiates jaxsr's convolutions with XLA's own gradient convolutions
-instead of the CPU's gradient plan (`jaxsr.models.layers.conv_gradient_plan`); `--no-native` keeps
-the plan but computes stride-1 kernel gradients as XLA matmuls instead of `jaxsr.cpu_kernels`.
-Each model runs in a process of its own (as a training run does; `--same-process` runs them all in
-this one): run after the others in one process, DSSR's jaxsr times were 20-25% slower on this machine
-(forward 3.1 -> 3.9 s), PyTorch's unchanged.
+PyTorch runs as its users run it: in a worker process of its own, with PyTorch's default threads
+and OpenMP settings and none of jaxsr's process-wide settings (its environment has no
+GLIBC_TUNABLES from jaxsr). `--torch-omp-passive` sets OMP_WAIT_POLICY=PASSIVE for PyTorch, as
+this benchmark once did: on this machine that slowed the official DANv2 training step from 0.97
+to 1.57 s, so it flattered jaxsr. `--torch-shares-tuning` gives the worker jaxsr's allocator
+settings too.
+
+jaxsr runs as `python -m jaxsr.main` runs it: `jaxsr.cpu.setup()` (allocator restart, inline
+dispatch, the native kernel gradient where it can be built; `--malloc-defaults`,
+`--async-dispatch` and `--no-native` leave one out), compiled with `jaxsr.jit` (the CPU compile
+options; `--xla-defaults` compiles with plain `jax.jit` instead). Its train step differentiates
+what the loss reaches, as `jaxsr.train` does: the model's training forward (`ModelSpec.forward`)
+with a loss on the last SR only, the loss the PyTorch side takes (DAN: the iterations before the
+last run without a backward pass, as PyTorch's autograd does behind the official `detach()`s).
+Each model runs in a process of its own (`--same-process` runs them all in this one).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """
 from __future__ import annotations
@@ -56,9 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-# Before torch loads: its OpenMP threads otherwise spin-wait between parallel regions, which on a
-# shared (oversubscribed) CPU made PyTorch up to 10x slower here and would flatter jaxsr.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Only on request (--torch-omp-passive, read before torch loads): PyTorch's users run its defaults.
+if "--torch-omp-passive" in sys.argv:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -67,12 +69,15 @@ import common  # noqa: E402
 
 import torch  # noqa: E402
 
-from jaxsr import cpu_kernels, models, torch_import, xla_options  # noqa: E402
-from jaxsr.models import dan, dssr, kxnet, layers, usrnet  # noqa: E402
+import jaxsr  # noqa: E402
+from jaxsr import models, torch_import  # noqa: E402
+from jaxsr.cpu import compile as cpu_compile, native, process  # noqa: E402
+from jaxsr.models import dan, dssr, kxnet, usrnet  # noqa: E402
 
 TESTS = HERE.parent / "tests"
 SCALE = 4
 LEARNING_RATE = 1e-4
+JIT = None  # jaxsr.jit, or jax.jit with --xla-defaults (set in main)
 
 
 def reference_module(name: str):
@@ -95,11 +100,19 @@ class Case:
     jax_out: Callable
     torch_extra: Callable = lambda n: ()   # batch size -> extra torch inputs
     jax_extra: Callable = lambda n: ()     # batch size -> extra jax inputs
+    jax_train_out: Callable | None = None  # the training forward's last SR (default: jax_out)
 
 
 def _orthonormal(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((rows, cols)))
     return q.astype(np.float32)
+
+
+def _for_cpu(model):
+    """The model as `jaxsr.models.create(cfg, "cpu")` builds it: iterations unrolled."""
+    if "scan_unroll" in type(model).__dataclass_fields__:
+        return model.clone(scan_unroll=models.unroll_for("cpu"))
+    return model
 
 
 def _convert(net, model, name):
@@ -128,10 +141,13 @@ def build_dan(version: int, quick: bool) -> Case:
     matrix = _orthonormal(size * size, 10)
     torch.manual_seed(0)
     net = ref.TorchDAN(version, SCALE, matrix, fields=fields, iters=iters)
-    model = dan.MODELS[name](scale=SCALE, kernel_size=size, code_length=10, num_iters=iters, pca_matrix=matrix,
-                             **fields)
+    model = _for_cpu(dan.MODELS[name](scale=SCALE, kernel_size=size, code_length=10, num_iters=iters,
+                                      pca_matrix=matrix, **fields))
     params, _ = _convert(net, model, name)
-    return Case(name, net, model, params, lambda net, lr: net(lr)[0][-1], _predict_fn(name, model))
+    # the training forward for a loss on the last SR (jaxsr.models.dan.forward with the default weights)
+    train_out = lambda p, lr: model.apply({"params": p}, lr, train_from=iters - 1)["sr"][-1]
+    return Case(name, net, model, params, lambda net, lr: net(lr)[0][-1], _predict_fn(name, model),
+                jax_train_out=train_out)
 
 
 def build_kxnet(quick: bool) -> Case:
@@ -141,7 +157,8 @@ def build_kxnet(quick: bool) -> Case:
     kernel_map = np.resize(kernel_map, (aux_k, size, size))
     torch.manual_seed(0)
     net = ref.TorchKXNet(SCALE, size, kernel_map, stages=stages, aux_x=aux_x)
-    model = kxnet.KXNet(scale=SCALE, kernel_size=size, num_stages=stages, aux_x_features=aux_x, aux_k_features=aux_k)
+    model = _for_cpu(kxnet.KXNet(scale=SCALE, kernel_size=size, num_stages=stages, aux_x_features=aux_x,
+                                 aux_k_features=aux_k))
     params, _ = _convert(net, model, "kxnet")
     return Case("kxnet", net, model, params, lambda net, lr: net(lr)[0][-1], _predict_fn("kxnet", model))
 
@@ -153,7 +170,7 @@ def build_dssr(quick: bool) -> Case:
     torch.manual_seed(0)
     net = ref.TorchDSSR(SCALE, ch=fields["features"], feat_blocks=fields["structure_blocks"],
                         refine_blocks=fields["refine_blocks"], steps=fields["num_iters"])
-    model = dssr.DSSR(scale=SCALE, **fields)
+    model = _for_cpu(dssr.DSSR(scale=SCALE, **fields))
     params, _ = _convert(net, model, "dssr")
     return Case("dssr", net, model, params, lambda net, lr: net(lr)[2], _predict_fn("dssr", model))
 
@@ -164,7 +181,7 @@ def build_usrnet(quick: bool) -> Case:
         dict(usrnet.OFFICIAL_VARIANTS["usrnet"])
     torch.manual_seed(0)
     net = ref.TorchUSRNet(fields["num_iters"], fields["hyper_features"], list(fields["features"]), fields["num_blocks"])
-    model = usrnet.USRNet(scale=SCALE, **fields)
+    model = _for_cpu(usrnet.USRNet(scale=SCALE, **fields))
     params, _ = _convert(net, model, "usrnet")
     ksize = 21
 
@@ -228,14 +245,16 @@ def torch_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
 def jax_forward(case: Case, lr: np.ndarray):
     lr_j, extra = jnp.asarray(lr), case.jax_extra(lr.shape[0])
     params = jax.device_put(case.params)
-    fn = xla_options.jit(case.jax_out)
+    fn = JIT(case.jax_out)
     compile_s, compiled = common.time_compile(fn, params, lr_j, *extra)
     return compile_s, lambda: jax.block_until_ready(compiled(params, lr_j, *extra))
 
 
 def make_train_step(case: Case, tx):
+    out = case.jax_train_out or case.jax_out
+
     def loss_fn(params, lr, hr, extra):
-        return jnp.mean(jnp.abs(case.jax_out(params, lr, *extra) - hr))
+        return jnp.mean(jnp.abs(out(params, lr, *extra) - hr))
 
     def step(params, opt_state, lr, hr, extra):
         loss, grads = jax.value_and_grad(loss_fn)(params, lr, hr, extra)
@@ -249,7 +268,7 @@ def jax_train_step(case: Case, lr: np.ndarray, hr: np.ndarray):
     lr_j, hr_j, extra = jnp.asarray(lr), jnp.asarray(hr), case.jax_extra(lr.shape[0])
     state = [jax.tree.map(jnp.array, case.params)]
     state.append(tx.init(state[0]))
-    step = xla_options.jit(make_train_step(case, tx), donate_argnums=(0, 1))
+    step = JIT(make_train_step(case, tx), donate_argnums=(0, 1))
     compile_s, compiled = common.time_compile(step, state[0], state[1], lr_j, hr_j, extra)
 
     def run():
@@ -313,9 +332,12 @@ class TorchWorker:
         argv = [sys.executable, os.path.abspath(__file__), "--torch-worker", name,
                 "--forward-size", str(args.forward_size), "--forward-batch", str(args.forward_batch),
                 "--train-size", str(args.train_size), "--train-batch", str(args.train_batch)]
-        argv += [flag for flag, on in (("--quick", args.quick), ("--malloc-defaults", args.malloc_defaults),
-                                       ("--async-dispatch", args.async_dispatch)) if on]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        argv += [flag for flag, on in (("--quick", args.quick), ("--torch-omp-passive", args.torch_omp_passive)) if on]
+        env = dict(os.environ)
+        if not args.torch_shares_tuning:  # PyTorch as its users run it: none of jaxsr's process settings
+            env.pop("GLIBC_TUNABLES", None)
+            env[process.MALLOC_TUNING_ENV] = "0"
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         if self._reply() != "ready":
             raise RuntimeError("the PyTorch worker did not start")
 
@@ -340,8 +362,7 @@ class TorchWorker:
 def torch_worker(name: str, args) -> None:
     """The --torch-worker loop: read "forward" / "train" lines, answer "<seconds> <page faults>"."""
     protocol, sys.stdout = sys.stdout, sys.stderr  # anything else printed goes to stderr
-    torch.set_num_threads(os.cpu_count())
-    case = BUILDERS[name](args.quick)
+    case = BUILDERS[name](args.quick)  # PyTorch's default threads and OpenMP settings
     lr_f, _ = images(args.forward_batch, args.forward_size, seed=1)
     lr_t, hr_t = images(args.train_batch, args.train_size, seed=2)
     calls = {"forward": timed(torch_forward(case, lr_f)), "train": timed(torch_train_step(case, lr_t, hr_t))}
@@ -438,15 +459,16 @@ def main(argv=None) -> None:
     p.add_argument("--train-size", type=int, default=None, help="LR side of the training input (32; quick 16)")
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the rows as JSON")
-    p.add_argument("--conv-gradient", default="auto", choices=layers.CONV_GRADIENTS,
-                   help="gradients of jaxsr's convolutions (auto = the matmul plan on CPU; xla = XLA's own)")
     p.add_argument("--no-native", action="store_true",
-                   help="without jaxsr.cpu_kernels: stride-1 kernel gradients as XLA matmuls of stacked shifts")
+                   help="without jaxsr.cpu.native: stride-1 kernel gradients as XLA matmuls of stacked shifts")
     p.add_argument("--xla-defaults", action="store_true",
-                   help="compile jaxsr with XLA's default options instead of jaxsr.xla_options (to compare)")
+                   help="compile jaxsr with plain jax.jit (XLA's default options) instead of jaxsr.jit")
     p.add_argument("--malloc-defaults", action="store_true",
-                   help="leave glibc alone: no heap tunables, no huge pages (jaxsr.main sets both on the "
-                        "CPU; both sides share them)")
+                   help="leave glibc alone in jaxsr's process: no heap tunables, no huge pages")
+    p.add_argument("--torch-omp-passive", action="store_true",
+                   help="OMP_WAIT_POLICY=PASSIVE for PyTorch (not its default; it slows PyTorch here)")
+    p.add_argument("--torch-shares-tuning", action="store_true",
+                   help="give PyTorch's worker jaxsr's allocator settings too (GLIBC_TUNABLES)")
     p.add_argument("--async-dispatch", action="store_true",
                    help="keep JAX's asynchronous CPU dispatch (jaxsr.main runs CPU executions inline)")
     p.add_argument("--torch-in-process", action="store_true",
@@ -455,39 +477,41 @@ def main(argv=None) -> None:
     p.add_argument("--same-process", action="store_true",
                    help="run every model in this process (default: one child process per model)")
     args = p.parse_args(argv)
+    global JIT
+    JIT = jax.jit if args.xla_defaults else jaxsr.jit
+    if args.torch_worker:  # PyTorch's process: none of jaxsr's settings
+        args.forward_size = args.forward_size or (24 if args.quick else 64)
+        args.train_size = args.train_size or (16 if args.quick else 32)
+        torch_worker(args.torch_worker, args)
+        return
+    # jaxsr's process, set up as `python -m jaxsr.main` sets it up (jaxsr.cpu.setup), less what the flags leave out
     if not args.malloc_defaults and __name__ == "__main__":
-        xla_options.restart_with_malloc_tuning()  # as jaxsr.main does; process-wide, so PyTorch gets it too
+        process.restart_with_malloc_tuning()
     if not args.async_dispatch:
-        xla_options.run_cpu_executions_inline()  # as jaxsr.main does: a step's temporaries freed before the next's
-    xla_options.ENABLED = not args.xla_defaults
-    layers.CONV_GRADIENT = args.conv_gradient
-    if args.no_native:
-        cpu_kernels.ENABLED = False
-    heap = False if args.malloc_defaults else xla_options.keep_large_buffers_in_heap()
+        process.run_cpu_executions_inline()
+    heap = False if args.malloc_defaults else process.keep_large_buffers_in_heap()
+    native_kernel = False if args.no_native else native.load(build_missing=True)
     args.rounds = args.rounds or (5 if args.quick else 7)
     args.forward_size = args.forward_size or (24 if args.quick else 64)
     args.train_size = args.train_size or (16 if args.quick else 32)
     args.parts = tuple(args.parts.split(","))
-    if args.torch_worker:
-        torch_worker(args.torch_worker, args)
-        return
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(BUILDERS))
     if unknown:
         p.error(f"unknown models {unknown}; choose from {list(BUILDERS)}")
 
-    torch.set_num_threads(os.cpu_count())
     machine = common.print_machine()
     print("# load average at start (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
-    print(f"# PyTorch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} | x{SCALE} "
+    print(f"# PyTorch {torch.__version__}, default threads ({torch.get_num_threads()} here), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset (PyTorch default)'}, "
+          f"{'jaxsr allocator settings' if args.torch_shares_tuning else 'glibc defaults'} | x{SCALE} "
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup}-{args.max_warmup} warm-up calls (until no page faults), medians; jaxsr compile excluded; "
           f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
-    print(f"# jaxsr conv kernel gradient: {layers.conv_gradient_method(args.conv_gradient)}; native stride-1 "
-          f"kernel gradient (jaxsr.cpu_kernels): {cpu_kernels.available()}")
-    print(f"# jaxsr compile options: {xla_options.compiler_options() or 'XLA defaults'}; large buffers from the heap "
-          f"(both sides): {heap}; "
+    print(f"# jaxsr native stride-1 kernel gradient (jaxsr.cpu.native): {native_kernel}")
+    options = {} if args.xla_defaults else cpu_compile.compiler_options("cpu")
+    print(f"# jaxsr compile options: {options or 'XLA defaults'}; "
+          f"large buffers from the heap: {heap}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}; CPU executions "
           f"{'dispatched asynchronously' if args.async_dispatch else 'inline'}")
     rows = []
