@@ -110,7 +110,7 @@ _NATIVE_CALL = re.compile(r"=\s*f32\[(\d+),(\d+),(\d+),(\d+)\][^\n]*?custom-call
 
 
 def native_kernel_gradient_flops(hlo_text: str) -> float:
-    """FLOPs of the program's `jaxsr.cpu_kernels` kernel-gradient calls, which XLA's cost analysis
+    """FLOPs of the program's `jaxsr.cpu.native` kernel-gradient calls, which XLA's cost analysis
     does not see (custom calls): 2·kh·kw·C·O per output pixel, as XLA counts a convolution."""
     shapes = {name: [int(d) for d in dims.split(",") if d] for name, dims in _HLO_VALUE.findall(hlo_text)}
     total = 0.0

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
 
-from jaxsr import xla_options  # noqa: E402
+from jaxsr.cpu import compile as cpu_compile, process  # noqa: E402
 from jaxsr.models import dan, dssr, kenet, kxnet, usrnet  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def memory(compiled) -> dict[str, int] | None:
 
 def compile_timed(fn, *args):
     t0 = time.perf_counter()
-    lowered = xla_options.jit(fn).lower(*args)  # compiled as jaxsr compiles it
+    lowered = cpu_compile.jit(fn).lower(*args)  # compiled as jaxsr compiles it
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -210,8 +210,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if __name__ == "__main__":  # the process settings jaxsr.main uses on the CPU
-        xla_options.restart_with_malloc_tuning()
-        xla_options.keep_large_buffers_in_heap()
+        process.restart_with_malloc_tuning()
+        process.keep_large_buffers_in_heap()
 
     info = common.print_machine()
     args.peak = common.matmul_peak(args.peak_size) if args.peak_size else None
