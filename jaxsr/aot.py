@@ -262,6 +262,7 @@ def build(cfg, platform: str, model_overrides: dict | None = None) -> Built:
     for key, value in (model_overrides or {}).items():
         cfg.model[key] = value
     cfg = config_lib.prepare(cfg)
+    config_lib.ensure_pca(cfg)  # a DAN setting without a shipped PCA matrix fits one into the cache first
     spec = config_lib.degradation_spec(cfg)
     model_spec, model = train.build_model(cfg, platform)
     tx, schedule = train.make_optimizer(cfg)
