@@ -25,7 +25,9 @@ def maybe_initialize_distributed() -> None:
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]))
-    elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES"):
+    elif os.environ.get("SLURM_NTASKS", "1") != "1" or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        # a multi-host TPU slice lists several workers; one (e.g. "localhost", which `jaxsr.aot`
+        # sets for libtpu on a machine without a TPU) is a single process
         jax.distributed.initialize()
 
 
