@@ -32,7 +32,7 @@ def main(argv):
     from jaxsr import cli, cpu, sharding  # after flag parsing, so --help stays fast
     # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
     # re-execute the process with allocator settings), never when imported.
-    cpu_setup = cpu.setup(restart=__name__ == "__main__") if __name__ == "__main__" else {}
+    cpu_setup = cpu.setup() if __name__ == "__main__" else {}
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
