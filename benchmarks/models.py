@@ -18,13 +18,47 @@ GFLOP/s (FLOPs / median latency; the training step is timed like the forward pas
 rate as a fraction of this machine's float32 matmul peak, measured first in the same run (median
 of 2048 x 2048 products, `--peak-size`). XLA counts a while-loop body once, so programs that still
 contain loops (iterated models with a rolled scan, the GPU/TPU default) get a lower bound, marked
-with `*`; on CPU the iterated models are unrolled and the count is complete.
+with `*`; on CPU the iterated models are unrolled and the count is complete. This training step is
+a proxy for memory and speed (L1 of the last output, every iteration differentiated); the work
+section below counts the step jaxsr really trains.
+
+Work per training step (section `work` of `--sections`, on by default; `--sections work` skips the
+timing runs). For each model, built from its paper config (`WORK_CONFIGS`: paper widths; `--tiny`: the
+config's `tiny` variant, with its own scale, widths and T) for programs compiled for ONE CPU device,
+with every scan iteration unrolled (`scan_unroll=0`: XLA's cost analysis counts a rolled loop body
+once), at LR `--work-size`² and batch `--work-batch`, XLA's cost analysis gives:
+
+  forward  the loss value alone: `jaxsr.train.make_loss_fn` (the model's training forward,
+           `ModelSpec.forward`, and its loss, exactly as the trainer calls them), compiled without grad
+  step     `jax.value_and_grad` of that same function: the training step's forward and backward
+           (the degradation and the Adam update are left out: they are not the loss's work). For
+           DAN, `ModelSpec.forward` runs the iterations before the first weighted one
+           (`dan.first_weighted_iteration`: the last by default) behind a stop-gradient (`train_from`)
+
+and the work the loss NEEDS is counted analytically as
+
+  needed = forward + 2 · forward · n_diff / T
+
+T iterations, of which the last n_diff are differentiated because a loss term reaches them (DAN:
+T - first weighted iteration; KXNet and DSSR weight every iteration and USRNet's loss reaches every
+one through its unfolded data steps: n_diff = T; KENet: T = 1). Convention: a backward pass costs two
+forward passes of the iterations it runs through, one for the input gradients and one for the weight
+gradients, each as many FLOPs as the forward convolution or matmul. The forward FLOPs of the
+differentiated iterations are taken as forward · n_diff / T: DAN's iterations are the same network
+run T times on the same-sized tensors, so each costs forward / T (the loss's own few FLOPs are spread
+with them); for every other model n_diff = T and the term is the whole forward. `step / needed` near
+1 means the step does no wasted work; the bar is 1.1. For models that skip iterations (DAN) the step
+with every iteration differentiated (`ModelSpec.forward` without a config: train_from = 0, how DAN
+trained before) is compiled too and reported as `full_step` beside it. Custom calls (the
+`jaxsr.cpu.native` kernel gradient, only used once `native.load()` registered it; this script never
+calls it) are invisible to XLA's count; any in the programs are listed in the output.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
 from typing import Any, Callable
@@ -37,8 +71,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
 
-from jaxsr.cpu import compile as cpu_compile, process  # noqa: E402
+from jaxsr import config_lib, train  # noqa: E402
+from jaxsr.cpu import compile as cpu_compile, native, process  # noqa: E402
 from jaxsr.models import dan, dssr, kenet, kxnet, usrnet  # noqa: E402
+from jaxsr.ops import degrade  # noqa: E402
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 
 
 @dataclasses.dataclass
@@ -177,6 +215,130 @@ def bench_one(name: str, args, size: int, batch: int) -> dict:
     return record
 
 
+# ----------------------------------------------------------------------------- work per training step
+# model -> (config file, paper variant at scale {s}); `--tiny` takes the file's "tiny" variant instead
+WORK_CONFIGS: dict[str, tuple[str, str]] = {
+    "danv1": ("dan.py", "setting1_x{s}"), "danv2": ("danv2.py", "setting1_x{s}"),
+    "kxnet": ("kxnet.py", "setting1_x{s}"), "dssr": ("dssr.py", "setting1_x{s}"),
+    "usrnet": ("usrnet.py", "kxnet2_x{s}"), "kenet": ("kenet.py", "x{s}")}
+
+
+def work_config(name: str, scale: int = 4, tiny: bool = False):
+    """The prepared training config of `name`: its paper variant at `scale`, or its tiny one."""
+    path, variant = WORK_CONFIGS[name]
+    cfg = config_lib.prepare(config_lib.load(os.path.join(CONFIGS, path), "tiny" if tiny else variant.format(s=scale)))
+    config_lib.ensure_pca(cfg)  # a shipped matrix for every variant used here: nothing is fitted
+    return cfg
+
+
+def iterations(model) -> int:
+    """T: the model's iteration (or stage) count; 1 for a model that does not iterate (KENet)."""
+    return int(getattr(model, "num_iters", getattr(model, "num_stages", 1)))
+
+
+def first_trained_iteration(spec, model, cfg) -> int:
+    """The first iteration the training forward differentiates: DAN's first weighted one (its
+    `ModelSpec.forward` passes it as `train_from`); 0 for every other model."""
+    return dan.first_weighted_iteration(cfg, model.num_iters) if spec.forward is dan.forward else 0
+
+
+def custom_calls(compiled) -> list[str]:
+    return sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())))
+
+
+def work_count(name: str, scale: int = 4, size: int = 32, batch: int = 2, tiny: bool = False,
+               full_step: bool = True) -> dict:
+    """FLOPs (XLA CPU cost analysis, loops unrolled) of the loss value ("forward") and of the
+    training step's value and gradient ("step") of model `name`, the analytic FLOPs the loss needs
+    ("needed"), their ratio, and for a model that skips iterations its step with every iteration
+    differentiated ("full_step"). See the module docstring for the conventions."""
+    cfg = work_config(name, scale, tiny)
+    spec, model = train.build_model(cfg, "cpu")
+    if "scan_unroll" in type(model).__dataclass_fields__:
+        model = model.clone(scan_unroll=0)  # whatever the config says: every iteration counted
+    s = int(cfg.scale)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    hr = jax.ShapeDtypeStruct((batch, size * s, size * s, 3), jnp.float32)
+    dspec = config_lib.degradation_spec(cfg)
+
+    def make_batch(key, hr):
+        lr, kernel, noise_sigma = degrade.degrade(key, hr, dspec)
+        return {"hr": hr, "lr": lr, "kernel": kernel, "noise_sigma": noise_sigma}
+
+    batch_shapes = jax.eval_shape(make_batch, key, hr)
+    params = jax.eval_shape(lambda k, lr: spec.init(model, k, lr)["params"],
+                            key, batch_shapes["lr"])
+
+    def count(loss_fn, grad: bool) -> tuple[float, list[str], float]:
+        fn = jax.value_and_grad(loss_fn, has_aux=True) if grad else loss_fn
+        t = time.perf_counter()
+        compiled = cpu_compile.jit(fn).lower(params, batch_shapes).compile()
+        seconds = time.perf_counter() - t
+        flops, has_loops = common.compiled_flops(compiled)
+        if has_loops:
+            raise RuntimeError(f"{name}: the program still has a while loop; its FLOPs would be a lower bound")
+        return flops, custom_calls(compiled), seconds
+
+    loss_fn = train.make_loss_fn(cfg, spec, model)
+    forward, calls_fwd, compile_fwd = count(loss_fn, grad=False)
+    step, calls_step, compile_step = count(loss_fn, grad=True)
+    T = iterations(model)
+    first = first_trained_iteration(spec, model, cfg)
+    n_diff = T - first
+    needed = forward + 2.0 * forward * n_diff / T
+    record = {
+        "model": name, "config": f"{WORK_CONFIGS[name][0]}:{'tiny' if tiny else WORK_CONFIGS[name][1].format(s=scale)}",
+        "scale": s, "lr_size": size, "batch": batch, "tiny": tiny, "iterations": T,
+        "first_trained_iteration": first, "differentiated_iterations": n_diff,
+        "native_kernel_registered": native.registered(),
+        "forward_flops": forward, "step_flops": step, "needed_flops": needed, "step_over_needed": step / needed,
+        "needed_rule": "forward + 2 * forward * differentiated_iterations / iterations",
+        "compile_s": {"forward": compile_fwd, "step": compile_step},
+        "custom_calls": sorted(set(calls_fwd) | set(calls_step)),
+        "full_step_flops": None, "full_step_over_needed": None,
+    }
+    if full_step and first > 0:
+        # ModelSpec.forward without a config differentiates every iteration (train_from = 0)
+        full_spec = dataclasses.replace(spec, forward=lambda m, v, b, c: spec.forward(m, v, b, None))
+        full, calls_full, compile_full = count(train.make_loss_fn(cfg, full_spec, model), grad=True)
+        record.update(full_step_flops=full, full_step_over_needed=full / needed,
+                      custom_calls=sorted(set(record["custom_calls"]) | set(calls_full)))
+        record["compile_s"]["full_step"] = compile_full
+    return record
+
+
+def _gflop(flops: float) -> str:
+    g = flops / 1e9
+    return f"{g:.2f}" if g >= 1 else f"{g:.3g}"
+
+
+def work_summary(rec: dict) -> str:
+    g = lambda key: _gflop(rec[key])
+    text = (f"work {rec['model']} ({rec['config']}) x{rec['scale']} lr{rec['lr_size']} b{rec['batch']} "
+            f"T={rec['iterations']}, differentiated {rec['differentiated_iterations']}: "
+            f"forward {g('forward_flops')} | step {g('step_flops')} | needed {g('needed_flops')} GFLOP"
+            f" | step/needed {rec['step_over_needed']:.3f}")
+    if rec["full_step_flops"]:
+        text += (f" | full backward (train_from=0) {g('full_step_flops')} GFLOP = "
+                 f"{rec['full_step_over_needed']:.3f}x needed")
+    if rec["custom_calls"]:
+        text += f" | custom calls not counted: {', '.join(rec['custom_calls'])}"
+    return text
+
+
+def work_table(records: list[dict]) -> str:
+    """The markdown table of docs/benchmarks.md."""
+    rows = ["| model | T (differentiated) | forward GFLOP | step GFLOP | needed GFLOP | step / needed "
+            "| full-backward step GFLOP (/ needed) |", "|---|---|---:|---:|---:|---:|---|"]
+    for r in records:
+        full = (f"{_gflop(r['full_step_flops'])} ({r['full_step_over_needed']:.2f}x)"
+                if r["full_step_flops"] else "= step")
+        rows.append(f"| {r['model']} | {r['iterations']} ({r['differentiated_iterations']}) "
+                    f"| {_gflop(r['forward_flops'])} | {_gflop(r['step_flops'])} | {_gflop(r['needed_flops'])} "
+                    f"| {r['step_over_needed']:.3f} | {full} |")
+    return "\n".join(rows)
+
+
 def efficiency(prefix: str, flops: float | None, has_loops: bool, seconds: float, peak: dict | None) -> dict:
     """FLOPs (XLA cost analysis), achieved GFLOP/s and the fraction of the measured matmul peak."""
     rate = flops / seconds / 1e9 if flops else None
@@ -207,14 +369,22 @@ def main(argv=None) -> None:
                         help="square float32 matmul size for the machine's peak (0 = skip)")
     parser.add_argument("--profile", default=None,
                         help="write a jax.profiler trace of each configuration's timed runs under this folder")
+    parser.add_argument("--sections", default="timing,work",
+                        help="comma list: timing (compile, latency, memory, FLOP rates over --sizes/--batches), "
+                             "work (FLOPs of the training step against what the loss needs)")
+    parser.add_argument("--work-size", type=int, default=32, help="LR size (square) of the work section")
+    parser.add_argument("--work-batch", type=int, default=2, help="batch of the work section")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    sections = {x for x in args.sections.split(",") if x}
+    if not sections or sections - {"timing", "work"}:
+        parser.error(f"--sections must name timing and/or work, got {args.sections!r}")
     if __name__ == "__main__":  # the process settings jaxsr.main uses on the CPU
         process.restart_with_malloc_tuning()
         process.keep_large_buffers_in_heap()
 
     info = common.print_machine()
-    args.peak = common.matmul_peak(args.peak_size) if args.peak_size else None
+    args.peak = common.matmul_peak(args.peak_size) if args.peak_size and "timing" in sections else None
     if args.peak:
         print(f"# float32 matmul peak: {args.peak['gflops_per_s']:.1f} GFLOP/s "
               f"(median of {args.peak['n']}x{args.peak['n']} products)", flush=True)
@@ -226,15 +396,24 @@ def main(argv=None) -> None:
     batches = [int(b) for b in args.batches.split(",")]
 
     records = []
-    for name in names:
+    for name in names if "timing" in sections else ():
         for size in sizes:
             for batch in batches:
                 rec = bench_one(name, args, size, batch)
                 records.append(rec)
                 print(summary(rec, args), flush=True)
+    work = []
+    if "work" in sections:
+        print(f"# work per training step: XLA CPU cost analysis, one device, loops unrolled; "
+              f"needed = forward + 2 * forward * n_diff / T", flush=True)
+        for name in names:
+            rec = work_count(name, args.scale, args.work_size, args.work_batch, args.tiny)
+            work.append(rec)
+            print(work_summary(rec), flush=True)
+        print(work_table(work), flush=True)
     common.write_json(args.out, {"machine": info, "matmul_peak": args.peak,
                                  "args": {k: v for k, v in vars(args).items() if k != "peak"},
-                                 "results": records})
+                                 "results": records, "work": work})
 
 
 def _rate(rec: dict, prefix: str) -> str:

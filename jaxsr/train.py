@@ -88,20 +88,28 @@ def create_train_state(cfg, spec: models.ModelSpec, model, tx) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
 
+def make_loss_fn(cfg, model_spec: models.ModelSpec, model):
+    """loss_fn(params, batch) -> (loss, metrics): the model's training forward (`spec.forward`,
+    which for DAN skips the backward pass of unweighted iterations) and its loss; the function
+    the training step differentiates (and `benchmarks/models.py` counts the work of)."""
+
+    def loss_fn(params, batch):
+        outputs = model_spec.forward(model, {"params": params}, batch, cfg)
+        return model_spec.loss(outputs, batch, cfg)
+
+    return loss_fn
+
+
 def make_train_step(cfg, model_spec: models.ModelSpec, model, tx, schedule, spec: degrade.DegradationSpec):
     """Returns train_step(state, hr_uint8) -> (state, metrics); pure, to be jitted by the caller."""
+    loss_fn = make_loss_fn(cfg, model_spec, model)
 
     def train_step(state: TrainState, hr_u8: jax.Array):
         key = jax.random.fold_in(state.rng, state.step)
         hr = hr_u8.astype(jnp.float32) / 255.0
         lr, kernel, noise_sigma = degrade.degrade(key, hr, spec)
         batch = {"hr": hr, "lr": lr, "kernel": kernel, "noise_sigma": noise_sigma}
-
-        def loss_fn(params):
-            outputs = model_spec.forward(model, {"params": params}, batch, cfg)
-            return model_spec.loss(outputs, batch, cfg)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
