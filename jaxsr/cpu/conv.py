@@ -30,6 +30,8 @@ MATMUL_GRADIENT_MAX_ROWS = 12288
 # (2x128x128 at 64 -> 64) they beat or match XLA's gradient (41 vs 41-64 ms there; 2x64x64,
 # 64 -> 64: 7.9 vs 12 ms).
 STACKED_GRADIENT_MAX_ELEMENTS = 1 << 22
+# The stacked kernel gradient is used only where its padded rows add at most 1/8 to its matmul.
+PADDED_ROWS_MAX_FRACTION_INV = 8
 PLANS = ("narrow_output", "kernel_matmul", "canonical")
 
 
@@ -233,8 +235,9 @@ def plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple
     Stride-1 convs to fewer than NARROW_CHANNELS outputs take the cotangent patches. With
     `native_kernel` (the native kernel gradient serves these operands) every other stride-1 conv
     takes `conv_matmul_gradient`, whose kernel gradient then needs no stacks. Otherwise convs with
-    both sides wide take it when stride 1 and input + cotangent hold at most
-    STACKED_GRADIENT_MAX_ELEMENTS, when the taps do not overlap (stride = kernel size, USRNet's and
+    both sides wide take it when stride 1, input + cotangent hold at most
+    STACKED_GRADIENT_MAX_ELEMENTS and the map is tall enough that padded rows add at most 1/8 to
+    the product, when the taps do not overlap (stride = kernel size, USRNet's and
     DSSR's down convs), or when strided with at most MATMUL_GRADIENT_MAX_ROWS output pixels;
     everything else gets XLA's gradient convolutions in canonical layouts."""
     if min(min(p) for p in padding) < 0:
@@ -249,6 +252,11 @@ def plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple
     n, h, w = x_shape[:3]
     rows = n * ((h + sum(padding[0]) - kh) // strides[0] + 1) * ((w + sum(padding[1]) - kw) // strides[1] + 1)
     if tuple(strides) == (1, 1):
+        # The stacked product also multiplies kh - 1 padded rows per image: on small maps that is
+        # real extra work (a 3x3 conv on 8x8: 25%), which XLA's own gradient conv skips.
+        out_h = h + sum(padding[0]) - kh + 1
+        if (kh - 1) * PADDED_ROWS_MAX_FRACTION_INV > out_h:
+            return "canonical"
         return "kernel_matmul" if n * h * w * c + rows * o <= STACKED_GRADIENT_MAX_ELEMENTS else "canonical"
     if tuple(strides) == (kh, kw) or rows <= MATMUL_GRADIENT_MAX_ROWS:
         return "kernel_matmul"

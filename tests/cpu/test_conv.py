@@ -183,6 +183,8 @@ def test_cotangent_patches_from_the_definition():
 
 @pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,plan", [
     ((2, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),      # LR body
+    ((2, 16, 16, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),      # padded rows: 1/8
+    ((2, 8, 8, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "canonical"),            # padded rows: 1/4
     ((2, 128, 128, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), "kernel_matmul"),    # USRNet HR level
     ((2, 128, 128, 128), (3, 3, 128, 128), (1, 1), ((1, 1), (1, 1)), "canonical"),         # DSSR HR body
     ((4, 128, 128, 64), (3, 3, 64, 64), (2, 2), ((1, 1), (1, 1)), "canonical"),            # strided, HR
