@@ -9,7 +9,8 @@ subprocess of its own (see jaxsr/aot.py for what is compiled and how memory and 
 counted). Paper variants are every entry of a config's `VARIANTS` except the small `tiny` / `cpu`
 runs. h100-8 rows run only where the CUDA plugin is installed (`pip install 'jax[cuda12]'`; no
 GPU needed). Writes OUT/aot.json (every report, keyed "FILE:VARIANT@TARGET"; rerunning skips the
-keys already there unless --redo) and OUT/aot.md (the table). Compiles are slow on a small
+keys already there unless --redo), OUT/aot.md (a row per variant and target) and
+OUT/aot_variants.md (a row per variant, the targets side by side: the README's table). Compiles are slow on a small
 machine (a full DAN step for a TPU: minutes on 2 cores); use --variants / --targets / --jobs.
 """
 from __future__ import annotations
@@ -48,13 +49,13 @@ def paper_variants() -> list[str]:
     return rows
 
 
-def run_one(variant: str, target: str, args) -> dict:
+def run_one(variant: str, target: str, args, count_flops: bool) -> dict:
     """One `python -m jaxsr.aot` run; its JSON report plus exit status, wall time and stderr tail."""
     file, _, name = variant.partition(":")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         cmd = [sys.executable, "-m", "jaxsr.aot", f"--config={os.path.join(ROOT, 'configs', file)}:{name}",
-               f"--target={target}", f"--json={out}", f"--count_flops={args.flops}", f"--predict={args.predict}"]
+               f"--target={target}", f"--json={out}", f"--count_flops={count_flops}", f"--predict={args.predict}"]
         cmd += [f"--config.{kv}" for kv in args.override]
         env = dict(os.environ)
         env.setdefault("JAX_PLATFORMS", "cpu")
@@ -91,7 +92,20 @@ def settings_needed(report: dict) -> str:
     return prefix + "; ".join(t for t in tips if "remat" not in t or remat is None)
 
 
-def table_row(row: dict) -> str:
+def step_flops(results: dict, variant: str) -> float | None:
+    """The variant's FLOPs per training step, all devices: the unrolled CPU count of whichever of
+    its rows made one (the count does not depend on the target, only on the global batch)."""
+    for row in results.values():
+        if row["variant"] != variant or "report" not in row:
+            continue
+        step = row["report"]["programs"]["train_step"]
+        cpu = (step.get("cpu_flops") or {}).get("flops")
+        if cpu:
+            return cpu * row["report"]["num_devices"]
+    return None
+
+
+def table_row(row: dict, results: dict | None = None) -> str:
     variant, target = row["variant"], row["target"]
     report = row.get("report")
     if report is None:
@@ -104,12 +118,12 @@ def table_row(row: dict) -> str:
         args_temps = "compiler refused"
     else:
         args_temps = f"{_gib(mem.get('argument'))} / {_gib(mem.get('temp'))}"
-    total = f"{_gib(mem.get('total'))} / {_gib(budget)}"
-    cpu = (step.get("cpu_flops") or {}).get("flops")
+    mem_total = f"{_gib(mem.get('total'))} / {_gib(budget)}"
+    total = step_flops(results or {row["variant"]: row}, variant)
     xla = step.get("xla_flops")
     n = report["num_devices"]
-    if cpu:
-        flops = f"{cpu * n:.3g} (CPU count, unrolled, x{n} devices)"
+    if total:
+        flops = f"{total:.3g}"
     elif xla:
         flops = f"{xla * n:.3g} (XLA {report['platform'].upper()}, loop bodies once, x{n})"
     else:
@@ -119,7 +133,7 @@ def table_row(row: dict) -> str:
     fits = {True: "fits", False: "does not fit", None: "?"}[step.get("fits")]
     if step.get("error") and not step.get("oom"):
         fits = "compile failed"
-    return (f"| {variant} | {target} | {args_temps} | {total} | {flops} | {step.get('compile_s', 0):.0f} s | "
+    return (f"| {variant} | {target} | {args_temps} | {mem_total} | {flops} | {step.get('compile_s', 0):.0f} s | "
             f"{pred_total} | {fits} | {settings_needed(report)} | {report['batch']['per_device']} |")
 
 
@@ -128,14 +142,51 @@ def write_markdown(results: dict, path: str) -> None:
              "Per device. Memory in GiB from `compiled.memory_analysis()`: args / temps (arguments / temporaries),",
              "total (args + temps + non-aliased outputs + code, or XLA's peak) against the device's memory",
              "(v5e: 15.75 GiB usable; GPUs: JAX's default 75% of the device). FLOPs per training step, all devices:",
-             "the CPU count compiles the step with every scan iteration unrolled (XLA's TPU count takes a",
-             "rolled loop's body once). Compile time: the target's train step on this machine.",
+             "XLA's CPU cost analysis of the step compiled with every scan iteration unrolled, at the",
+             "per-device batch of the variant's first target, times its device count (XLA's TPU count takes a",
+             "rolled loop's body once; where no CPU count exists the TPU one is shown, marked).",
+             "Compile time: the target's train step on this machine.",
              "Predict: the evaluation predict function, one LR image per device.", "",
              "| variant | target | args / temps GiB | total / HBM GiB | FLOPs per step | compile | predict GiB "
              "| fits | settings needed | batch per device |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(results):
-        lines.append(table_row(results[key]))
+        lines.append(table_row(results[key], results))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _cell(row: dict | None) -> tuple[str, str]:
+    """(memory cell, compile-time cell) of one variant on one target, for the per-variant table."""
+    if row is None:
+        return "not run", ""
+    report = row.get("report")
+    if report is None:
+        return ("unavailable here" if row.get("exit") == 2 else f"failed (exit {row.get('exit')})"), ""
+    step = report["programs"]["train_step"]
+    mem = step.get("memory") or {}
+    if step.get("error") and not step.get("oom"):
+        return "compile failed", ""
+    verdict = {True: "", False: " **does not fit**", None: " ?"}[step.get("fits")]
+    needed = settings_needed(report)
+    if needed != "none":
+        verdict += f" (needs {needed})"
+    return f"{_gib(mem.get('total'))}{verdict}", f"{step.get('compile_s', 0):.0f}"
+
+
+def write_variant_table(results: dict, targets: list[str], path: str) -> None:
+    """One row per paper variant: per-device GiB on each target, FLOPs per step, compile seconds."""
+    variants = sorted({row["variant"] for row in results.values()})
+    head = " | ".join(f"{t} GiB/device" for t in targets)
+    lines = [f"| variant | batch | {head} | TFLOP per step | compile s ({', '.join(targets)}) |",
+             "|---|---:|" + "---|" * len(targets) + "---:|---|"]
+    for v in variants:
+        rows = [results.get(f"{v}@{t}") for t in targets]
+        cells = [_cell(r) for r in rows]
+        batch = next((r["report"]["batch"]["global"] for r in rows if r and "report" in r), "")
+        flops = step_flops(results, v)
+        lines.append(f"| `{v}` | {batch} | " + " | ".join(c[0] for c in cells)
+                     + f" | {'' if flops is None else f'{flops / 1e12:.1f}'} | " + " / ".join(c[1] or "-" for c in cells) + " |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -169,22 +220,26 @@ def main() -> None:
     if os.path.exists(json_path):
         with open(json_path) as f:
             results = json.load(f)
-    todo = [(v, t) for v in variants for t in targets if args.redo or f"{v}@{t}" not in results]
+    # Target-major order: every variant's first-target row (which also counts the FLOPs) comes first.
+    todo = [(v, t) for t in targets for v in variants if args.redo or f"{v}@{t}" not in results]
     print(f"{len(todo)} rows to compile ({len(variants) * len(targets) - len(todo)} already in {json_path})", flush=True)
 
     def save():
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1, default=str)
         write_markdown(results, md_path)
+        write_variant_table(results, targets, os.path.join(args.out, "aot_variants.md"))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_one, v, t, args): (v, t) for v, t in todo}
+        # FLOPs are counted once per variant: on its first row still to compile, unless a row has them.
+        counts = {v: t for v, t in reversed(todo) if args.flops and step_flops(results, v) is None}
+        futures = {pool.submit(run_one, v, t, args, counts.get(v) == t): (v, t) for v, t in todo}
         for future in concurrent.futures.as_completed(futures):
             v, t = futures[future]
             row = future.result()
             results[f"{v}@{t}"] = row
             save()
-            print(table_row(row), f"({row['wall_s']:.0f} s)", flush=True)
+            print(table_row(row, results), f"({row['wall_s']:.0f} s)", flush=True)
     save()
     print(f"wrote {md_path} and {json_path}")
 
