@@ -10,7 +10,9 @@ and the CPU tuning stays behind its boundary: everything that exists only to mak
 lives in `jaxsr/cpu/`, models and ops reach it only through `jaxsr.cpu.hook` (whose functions
 choose per the platform a program is compiled for), and no model or op asks the host for its
 default backend while tracing: a platform choice is made at lowering (the hook) or passed in
-explicitly (`models.create(cfg, platform)`).
+explicitly (`models.create(cfg, platform)`). In models and ops, the CPU branch of every platform
+choice (`hook.on_cpu`) is a `jaxsr.cpu` formulation, and the only FFTs they compute themselves are
+USRNet's closed-form data step (any other FFT formulation is CPU tuning).
 
 `python -m pytest tests/test_architecture.py` shows any violation with the file and line.
 """
@@ -199,3 +201,118 @@ def test_no_module_switch_in_models_ops_or_the_cpu_formulations():
                                                    "unfolding", "cpu_conv", "cpu")):
                             bad.append(f"{p.relative_to(PACKAGE.parent)}:{node.lineno} sets {t.value.id}.{t.attr}")
     assert not bad, "module switches set from outside:\n" + "\n".join(bad)
+
+
+
+# ----------------------------------------------------------------------------- the CPU formulations
+
+# The FFTs models and ops may compute themselves: USRNet's closed-form data step is FFTs on every
+# platform. Any other FFT formulation exists for XLA:CPU and lives in jaxsr/cpu/ (reached as `hook.*`).
+FFT_ALLOWED = {"jaxsr/ops/unfolding.py": {"p2o", "data_precompute", "data_step"}}
+
+
+def _fft_lines(path: pathlib.Path, allowed=frozenset()) -> list[int]:
+    """Lines that name an FFT (any identifier containing "fft": `jnp.fft.*`, `jax.lax.fft`, an import,
+    a def), outside the functions in `allowed`; `hook.<name>` (a jaxsr.cpu formulation) is not one."""
+    lines = set()
+
+    def visit(node, inside):
+        inside = inside or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in allowed)
+        if isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, ast.Attribute):
+            names = [] if isinstance(node.value, ast.Name) and node.value.id == "hook" else [node.attr]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, ast.alias):
+            names = [node.name, node.asname or ""]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.arg):
+            names = [node.arg]
+        else:
+            names = []
+        if not inside and any("fft" in n.lower() for n in names):
+            lines.add(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(path.read_text(), str(path)), False)
+    return sorted(lines)
+
+
+def test_no_fft_formulation_in_models_or_ops():
+    bad = []
+    for folder in ("models", "ops"):
+        for p in sorted((PACKAGE / folder).rglob("*.py")):
+            rel = p.relative_to(PACKAGE.parent).as_posix()
+            bad += [f"{rel}:{line}" for line in _fft_lines(p, FFT_ALLOWED.get(rel, frozenset()))]
+    assert not bad, ("an FFT formulation in models/ops (CPU tuning belongs in jaxsr/cpu/, reached as "
+                     "hook.*; a general FFT algorithm goes into FFT_ALLOWED):\n" + "\n".join(bad))
+
+
+def test_the_fft_checker_can_fail(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import jax.numpy as jnp\nfrom jaxsr.cpu import hook\n"
+                 "def blur(x):\n    return jnp.fft.rfft2(x)\n"            # 3-4: an FFT formulation
+                 "def step(x):\n    return jnp.real(jnp.fft.ifft2(x))\n"  # 5-6: allowed below
+                 "from numpy import fft as spectral\n"                      # 7: an import
+                 "def _correlate_fft(x):\n    return hook.correlate_fft(x)\n")  # 8: a def; 9: hook's is fine
+    assert _fft_lines(f, {"step"}) == [4, 7, 8]
+
+
+def _is_hook_formulation(node) -> bool:
+    """`hook.NAME`, or a lambda whose body only calls `hook.NAME` with names, constants and
+    attributes of names as arguments (no computation of its own)."""
+    def hook_attr(n):
+        return isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "hook"
+
+    def plain(n):
+        while isinstance(n, (ast.Attribute, ast.Starred)):
+            n = n.value
+        return isinstance(n, (ast.Name, ast.Constant))
+
+    if hook_attr(node):
+        return True
+    if isinstance(node, ast.Lambda) and isinstance(node.body, ast.Call) and hook_attr(node.body.func):
+        return all(plain(a) for a in node.body.args) and all(plain(k.value) for k in node.body.keywords)
+    return False
+
+
+def _platform_choice_problems(path: pathlib.Path) -> list[str]:
+    """Platform choices in a model or op that do not take their CPU branch from jaxsr.cpu: an
+    `on_cpu` whose `cpu` is not a hook formulation, `on_cpu` used other than called, or
+    `platform_dependent` called around the hook."""
+    tree = ast.parse(path.read_text(), str(path))
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    problems = []
+    for node in ast.walk(tree):
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if name == "platform_dependent":
+            problems.append(f"{node.lineno}: platform_dependent (use hook.on_cpu)")
+        elif name == "on_cpu" and id(node) not in called:
+            problems.append(f"{node.lineno}: on_cpu used other than called")
+        if isinstance(node, ast.Call) and (getattr(node.func, "attr", None) == "on_cpu" or getattr(node.func, "id", None) == "on_cpu"):
+            cpu = next((k.value for k in node.keywords if k.arg == "cpu"), None)
+            if not _is_hook_formulation(cpu):
+                problems.append(f"{node.lineno}: on_cpu's cpu branch is not hook.<formulation>")
+    return problems
+
+
+def test_the_cpu_branch_of_every_platform_choice_is_a_jaxsr_cpu_formulation():
+    bad = [f"{p.relative_to(PACKAGE.parent)}:{problem}" for folder in ("models", "ops")
+           for p in sorted((PACKAGE / folder).rglob("*.py")) for problem in _platform_choice_problems(p)]
+    assert not bad, "a CPU formulation outside jaxsr/cpu/:\n" + "\n".join(bad)
+
+
+def test_the_platform_choice_checker_can_fail(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import jax\nfrom jaxsr.cpu import hook\n"
+                 "a = hook.on_cpu(x, cpu=hook.correlate_fft, default=f)\n"                      # 3: fine
+                 "b = hook.on_cpu(x, cpu=lambda x, k: hook.blur_downsample(x, k, spec.scale, m), default=f)\n"  # 4: fine
+                 "c = hook.on_cpu(x, cpu=_my_fft, default=f)\n"                                 # 5: an ops function
+                 "d = hook.on_cpu(x, cpu=lambda x: hook.correlate_fft(_pad(x)), default=f)\n"   # 6: computes first
+                 "e = hook.on_cpu(x, default=f, cpu=lambda x: _my_fft(x))\n"                   # 7: an ops function
+                 "choose = hook.on_cpu\n"                                                       # 8: an alias
+                 "g = jax.lax.platform_dependent(x, cpu=hook.correlate_fft, default=f)\n")     # 9: around the hook
+    assert sorted(int(p.split(":")[0]) for p in _platform_choice_problems(f)) == [5, 6, 7, 8, 9]

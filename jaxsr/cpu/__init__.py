@@ -1,13 +1,17 @@
 """Everything that exists only to make XLA:CPU fast, behind one boundary.
 
 A maintainer who cares only about GPUs and TPUs can ignore this folder: no GPU or TPU program
-contains anything from it, and nothing here changes a result beyond float rounding.
+contains anything from it (unless its caller names a CPU formulation: `method="fft"`,
+`blur_method="fused"`), and nothing here changes a result beyond float rounding.
 
   hook      the one module models and ops import: each function computes one thing, in XLA's
             plain formulation for GPU/TPU programs and in this package's formulation for CPU
             programs (`jax.lax.platform_dependent`: chosen for the platform the program is
             compiled for, never from the host's default backend)
   conv      matmul-shaped convolution gradients, narrow-output convs, the bias gradient
+  degrade   the degradation's blur, blur + downsample and KXNet's data-term gradients without
+            XLA:CPU's slow depthwise/dilated convolutions (FFTs, kept pixels only, separable
+            kernels); their plain formulations are `jaxsr.ops.degrade` / `jaxsr.ops.unfolding`
   native    a native (C++, AVX-512) kernel gradient as an XLA FFI custom call, built once per
             machine into the jaxsr cache directory, outside tracing
   compile   the CPU compile options and `jit` (also `jaxsr.jit`): jax.jit plus those options

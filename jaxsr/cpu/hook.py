@@ -7,6 +7,11 @@ is lowered for its platform only that platform's branch is emitted. So a functio
 CPU host for a TPU target (`python -m jaxsr.aot`) is the program a TPU host would build, with no
 CPU custom call in it, and no choice depends on the host's default backend or on a global read
 while tracing. Both formulations compute the same values up to float rounding.
+
+The degradation's CPU formulations (`jaxsr.cpu.degrade`: FFT blur, blur+downsample at the kept
+pixels, separable kernels, KXNet's FFT gradients) are named here too: their plain formulations live
+in `jaxsr.ops`, which passes them to `on_cpu` as its `cpu` branch (`method="auto"`), or runs them
+where a caller names them (`method="fft"`, `blur_method="fused"`) on any platform.
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ import jax.numpy as jnp
 
 from jaxsr.cpu import conv as _conv
 from jaxsr.cpu.compile import jit  # noqa: F401 - jitting with the platform's compile options
+from jaxsr.cpu.degrade import (  # noqa: F401 - the degradation's CPU formulations, for jaxsr.ops
+    blur_downsample, correlate_fft, kernel_gradient_fft, separable_blur_downsample, separable_factors,
+    transposed_blur_fft)
 
 Array = jax.Array
 

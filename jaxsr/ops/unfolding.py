@@ -2,9 +2,10 @@
 its gradients and its closed-form proximal step, as pure functions.
 
 KXNet's K and X steps (`kernel_gradient`, `transposed_blur`, `blur_down`) use the library's
-degradation (`degrade.blur`: cross-correlation, reflect padding; s-fold downsampling). Each
-has a grouped-convolution and an FFT formulation; `method="auto"` picks FFT on the CPU, where
-XLA's grouped and dilated convolutions are slow, and the convolution elsewhere.
+degradation (`degrade.blur`: cross-correlation, reflect padding; s-fold downsampling), written
+here as grouped convolutions; their FFT formulations for the CPU, where XLA's grouped and dilated
+convolutions are slow, are `jaxsr.cpu.degrade`'s (through `jaxsr.cpu.hook`): `method="auto"`
+picks them in programs compiled for the CPU.
 
 USRNet's data step (`data_precompute`, `data_step`) is the closed-form minimiser of
 ||y - (x ⊛ k)↓s||² + α||x - x_prev||² for *circular* convolution and the s-fold
@@ -43,34 +44,38 @@ def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: st
     is (s·i, s·j), so tap (a, b) of the product is Σ X_pad[s·i + a, s·j + b, c] · R[i, j, c]:
     a correlation of X_pad with R dilated by s, computed without materialising the
     (C·h·w) × k² unfold matrix. method "conv": one grouped convolution with the dilated
-    residual as filter; "fft": the same correlation through real FFTs; "auto": "fft" on CPU.
+    residual as filter; "fft": the same correlation through real FFTs
+    (`jaxsr.cpu.degrade.kernel_gradient_fft`); "auto": "fft" on CPU, "conv" elsewhere.
 
     x (N, H, W, C) with H > s·(h-1), residual (N, h, w, C) -> (N, size, size).
     """
     _check_method(method)
-    if method == "auto":  # XLA's CPU grouped/dilated convolutions are slow; FFTs are not
-        return hook.on_cpu(x, residual, cpu=lambda x, r: kernel_gradient(x, r, size, scale, "fft"),
-                           default=lambda x, r: kernel_gradient(x, r, size, scale, "conv"))
-    n, hh, ww, c = x.shape
+    c = x.shape[-1]
     h, w = residual.shape[1:3]
     pad = size // 2
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     residual = residual.astype(xp.dtype)
-    if method == "fft":
-        # circular cross-correlation of X_pad with the zero-upsampled R; lags < size never wrap
-        hp, wp = xp.shape[1:3]
-        r_up = jnp.zeros_like(xp).at[:, :scale * h:scale, :scale * w:scale, :].set(residual)
-        spec = jnp.fft.rfft2(xp, axes=(1, 2)) * jnp.conj(jnp.fft.rfft2(r_up, axes=(1, 2)))
-        out = jnp.fft.irfft2(jnp.sum(spec, axis=-1), s=(hp, wp), axes=(1, 2))[:, :size, :size]
+    if method == "auto":  # per the platform the program is compiled for
+        out = hook.on_cpu(xp, residual, cpu=lambda xp, r: hook.kernel_gradient_fft(xp, r, size, scale),
+                          default=lambda xp, r: _kernel_gradient(xp, r, size, scale))
+    elif method == "fft":
+        out = hook.kernel_gradient_fft(xp, residual, size, scale)
     else:
-        xp = xp[:, :scale * (h - 1) + size, :scale * (w - 1) + size, :]  # the rows the patches touch
-        lhs = jnp.transpose(xp, (1, 2, 0, 3)).reshape(1, xp.shape[1], xp.shape[2], n * c)  # channel n*C + c
-        rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n]
-        out = jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides=(1, 1), padding="VALID", rhs_dilation=(scale, scale),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n, precision=_HIGHEST)
-        out = jnp.transpose(out[0], (2, 0, 1))
+        out = _kernel_gradient(xp, residual, size, scale)
     return out.astype(x.dtype) / (c * h * w)
+
+
+def _kernel_gradient(xp: Array, residual: Array, size: int, scale: int) -> Array:
+    """`kernel_gradient` before its normalisation (xp: x reflect-padded), as one grouped convolution."""
+    n, c = xp.shape[0], xp.shape[-1]
+    h, w = residual.shape[1:3]
+    xp = xp[:, :scale * (h - 1) + size, :scale * (w - 1) + size, :]  # the rows the patches touch
+    lhs = jnp.transpose(xp, (1, 2, 0, 3)).reshape(1, xp.shape[1], xp.shape[2], n * c)  # channel n*C + c
+    rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n]
+    out = jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides=(1, 1), padding="VALID", rhs_dilation=(scale, scale),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n, precision=_HIGHEST)
+    return jnp.transpose(out[0], (2, 0, 1))
 
 
 def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") -> Array:
@@ -78,24 +83,25 @@ def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") 
 
     The adjoint of the zero-padded, stride-s correlation: E is dilated by s (zeros between
     pixels) and convolved with K. method "conv": a grouped convolution with lhs dilation;
-    "fft": real FFTs on a canvas large enough that nothing wraps; "auto": "fft" on CPU.
+    "fft": real FFTs on a canvas large enough that nothing wraps
+    (`jaxsr.cpu.degrade.transposed_blur_fft`); "auto": "fft" on CPU, "conv" elsewhere.
     e (N, h, w, C), kernels (N, k, k) -> (N, s·h, s·w, C).
     """
     _check_method(method)
-    if method == "auto":
-        return hook.on_cpu(e, kernels, cpu=lambda e, k: transposed_blur(e, k, scale, "fft"),
-                           default=lambda e, k: transposed_blur(e, k, scale, "conv"))
+    kernels = kernels.astype(e.dtype)
+    if method == "auto":  # per the platform the program is compiled for
+        return hook.on_cpu(e, kernels, cpu=lambda e, k: hook.transposed_blur_fft(e, k, scale),
+                           default=lambda e, k: _transposed_blur(e, k, scale))
+    if method == "fft":
+        return hook.transposed_blur_fft(e, kernels, scale)
+    return _transposed_blur(e, kernels, scale)
+
+
+def _transposed_blur(e: Array, kernels: Array, scale: int) -> Array:
+    """`transposed_blur` as one grouped convolution with lhs dilation; kernels of e's dtype."""
     n, h, w, c = e.shape
     size = kernels.shape[-1]
     pad = size // 2
-    kernels = kernels.astype(e.dtype)
-    if method == "fft":
-        hp, wp = scale * h + size - 1, scale * w + size - 1
-        e_up = jnp.zeros((n, hp, wp, c), e.dtype).at[:, :scale * h:scale, :scale * w:scale, :].set(e)
-        canvas = jnp.zeros((n, hp, wp), e.dtype).at[:, :size, :size].set(kernels)
-        spec = jnp.fft.rfft2(e_up, axes=(1, 2)) * jnp.fft.rfft2(canvas, axes=(1, 2))[..., None]
-        full = jnp.fft.irfft2(spec, s=(hp, wp), axes=(1, 2))
-        return full[:, pad:pad + scale * h, pad:pad + scale * w, :].astype(e.dtype)
     lo, hi = size - 1 - pad, size - 1 - pad + scale - 1  # output_padding = s - 1 gives s·h rows
     lhs = jnp.transpose(e, (1, 2, 3, 0)).reshape(1, h, w, c * n)  # channel c*N + n
     rhs = jnp.tile(kernels[:, ::-1, ::-1], (c, 1, 1))  # same channel order
