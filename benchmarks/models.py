@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import sys
 import time
 from typing import Any, Callable
@@ -71,7 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
 
-from jaxsr import config_lib, train  # noqa: E402
+from jaxsr import aot, config_lib, train  # noqa: E402
 from jaxsr.cpu import compile as cpu_compile, native, process  # noqa: E402
 from jaxsr.models import dan, dssr, kenet, kxnet, usrnet  # noqa: E402
 from jaxsr.ops import degrade  # noqa: E402
@@ -242,10 +241,6 @@ def first_trained_iteration(spec, model, cfg) -> int:
     return dan.first_weighted_iteration(cfg, model.num_iters) if spec.forward is dan.forward else 0
 
 
-def custom_calls(compiled) -> list[str]:
-    return sorted(set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text())))
-
-
 def work_count(name: str, scale: int = 4, size: int = 32, batch: int = 2, tiny: bool = False,
                full_step: bool = True) -> dict:
     """FLOPs (XLA CPU cost analysis, loops unrolled) of the loss value ("forward") and of the
@@ -277,7 +272,7 @@ def work_count(name: str, scale: int = 4, size: int = 32, batch: int = 2, tiny: 
         flops, has_loops = common.compiled_flops(compiled)
         if has_loops:
             raise RuntimeError(f"{name}: the program still has a while loop; its FLOPs would be a lower bound")
-        return flops, custom_calls(compiled), seconds
+        return flops, aot.custom_call_targets(compiled.as_text()), seconds
 
     loss_fn = train.make_loss_fn(cfg, spec, model)
     forward, calls_fwd, compile_fwd = count(loss_fn, grad=False)
