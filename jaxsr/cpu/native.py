@@ -17,6 +17,7 @@ cannot be built (no compiler, no AVX-512, not x86-64) nothing changes.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -112,6 +113,18 @@ def load(build_missing: bool = False) -> bool:
 def registered() -> bool:
     """Whether `load()` registered the kernel in this process."""
     return "library" in _state
+
+
+@contextlib.contextmanager
+def suspended():
+    """Trace without the kernel inside this block (it stays registered with XLA): for programs
+    whose FLOPs XLA's cost analysis must see whole, e.g. benchmarks/models.py's work count."""
+    lib = _state.pop("library", None)
+    try:
+        yield
+    finally:
+        if lib is not None:
+            _state["library"] = lib
 
 
 def used_for(*operands: Array) -> bool:

@@ -126,6 +126,9 @@ def test_native_kernel_gradient_is_what_the_cpu_kernel_gradient_uses(monkeypatch
 
     assert "jaxsr_conv_kernel_grad" in traced(x, g)
     assert "jaxsr_conv_kernel_grad" not in traced(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+    with native.suspended():  # benchmarks/models.py counts FLOPs this way
+        assert not native.registered() and "jaxsr_conv_kernel_grad" not in traced(x, g)
+    assert native.registered() and "jaxsr_conv_kernel_grad" in traced(x, g)
     monkeypatch.setattr(native, "_state", {})  # as in a process that never called native.load()
     assert not native.registered() and "jaxsr_conv_kernel_grad" not in traced(x, g)
 
