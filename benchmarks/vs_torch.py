@@ -33,7 +33,10 @@ dispatch, the native kernel gradient where it can be built; `--malloc-defaults`,
 options; `--xla-defaults` compiles with plain `jax.jit` instead). Its train step differentiates
 what the loss reaches, as `jaxsr.train` does: the model's training forward (`ModelSpec.forward`)
 with a loss on the last SR only, the loss the PyTorch side takes (DAN: the iterations before the
-last run without a backward pass, as PyTorch's autograd does behind the official `detach()`s).
+last run without a backward pass, as PyTorch's autograd does behind the official `detach()`s; the
+reference `TorchDAN` returns per-iteration lists as the official network does, so its backward
+runs through the last iteration only). docs/benchmarks.md times each reference module against its
+official repository.
 Each model runs in a process of its own (`--same-process` runs them all in this one).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
 """

@@ -138,7 +138,9 @@ class TorchEstimatorV2(tnn.Module):
 
 class TorchDAN(tnn.Module):
     """`fields` are jaxsr's module fields (default: the reduced V1/V2 here); the kernel size and
-    code length come from `matrix` ((k*k, code)); `iters` is T."""
+    code length come from `matrix` ((k*k, code)); `iters` is T. `forward` returns per-iteration
+    lists, as the official network does: a loss on the last SR then back-propagates through the
+    last iteration only (a stacked tensor would run every iteration's backward with zero cotangents)."""
 
     def __init__(self, version, scale, matrix, fields=None, iters=T):
         super().__init__()
@@ -173,7 +175,7 @@ class TorchDAN(tnn.Module):
             srs.append(sr)
             codes.append(code)
             kernels.append(kernel.view(-1, self.kernel_size, self.kernel_size))
-        return torch.stack(srs), torch.stack(codes), torch.stack(kernels)
+        return srs, codes, kernels
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -205,9 +207,14 @@ def rel_err(got, want):
     return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
 
 
-def assert_same_outputs(net, model, params, lr_nchw):
+def stacked_outputs(net, lr_nchw):
+    """SRs, codes and kernels of every iteration as (T, ...) arrays."""
     with torch.no_grad():
-        srs, codes, kernels = (x.numpy() for x in net(torch.from_numpy(lr_nchw)))
+        return tuple(torch.stack(x).numpy() for x in net(torch.from_numpy(lr_nchw)))
+
+
+def assert_same_outputs(net, model, params, lr_nchw):
+    srs, codes, kernels = stacked_outputs(net, lr_nchw)
     out = model.apply({"params": params}, jnp.asarray(lr_nchw.transpose(0, 2, 3, 1)))
     assert rel_err(out["sr"], srs.transpose(0, 1, 3, 4, 2)) <= 1e-5
     assert rel_err(out["code"], codes) <= 1e-5
@@ -296,7 +303,6 @@ def test_official_checkpoint_through_the_eval_predictor(tmp_path):
     predict_fn, source = predict.build(cfg, str(tmp_path), official=str(path))
     assert str(path) in source
     sr, kernel = predict_fn(jnp.asarray(LR.transpose(0, 2, 3, 1)))
-    with torch.no_grad():
-        srs, _, kernels = (x.numpy() for x in net(torch.from_numpy(LR)))
+    srs, _, kernels = stacked_outputs(net, LR)
     assert rel_err(sr, srs[-1].transpose(0, 2, 3, 1)) <= 1e-5
     assert rel_err(kernel, kernels[-1]) <= 1e-5
