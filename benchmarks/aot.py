@@ -20,6 +20,7 @@ import concurrent.futures
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -105,11 +106,21 @@ def step_flops(results: dict, variant: str) -> float | None:
     return None
 
 
+def not_checked(row: dict) -> str:
+    """Why a row has no report: the global batch does not split over the target's devices (the
+    paper batch of KXNet, 12, on 8 chips), the target cannot be compiled for here, or a failure."""
+    found = re.search(r"data.batch_size \((\d+)\) must be divisible by the number of devices \((\d+)\)",
+                      row.get("error") or "")
+    if found:
+        return f"batch {found.group(1)} does not split over {found.group(2)} devices"
+    return "target unavailable here" if row.get("exit") == 2 else f"failed (exit {row.get('exit')})"
+
+
 def table_row(row: dict, results: dict | None = None) -> str:
     variant, target = row["variant"], row["target"]
     report = row.get("report")
     if report is None:
-        reason = "target unavailable here" if row.get("exit") == 2 else f"failed (exit {row.get('exit')})"
+        reason = not_checked(row)
         return f"| {variant} | {target} | | | | | | | {reason} | |"
     step = report["programs"]["train_step"]
     mem = step.get("memory") or {}
@@ -162,7 +173,7 @@ def _cell(row: dict | None) -> tuple[str, str]:
         return "not run", ""
     report = row.get("report")
     if report is None:
-        return ("unavailable here" if row.get("exit") == 2 else f"failed (exit {row.get('exit')})"), ""
+        return not_checked(row), ""
     step = report["programs"]["train_step"]
     mem = step.get("memory") or {}
     if step.get("error") and not step.get("oom"):

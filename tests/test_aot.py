@@ -192,3 +192,25 @@ def test_dan_tiny_compiles_for_h100():
     _check_program(report, "train_step")
     _check_program(report, "predict")
     assert report["fits"]
+
+
+def test_fit_table_rows(tmp_path):
+    """benchmarks/aot.py's per-variant table: memory per target, FLOPs from the one unrolled count,
+    and a batch that does not split over a target's devices said as such (KXNet's 12 on 8 chips)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("jaxsr_bench_aot", pathlib.Path(__file__).parents[1] / "benchmarks" / "aot.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fits = {"variant": "dan.py:setting1_x4", "target": "v5e-8", "exit": 0, "report": {
+        "num_devices": 8, "batch": {"global": 64}, "memory_bytes": 15.75 * 2**30,
+        "programs": {"train_step": {"fits": True, "compile_s": 301.4, "memory": {"total": 3.0 * 2**30},
+                                    "cpu_flops": {"flops": 1.85e12}}}}}
+    split = {"variant": "kxnet.py:setting1_x4", "target": "v5e-8", "exit": 2,
+             "error": "error: config key data.batch_size (12) must be divisible by the number of devices (8)\n"}
+    results = {"dan.py:setting1_x4@v5e-8": fits, "kxnet.py:setting1_x4@v5e-8": split}
+    path = tmp_path / "table.md"
+    bench.write_variant_table(results, ["v5e-8", "h100-8"], str(path))
+    lines = path.read_text().splitlines()
+    assert lines[2] == "| `dan.py:setting1_x4` | 64 | 3.00 | not run | 14.8 | 301 / - |"
+    assert "batch 12 does not split over 8 devices" in lines[3]
+    assert bench.not_checked({"exit": 2, "error": "no libtpu"}) == "target unavailable here"
