@@ -102,7 +102,7 @@ def step_flops(results: dict, variant: str) -> float | None:
         step = row["report"]["programs"]["train_step"]
         cpu = (step.get("cpu_flops") or {}).get("flops")
         if cpu:
-            return cpu * row["report"]["num_devices"]
+            return cpu * row["report"]["batch"].get("data_shards", row["report"]["num_devices"])
     return None
 
 
@@ -182,6 +182,9 @@ def _cell(row: dict | None) -> tuple[str, str]:
     needed = settings_needed(report)
     if needed != "none":
         verdict += f" (needs {needed})"
+    shards, n = report["batch"].get("data_shards", report["num_devices"]), report["num_devices"]
+    if shards < n:
+        verdict += f" (batch split {shards} ways, each shard on {n // shards} devices)"
     return f"{_gib(mem.get('total'))}{verdict}", f"{step.get('compile_s', 0):.0f}"
 
 

@@ -225,7 +225,8 @@ def _check_types(cfg: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config key infer.tile must be an integer or None, got {tile!r}")
 
 
-def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
+             devices_per_host: int | None = None) -> None:
     """Fail fast, before compilation, naming the offending key. (`jaxsr.predict.check_config`
     and `jaxsr.train.check_config` also check model.name against the model registry, which
     this module may not import.)"""
@@ -242,9 +243,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     for key in ("patch_size", "batch_size"):
         if int(cfg.data[key]) < 1:
             raise ValueError(f"config key data.{key} must be positive, got {cfg.data[key]}")
-    if num_devices and cfg.data.batch_size % num_devices:
-        raise ValueError(f"config key data.batch_size ({cfg.data.batch_size}) must be divisible by the number of "
-                         f"devices ({num_devices})")
+    if num_devices:
+        from jaxsr import sharding  # jax-dependent; this module stays importable without it
+        sharding.data_parallelism(cfg.data.batch_size, num_devices, devices_per_host)
     if cfg.data.val_size % max(cfg.scale, 1):
         raise ValueError(f"config key data.val_size ({cfg.data.val_size}) must be a multiple of scale {cfg.scale}")
     if cfg.train.steps < 1:

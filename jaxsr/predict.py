@@ -29,11 +29,12 @@ from jaxsr import checkpoints, config_lib, models, torch_import
 PredictFn = Callable[..., tuple[Any, Any]]
 
 
-def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> models.ModelSpec:
+def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
+                 devices_per_host: int | None = None) -> models.ModelSpec:
     """`config_lib.validate` plus the model name against the registry; returns the model's spec.
     (config_lib may not import the models, so the combined check lives here for eval / infer;
     the trainer makes the same two calls itself.)"""
-    config_lib.validate(cfg, num_devices)
+    config_lib.validate(cfg, num_devices, devices_per_host)
     return models.get(cfg.model.get("name"))
 
 

@@ -53,9 +53,10 @@ def log(message: str, *args) -> None:
 
 # ----------------------------------------------------------------------------- building blocks
 
-def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> models.ModelSpec:
+def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
+                 devices_per_host: int | None = None) -> models.ModelSpec:
     """`config_lib.validate` plus the model name; returns the model's spec."""
-    config_lib.validate(cfg, num_devices)
+    config_lib.validate(cfg, num_devices, devices_per_host)
     return models.get(cfg.model.get("name"))
 
 
@@ -139,8 +140,12 @@ def _progress(step: int, total: int, start_step: int, t0: float, loss: float) ->
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (resuming from the latest checkpoint in `workdir`), validate periodically, and
     return the last validation metrics."""
-    mesh = sharding.make_mesh()
-    check_config(cfg, num_devices=mesh.devices.size)
+    check_config(cfg, num_devices=jax.device_count(), devices_per_host=jax.local_device_count())
+    mesh = sharding.make_mesh(cfg.data.batch_size)
+    if sharding.data_shards(mesh) < mesh.devices.size:
+        log("data.batch_size %d does not split over %d devices: each of %d shards is computed on %d devices "
+            "(a batch size that is a multiple of %d uses them all)", cfg.data.batch_size, mesh.devices.size,
+            sharding.data_shards(mesh), mesh.devices.size // sharding.data_shards(mesh), mesh.devices.size)
     cfg = config_lib.prepare(cfg)
     config_lib.ensure_pca(cfg)
     spec = config_lib.degradation_spec(cfg)

@@ -194,6 +194,19 @@ def test_dan_tiny_compiles_for_h100():
     assert report["fits"]
 
 
+@needs_cuda_plugin
+def test_kxnet_tiny_compiles_for_h100_with_its_batch_split():
+    """KXNet's bicubic resizes in the backward pass once failed XLA:GPU's Triton GEMM tiling
+    ("Couldn't find output tile sizes"); its batch of 3 over 2 GPUs is split 1 way, each shard on
+    both."""
+    cfg = _config("kxnet.py:tiny")
+    cfg.data.batch_size = 3
+    report = aot.check(cfg, "h100-2", count_flops=False, check_remat=False, predict=False)
+    assert report["batch"]["data_shards"] == 1 and report["batch"]["per_device"] == 3
+    _check_program(report, "train_step")
+    assert "each shard computed on 2 devices" in aot.format_report(report)
+
+
 def test_fit_table_rows(tmp_path):
     """benchmarks/aot.py's per-variant table: memory per target, FLOPs from the one unrolled count,
     and a batch that does not split over a target's devices said as such (KXNet's 12 on 8 chips)."""
@@ -207,10 +220,17 @@ def test_fit_table_rows(tmp_path):
                                     "cpu_flops": {"flops": 1.85e12}}}}}
     split = {"variant": "kxnet.py:setting1_x4", "target": "v5e-8", "exit": 2,
              "error": "error: config key data.batch_size (12) must be divisible by the number of devices (8)\n"}
-    results = {"dan.py:setting1_x4@v5e-8": fits, "kxnet.py:setting1_x4@v5e-8": split}
+    shared = {"variant": "kxnet.py:setting1_x2", "target": "v5e-8", "exit": 0, "report": {
+        "num_devices": 8, "batch": {"global": 12, "per_device": 3, "data_shards": 4}, "memory_bytes": 15.75 * 2**30,
+        "programs": {"train_step": {"fits": True, "compile_s": 90.0, "memory": {"total": 1.5 * 2**30},
+                                    "cpu_flops": {"flops": 1e12}}}}}
+    results = {"dan.py:setting1_x4@v5e-8": fits, "kxnet.py:setting1_x4@v5e-8": split,
+               "kxnet.py:setting1_x2@v5e-8": shared}
     path = tmp_path / "table.md"
     bench.write_variant_table(results, ["v5e-8", "h100-8"], str(path))
     lines = path.read_text().splitlines()
     assert lines[2] == "| `dan.py:setting1_x4` | 64 | 3.00 | not run | 14.8 | 301 / - |"
-    assert "batch 12 does not split over 8 devices" in lines[3]
+    assert lines[3] == ("| `kxnet.py:setting1_x2` | 12 | 1.50 (batch split 4 ways, each shard on 2 devices) | not run "
+                        "| 4.0 | 90 / - |")  # FLOPs: one shard's count x 4 shards, not x 8 devices
+    assert "batch 12 does not split over 8 devices" in lines[4]
     assert bench.not_checked({"exit": 2, "error": "no libtpu"}) == "target unavailable here"

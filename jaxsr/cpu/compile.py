@@ -12,6 +12,7 @@ options. An XLA that does not know an option runs without it.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable
 
 import jax
@@ -40,6 +41,20 @@ def compiler_options(platform: str) -> dict[str, str]:
     """The options jaxsr compiles with for `platform` ("cpu", "gpu", "tpu"): CPU_OPTIONS (those
     this XLA knows) on the CPU, none elsewhere."""
     return dict(_cpu_options_supported()) if platform == "cpu" else {}
+
+
+# XLA:GPU fuses some small float32 matmuls with a transpose of an operand (the bicubic resizes'
+# matrices against a 3-channel image, in the backward pass) into a Triton GEMM and then may fail
+# to tile it: "Couldn't find output tile sizes that satisfy hlo". Seen in deviceless compiles for
+# H100 (`jaxsr.aot`), where no autotuning can run. Such a program is compiled again with Triton
+# GEMMs off (cuBLAS takes the matmuls); every other program keeps XLA's defaults.
+GPU_TILING_ERROR = "Couldn't find output tile sizes"
+GPU_FALLBACK_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def gpu_fallback_options(error: BaseException | str) -> dict[str, Any] | None:
+    """The options to compile again with after `error`, or None if it is not the Triton tiling failure."""
+    return dict(GPU_FALLBACK_OPTIONS) if GPU_TILING_ERROR in str(error) else None
 
 
 def _tracing() -> bool:
@@ -78,7 +93,16 @@ class _Jit:
         # caller's jit compiles the whole program, so the plain nested jit is used.
         if _tracing():
             return self._nested(*args, **kwargs)
-        return self.jitted(*args, **kwargs)
+        try:
+            return self.jitted(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is the GPU tiling failure
+            fallback = gpu_fallback_options(err) if self._platform() == "gpu" else None
+            if fallback is None or self._kwargs.get("compiler_options") == fallback:
+                raise
+            logging.getLogger(__name__).warning("%s: XLA:GPU could not tile a fused matmul; compiling with %s",
+                                                getattr(self, "__name__", "function"), fallback)
+            self._jitted = jax.jit(self._fun, compiler_options=fallback, **self._kwargs)
+            return self._jitted(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)

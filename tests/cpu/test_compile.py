@@ -82,3 +82,32 @@ def test_compiled_with_options_equals_xla_defaults(name):
     assert float(jnp.std(ours)) > 1e-3  # a real image, not a constant
 
 
+
+
+def test_gpu_tiling_failure_is_compiled_again_without_triton_gemms():
+    """jaxsr.aot (like jaxsr.jit on a GPU) compiles a program that XLA:GPU could not tile once
+    more with Triton GEMMs off and says so; any other compile error stays an error."""
+    from jaxsr import aot
+    from jaxsr.cpu import compile as platform_compile
+
+    class Lowered:
+        def __init__(self, error):
+            self.error, self.options = error, []
+
+        def as_text(self):
+            return ""
+
+        def compile(self, compiler_options=None):
+            self.options.append(compiler_options)
+            if compiler_options is None:
+                raise RuntimeError(self.error)
+            raise RuntimeError("stop here: the retry happened")
+
+    tiling = Lowered("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.2 = f32[576,128]")
+    result = aot.compile_program(tiling, 1 << 30)
+    assert tiling.options == [None, {"xla_gpu_enable_triton_gemm": False}]
+    assert result["compile_options"] == {"xla_gpu_enable_triton_gemm": False} and "could not tile" in result["note"]
+    other = Lowered("INTERNAL: something else")
+    result = aot.compile_program(other, 1 << 30)
+    assert other.options == [None] and result["error"] == "INTERNAL: something else"
+    assert platform_compile.gpu_fallback_options("RESOURCE_EXHAUSTED: out of memory") is None

@@ -48,7 +48,6 @@ def test_unknown_variant():
 
 @pytest.mark.parametrize("key, value, match", [
     ("scale", 5, "config key scale"),
-    ("data.batch_size", 6, "data.batch_size .*divisible by the number of devices"),
     ("data.patch_size", 0, "data.patch_size"),
     ("degradation.preset", "setting9", "degradation.preset"),
     ("model.kernel_size", 15, "model.kernel_size"),
