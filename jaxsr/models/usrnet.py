@@ -69,13 +69,19 @@ class ConvTranspose2x2(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         kernel = self.param("kernel", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
                             (2, 2, self.features, x.shape[-1]))
-        n, h, w, c = x.shape
-        # One (pixels x C) @ (C x 4·out) product, then the 2x2 blocks interleaved. The same sums as
-        # einsum("nhwc,aboc->nhawbo"), but XLA:CPU then transposes the cotangent for the backward
-        # product element by element (a 2x slower backward for up1 at paper width).
-        y = x.reshape(n * h * w, c) @ kernel.astype(x.dtype).reshape(4 * self.features, c).T
-        y = y.reshape(n, h, w, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
-        return y.reshape(n, 2 * h, 2 * w, self.features)
+        return transposed_conv_2x2(x, kernel.astype(x.dtype))
+
+
+def transposed_conv_2x2(x: Array, kernel: Array) -> Array:
+    """out[n, 2i+a, 2j+b, o] = Σ_c x[n, i, j, c] kernel[a, b, o, c]: one (pixels x C) @ (C x 4·out)
+    product, then the 2x2 blocks interleaved. The same sums as einsum("nhwc,aboc->nhawbo"), for
+    which XLA:CPU transposes the cotangent element by element in the backward pass (2x slower for
+    up1 at paper width)."""
+    n, h, w, c = x.shape
+    out = kernel.shape[2]
+    y = x.reshape(n * h * w, c) @ kernel.reshape(4 * out, c).T
+    y = y.reshape(n, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, out)
 
 
 class ResBlock(nn.Module):
