@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent("""
         mesh = sharding.make_mesh(6, devices)
         repl, shard = sharding.replicated(mesh), sharding.batch_sharding(mesh)
         fn = jax.jit(step, in_shardings=(repl, shard), out_shardings=(repl, repl))
-        new, metrics = fn(jax.device_put(state, repl), jax.device_put(hr, shard))
+        new, metrics = fn(jax.device_put(state, repl), sharding.host_to_global(hr, shard))
         leaf = np.asarray(jax.tree.leaves(new.params)[0]).ravel()[:8]
         out[name] = {"mesh": dict(mesh.shape), "loss": float(metrics["loss"]), "param": leaf.tolist()}
     print(json.dumps(out))
