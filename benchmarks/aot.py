@@ -106,6 +106,16 @@ def step_flops(results: dict, variant: str) -> float | None:
     return None
 
 
+def keep_flops(old: dict | None, new: dict) -> None:
+    """A recompiled row (--redo) keeps the FLOP count its earlier run made, if it made none itself."""
+    try:
+        count = old["report"]["programs"]["train_step"]["cpu_flops"]
+        step = new["report"]["programs"]["train_step"]
+    except (KeyError, TypeError):
+        return
+    step.setdefault("cpu_flops", count)
+
+
 def not_checked(row: dict) -> str:
     """Why a row has no report: the global batch does not split over the target's devices (the
     paper batch of KXNet, 12, on 8 chips), the target cannot be compiled for here, or a failure."""
@@ -251,6 +261,7 @@ def main() -> None:
         for future in concurrent.futures.as_completed(futures):
             v, t = futures[future]
             row = future.result()
+            keep_flops(results.get(f"{v}@{t}"), row)
             results[f"{v}@{t}"] = row
             save()
             print(table_row(row, results), f"({row['wall_s']:.0f} s)", flush=True)

@@ -234,3 +234,6 @@ def test_fit_table_rows(tmp_path):
                         "| 4.0 | 90 / - |")  # FLOPs: one shard's count x 4 shards, not x 8 devices
     assert "batch 12 does not split over 8 devices" in lines[4]
     assert bench.not_checked({"exit": 2, "error": "no libtpu"}) == "target unavailable here"
+    redone = {"variant": "dan.py:setting1_x4", "target": "v5e-8", "report": {"programs": {"train_step": {}}}}
+    bench.keep_flops(fits, redone)  # a --redo row keeps the count its first run made
+    assert redone["report"]["programs"]["train_step"]["cpu_flops"] == {"flops": 1.85e12}
