@@ -193,8 +193,10 @@ def _cell(row: dict | None) -> tuple[str, str]:
     if needed != "none":
         verdict += f" (needs {needed})"
     shards, n = report["batch"].get("data_shards", report["num_devices"]), report["num_devices"]
-    if shards < n:
-        verdict += f" (batch split {shards} ways, each shard on {n // shards} devices)"
+    if shards < n:  # the batch over `shards` devices, each shard repeated on n // shards
+        verdict += f" ({shards}×{n // shards} mesh)"
+    if step.get("compile_options"):  # compiled again with these (the XLA:GPU tiling fallback)
+        verdict += " †"
     return f"{_gib(mem.get('total'))}{verdict}", f"{step.get('compile_s', 0):.0f}"
 
 

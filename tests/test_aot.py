@@ -230,8 +230,7 @@ def test_fit_table_rows(tmp_path):
     bench.write_variant_table(results, ["v5e-8", "h100-8"], str(path))
     lines = path.read_text().splitlines()
     assert lines[2] == "| `dan.py:setting1_x4` | 64 | 3.00 | not run | 14.8 | 301 / - |"
-    assert lines[3] == ("| `kxnet.py:setting1_x2` | 12 | 1.50 (batch split 4 ways, each shard on 2 devices) | not run "
-                        "| 4.0 | 90 / - |")  # FLOPs: one shard's count x 4 shards, not x 8 devices
+    assert lines[3] == "| `kxnet.py:setting1_x2` | 12 | 1.50 (4×2 mesh) | not run | 4.0 | 90 / - |"  # FLOPs: one shard's count x 4 shards, not x 8 devices
     assert "batch 12 does not split over 8 devices" in lines[4]
     assert bench.not_checked({"exit": 2, "error": "no libtpu"}) == "target unavailable here"
     redone = {"variant": "dan.py:setting1_x4", "target": "v5e-8", "report": {"programs": {"train_step": {}}}}
