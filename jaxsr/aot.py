@@ -270,11 +270,6 @@ def build(cfg, platform: str, model_overrides: dict | None = None) -> Built:
     return Built(cfg, model_spec, model, tx, schedule, spec, state)
 
 
-def _mesh(devices, global_batch: int | None = None):
-    from jaxsr import sharding
-    return sharding.make_mesh(global_batch, devices)
-
-
 def _sharded(tree, sharding):
     import jax
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
@@ -293,7 +288,7 @@ def lower_train_step(b: Built, devices, batch: int | None = None, model=None):
     shape = hr_batch_shape(b.cfg)
     if batch is not None:
         shape = (batch,) + shape[1:]
-    mesh = _mesh(devices, shape[0])
+    mesh = sharding.make_mesh(shape[0], devices)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     step = train.make_train_step(b.cfg, b.model_spec, model or b.model, b.tx, b.schedule, b.spec)
     fn = jax.jit(step, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0)
@@ -306,7 +301,7 @@ def lower_predict(b: Built, devices, lr_hw: tuple[int, int], per_device: int = 1
     import jax
     import jax.numpy as jnp
     from jaxsr import sharding
-    mesh = _mesh(devices)
+    mesh = sharding.make_mesh(None, devices)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     n = per_device * len(devices)
     lr = jax.ShapeDtypeStruct((n, *lr_hw, 3), jnp.float32, sharding=batch_sh)

@@ -60,9 +60,9 @@ def make_mesh(global_batch: int | None = None, devices=None) -> Mesh:
     does not divide over them (see `data_parallelism`)."""
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
-    if global_batch is None or global_batch % n == 0:
+    ways = n if global_batch is None else data_parallelism(global_batch, n, devices_per_host(devices))
+    if ways == n:
         return Mesh(np.asarray(devices), (DATA_AXIS,))
-    ways = data_parallelism(global_batch, n, devices_per_host(devices))
     return Mesh(np.asarray(devices).reshape(ways, n // ways), (DATA_AXIS, REPLICA_AXIS))
 
 

@@ -70,6 +70,7 @@ class _Jit:
     def __init__(self, fun: Callable, kwargs: dict[str, Any]):
         functools.update_wrapper(self, fun)
         self._fun, self._kwargs, self._jitted = fun, kwargs, None
+        self._gpu_fallback = False
         self._nested = jax.jit(fun, **kwargs)
 
     def _platform(self) -> str:
@@ -96,9 +97,10 @@ class _Jit:
         try:
             return self.jitted(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - re-raised unless it is the GPU tiling failure
-            fallback = gpu_fallback_options(err) if self._platform() == "gpu" else None
-            if fallback is None or self._kwargs.get("compiler_options") == fallback:
+            fallback = None if self._gpu_fallback or self._platform() != "gpu" else gpu_fallback_options(err)
+            if fallback is None:
                 raise
+            self._gpu_fallback = True
             logging.getLogger(__name__).warning("%s: XLA:GPU could not tile a fused matmul; compiling with %s",
                                                 getattr(self, "__name__", "function"), fallback)
             self._jitted = jax.jit(self._fun, compiler_options=fallback, **self._kwargs)
