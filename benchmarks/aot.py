@@ -123,7 +123,11 @@ def not_checked(row: dict) -> str:
                       row.get("error") or "")
     if found:
         return f"batch {found.group(1)} does not split over {found.group(2)} devices"
-    return "target unavailable here" if row.get("exit") == 2 else f"failed (exit {row.get('exit')})"
+    if row.get("exit") == 2:
+        return "target unavailable here"
+    if row.get("exit") == -9:  # SIGKILL: on Linux the kernel's out-of-memory killer, as a rule
+        return "killed (exit -9: out of host memory? see host_peak_rss of other rows)"
+    return f"failed (exit {row.get('exit')})"
 
 
 def table_row(row: dict, results: dict | None = None) -> str:

@@ -392,6 +392,16 @@ def oom_figures(text: str) -> dict:
     return {}
 
 
+def host_peak_rss() -> int | None:
+    """This process's peak resident memory so far, bytes (Linux reports KiB): what compiling took
+    on the host. A TPU compile of a large step can need more RAM than the step needs HBM."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def compile_program(lowered, budget: int) -> dict:
     """Compile `lowered`; memory, XLA FLOPs, compile seconds, custom calls and the verdict."""
     result: dict[str, Any] = {"custom_calls": custom_call_targets(lowered.as_text())}
@@ -420,6 +430,7 @@ def compile_program(lowered, budget: int) -> dict:
                 result["memory"] = {"total": figures.get("total", figures.get("temp")), "from_error": True, **figures}
         return result
     result["compile_s"] = time.perf_counter() - t0
+    result["host_peak_rss"] = host_peak_rss()
     result["memory"] = memory_figures(compiled)
     flops, why = xla_flops(compiled)
     result["xla_flops"], result["xla_flops_note"] = flops, why
@@ -615,6 +626,8 @@ def format_report(report: dict, title: str = "") -> str:
                            f"device: --eval_per_device={p['eval_max_batch']} checks that)")
         lines.append(header)
         lines.append(f"  compile time        {p.get('compile_s', 0):.1f} s")
+        if p.get("host_peak_rss"):
+            lines.append(f"  host memory         {_gib(p['host_peak_rss'])} (this process's peak RSS after the compile)")
         mem = p.get("memory") or {}
         if p.get("error"):
             lines.append(f"  compile error       {p['error']}")

@@ -41,6 +41,7 @@ def _check_program(report: dict, name: str) -> dict:
     assert mem["temp"] >= 0 and mem["alias"] >= 0
     assert mem["total"] >= mem["argument"] + mem["temp"]
     assert p["compile_s"] > 0
+    assert p["host_peak_rss"] > 2**20  # a compiling process holds more than a MiB
     assert p["fits"] is (mem["total"] <= report["memory_bytes"])
     return p
 
@@ -119,7 +120,7 @@ def test_dan_tiny_train_step_and_predict_compile_for_v5e_4():
     pred = _check_program(report, "predict")
     assert pred["lr_shape"] == [4, 16, 16, 3]
     text = aot.format_report(report)
-    assert "-> fits" in text and "verdict: fits on v5e-4" in text and "temporaries" in text
+    assert "-> fits" in text and "verdict: fits on v5e-4" in text and "temporaries" in text and "host memory" in text
 
 
 @needs_libtpu
@@ -233,6 +234,7 @@ def test_fit_table_rows(tmp_path):
     assert lines[3] == "| `kxnet.py:setting1_x2` | 12 | 1.50 (4×2 mesh) | not run | 4.0 | 90 / - |"  # FLOPs: one shard's count x 4 shards, not x 8 devices
     assert "batch 12 does not split over 8 devices" in lines[4]
     assert bench.not_checked({"exit": 2, "error": "no libtpu"}) == "target unavailable here"
+    assert "out of host memory" in bench.not_checked({"exit": -9, "error": ""})
     redone = {"variant": "dan.py:setting1_x4", "target": "v5e-8", "report": {"programs": {"train_step": {}}}}
     bench.keep_flops(fits, redone)  # a --redo row keeps the count its first run made
     assert redone["report"]["programs"]["train_step"]["cpu_flops"] == {"flops": 1.85e12}
