@@ -87,8 +87,8 @@ def compiled_flops(compiled) -> tuple[float | None, bool]:
     """(flops, has_loops) from XLA's cost analysis of a compiled executable.
 
     XLA counts the body of a while loop once, whatever its trip count, so when the program still
-    has loops (has_loops) the figure is a lower bound. The native kernel gradients' FLOPs, which
-    XLA does not count, are added (`native_kernel_gradient_flops`).
+    has loops (has_loops) the figure is a lower bound. The native kernels' FLOPs, which
+    XLA does not count, are added (`native_conv_flops`).
     """
     try:
         analysis = compiled.cost_analysis()
@@ -101,22 +101,33 @@ def compiled_flops(compiled) -> tuple[float | None, bool]:
     has_loops = " while(" in text
     if flops is None or flops < 0:
         return None, has_loops
-    return float(flops) + native_kernel_gradient_flops(text), has_loops
+    return float(flops) + native_conv_flops(text), has_loops
 
 
-_HLO_VALUE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]", re.M)
-_NATIVE_CALL = re.compile(r"=\s*f32\[(\d+),(\d+),(\d+),(\d+)\][^\n]*?custom-call\(([^)]*)\)"
-                          r"[^\n]*custom_call_target=\"jaxsr_conv_kernel_grad\"")
+_NATIVE_CALL = re.compile(r"=\s*f32\[([\d,]+)\][^\n]*?custom_call_target=\"(jaxsr_conv_kernel_grad|jaxsr_conv_forward)\""
+                          r"[^\n]*?operand_layout_constraints=\{f32\[([\d,]+)\](?:\{[\d,]*\})?, f32\[([\d,]+)\]"
+                          r"[^\n]*?pad_left = (\d+)[^\n]*?pad_top = (\d+)")
 
 
-def native_kernel_gradient_flops(hlo_text: str) -> float:
-    """FLOPs of the program's `jaxsr.cpu.native` kernel-gradient calls, which XLA's cost analysis
-    does not see (custom calls): 2·kh·kw·C·O per output pixel, as XLA counts a convolution."""
-    shapes = {name: [int(d) for d in dims.split(",") if d] for name, dims in _HLO_VALUE.findall(hlo_text)}
+def _valid_taps(size: int, out: int, k: int, pad: int) -> int:
+    """Sum over the k taps of the output positions whose input position lies inside the image."""
+    return sum(max(0, min(out, size + pad - a) - max(0, pad - a)) for a in range(k))
+
+
+def native_conv_flops(hlo_text: str) -> float:
+    """FLOPs of the program's `jaxsr.cpu.native` calls (kernel gradients and forward convolutions),
+    which XLA's cost analysis does not see (custom calls): 2·C·O per (output pixel, tap) that reads
+    inside the image, as XLA counts a padded convolution."""
     total = 0.0
-    for kh, kw, c, o, operands in _NATIVE_CALL.findall(hlo_text):
-        names = [op.strip().split()[-1].lstrip("%") for op in operands.split(",")]
-        g = shapes.get(names[1]) if len(names) == 2 else None
-        if g and len(g) == 4:
-            total += 2.0 * int(kh) * int(kw) * int(c) * int(o) * g[0] * g[1] * g[2]
+    for dims, target, first, second, pad_left, pad_top in _NATIVE_CALL.findall(hlo_text):
+        out = [int(d) for d in dims.split(",")]
+        n, h, w, c = (int(d) for d in first.split(","))  # the input, NHWC
+        if target == "jaxsr_conv_kernel_grad":
+            kh, kw, _, o = out
+            _, ho, wo, _ = (int(d) for d in second.split(","))
+        else:  # operands: input, packed kernel (O/64, kh, kw, C, 64)
+            _, kh, kw, _, _ = (int(d) for d in second.split(","))
+            _, ho, wo, o = out
+        taps = _valid_taps(h, ho, kh, int(pad_top)) * _valid_taps(w, wo, kw, int(pad_left))
+        total += 2.0 * n * c * o * taps
     return total

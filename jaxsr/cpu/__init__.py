@@ -28,7 +28,7 @@ from jaxsr.cpu.compile import compiler_options, jit  # noqa: F401
 def setup(restart: bool = True, native_kernel: bool = True) -> dict[str, bool]:
     """Prepare this process for fast XLA:CPU work: allocator and dispatch settings
     (`process.setup`; with `restart` it may re-execute the process, so call it first thing) and,
-    with `native_kernel`, the native kernel gradient (built once per machine, then registered;
+    with `native_kernel`, the native convolution kernels (built once per machine, then registered;
     CPU programs traced after this call use it). Returns what took effect."""
     from jaxsr.cpu import native, process
     done = process.setup(restart=restart)

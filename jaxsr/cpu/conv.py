@@ -30,6 +30,11 @@ MATMUL_GRADIENT_MAX_ROWS = 12288
 # (2x128x128 at 64 -> 64) they beat or match XLA's gradient (41 vs 41-64 ms there; 2x64x64,
 # 64 -> 64: 7.9 vs 12 ms).
 STACKED_GRADIENT_MAX_ELEMENTS = 1 << 22
+# Stride-1 convolutions (and input gradients) to at least this many channels run as the native
+# forward kernel where it is registered (`native.conv_forward`); to fewer, the kernel's 16-lane
+# registers would be mostly empty. False: XLA's convolutions (benchmarks/native_conv.py's A/B).
+NATIVE_FORWARD_MIN_CHANNELS = 16
+NATIVE_FORWARD = True
 # The stacked kernel gradient is used only where its padded rows add at most 1/8 to its matmul.
 PADDED_ROWS_MAX_FRACTION_INV = 8
 PLANS = ("narrow_output", "kernel_matmul", "canonical")
@@ -37,6 +42,20 @@ PLANS = ("narrow_output", "kernel_matmul", "canonical")
 
 def plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -> Array:
     return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
+
+
+def native_forward_serves(x: Array, w: Array, padding: Padding) -> bool:
+    """Whether a stride-1 convolution of these operands runs as the native forward kernel:
+    registered, float32, non-negative padding, at least NATIVE_FORWARD_MIN_CHANNELS outputs."""
+    return (NATIVE_FORWARD and w.shape[-1] >= NATIVE_FORWARD_MIN_CHANNELS and min(min(p) for p in padding) >= 0
+            and native.used_for(x, w))
+
+
+def stride1_conv(x: Array, w: Array, padding: Padding) -> Array:
+    """A stride-1 convolution: the native forward kernel where it serves, else XLA's."""
+    if native_forward_serves(x, w, padding):
+        return native.conv_forward(x, w, padding)
+    return plain_conv(x, w, (1, 1), padding)
 
 
 def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
@@ -84,27 +103,36 @@ def matmul_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], st
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_matmul_gradient(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
-    """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is `kernel_gradient`.
+    """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is `kernel_gradient`; stride 1
+    runs through `stride1_conv` (the native forward kernel where registered)."""
+    return _conv_forward(x, w, strides, padding)
 
-    The forward pass and the input gradient are XLA's, unchanged."""
+
+def _conv_forward(x, w, strides, padding):
+    if tuple(strides) == (1, 1):
+        return stride1_conv(x, w, padding)
     return plain_conv(x, w, strides, padding)
 
 
 def _conv_fwd(x, w, strides, padding):
-    return plain_conv(x, w, strides, padding), (x, w)
+    return _conv_forward(x, w, strides, padding), (x, w)
 
 
 def input_gradient(x: Array, w: Array, g: Array, strides: tuple[int, int], padding: Padding) -> Array:
     """d<conv(x, w), g>/dx. Stride 1 (padding within the kernel's reach): the convolution of `g`
-    with the flipped, transposed kernel, materialised in HWIO behind an optimisation barrier.
+    with the flipped, transposed kernel: by the native forward kernel where it serves (the flip
+    and its packing one copy), else materialised in HWIO behind an optimisation barrier for XLA.
     JAX's own transpose hands XLA the reversed kernel with swapped dimension labels, which
     XLA:CPU's layout assignment sometimes leaves to a generic convolution loop: 50-130 ms instead
     of ~6 ms for a 42-channel 3x3 conv on 8x24x24 in a DANv1 step."""
     kh, kw = w.shape[:2]
     (pt, pb), (pl, pr) = padding
     if tuple(strides) == (1, 1) and all(0 <= p < k for p, k in ((pt, kh), (pb, kh), (pl, kw), (pr, kw))):
-        flipped = jax.lax.optimization_barrier(jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
-        return plain_conv(g, flipped, (1, 1), ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))).astype(x.dtype)
+        flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+        pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+        if native_forward_serves(g, flipped, pads):  # flip and pack: one copy of the kernel
+            return native.conv_forward(g, flipped, pads).astype(x.dtype)
+        return plain_conv(g, jax.lax.optimization_barrier(flipped), (1, 1), pads).astype(x.dtype)
     _, input_vjp = jax.vjp(lambda x_: plain_conv(x_, w, strides, padding), x)
     return input_vjp(g)[0]
 

@@ -1,6 +1,6 @@
 """The CPU's convolution formulations (`jaxsr.cpu.conv`, `jaxsr.cpu.native`) and the hook that
 selects them (`jaxsr.cpu.hook`): custom VJPs with matmul kernel gradients, cotangent patches for
-narrow outputs, a native kernel gradient; forward and gradients must match the plain
+narrow outputs, native forward and kernel-gradient kernels; forward and gradients must match the plain
 `lax.conv_general_dilated` and its `jax.grad`, and a definition in float64."""
 import jax
 import jax.numpy as jnp
@@ -141,6 +141,91 @@ def test_native_kernel_gradient_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="float32"):
         native.kernel_gradient(x.astype(jnp.bfloat16), g, (3, 3, 4, 5), ((1, 1), (1, 1)))
 
+
+
+def conv_from_definition(x, w, padding):
+    """out[n, i, j] = sum over a, b of x_padded[n, i + a, j + b] @ w[a, b], in float64."""
+    kh, kw, _, o = w.shape
+    (pt, pb), (pl, pr) = padding
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    w = np.asarray(w, np.float64)
+    return sum(np.einsum("nijc,co->nijo", xp[:, a:a + ho, b:b + wo], w[a, b]) for a in range(kh) for b in range(kw))
+
+
+@needs_native
+@pytest.mark.parametrize("n,h,w,c,o,k,padding", [
+    (2, 20, 24, 64, 64, 3, ((1, 1), (1, 1))),  # tiles of 6 pixels span rows and images
+    (3, 13, 11, 17, 130, 3, ((1, 1), (1, 1))),  # output blocks of 64, 64 and 2 channels
+    (2, 7, 9, 3, 64, 5, ((2, 1), (0, 3))),  # asymmetric padding
+    (1, 6, 5, 33, 200, 1, ((0, 0), (0, 0))),  # 1x1
+    (2, 5, 5, 12, 16, 4, ((1, 2), (2, 1))),  # even kernel
+    (1, 4, 4, 8, 24, 3, ((3, 3), (2, 0))),  # padding beyond the kernel's reach: rows of zeros
+    (1, 3, 50, 5, 40, 7, ((3, 3), (3, 3))),  # a map shorter than the kernel
+    (2, 16, 16, 512, 48, 3, ((1, 1), (1, 1))),  # many input channels, 3 registers of outputs
+])
+def test_native_forward_matches_the_definition(n, h, w, c, o, k, padding):
+    rng = np.random.default_rng(n * 1000 + h * 10 + c + o + k)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    kernel = (rng.standard_normal((k, k, c, o)) / np.sqrt(k * k * c)).astype(np.float32)
+    got = jax.jit(lambda x, w: native.conv_forward(x, w, padding))(x, kernel)
+    want = conv_from_definition(x, kernel, padding)
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_native
+@pytest.mark.parametrize("k,padding", [(3, ((1, 1), (1, 1))), (5, ((2, 1), (0, 2))), (1, ((0, 0), (0, 0)))])
+def test_native_forward_and_input_gradient_match_jax_grad_of_the_plain_conv(k, padding):
+    """conv_matmul_gradient with the native kernels in all three places: the forward, the input
+    gradient (the native forward of the cotangent with the flipped kernel) and the kernel gradient."""
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.standard_normal((2, 13, 11, 20)), jnp.float32)  # odd, non-square
+    w = jnp.asarray(rng.standard_normal((k, k, 20, 24)) / (k * np.sqrt(20)), jnp.float32)
+    plain_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    native_conv = lambda x, w: cpu_conv.conv_matmul_gradient(x, w, (1, 1), padding)
+    probe = jnp.asarray(rng.standard_normal(plain_conv(x, w).shape), jnp.float32)
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)) * probe)
+    program = jax.jit(jax.grad(loss(native_conv), argnums=(0, 1))).lower(x, w).as_text()
+    assert program.count("jaxsr_conv_forward") == 2 and program.count("jaxsr_conv_kernel_grad") == 1
+    np.testing.assert_allclose(jax.jit(native_conv)(x, w), plain_conv(x, w), rtol=1e-5, atol=1e-5)
+    want = jax.grad(loss(plain_conv), argnums=(0, 1))(x, w)
+    got = jax.jit(jax.grad(loss(native_conv), argnums=(0, 1)))(x, w)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape and g.dtype == r.dtype
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+@needs_native
+def test_native_forward_is_what_cpu_stride1_convs_use(monkeypatch):
+    x = jnp.zeros((2, 10, 12, 20), jnp.float32)
+    traced = lambda x, o: str(jax.make_jaxpr(lambda x: cpu_conv.stride1_conv(x, jnp.ones((3, 3, x.shape[-1], o), x.dtype),
+                                                                           ((1, 1), (1, 1))))(x))
+    assert "jaxsr_conv_forward" in traced(x, 24)
+    assert "jaxsr_conv_forward" not in traced(x, 8)  # fewer outputs than NATIVE_FORWARD_MIN_CHANNELS
+    assert "jaxsr_conv_forward" not in traced(x.astype(jnp.bfloat16), 24)
+    with native.suspended():
+        assert "jaxsr_conv_forward" not in traced(x, 24)
+    monkeypatch.setattr(cpu_conv, "NATIVE_FORWARD", False)  # benchmarks/native_conv.py's A/B
+    assert "jaxsr_conv_forward" not in traced(x, 24)
+
+
+@needs_native
+def test_native_forward_rejects_mismatched_operands():
+    x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 5, 16))
+    with pytest.raises(ValueError, match="stride-1 convolution"):
+        native.conv_forward(x, w, ((1, 1), (1, 1)))  # 4 input channels, kernel for 5
+    with pytest.raises(ValueError, match="float32"):
+        native.conv_forward(x.astype(jnp.bfloat16), jnp.zeros((3, 3, 4, 16)), ((1, 1), (1, 1)))
+
+
+def test_packed_kernel_layout():
+    w = jnp.arange(2 * 3 * 5 * 70, dtype=jnp.float32).reshape(2, 3, 5, 70)
+    packed = np.asarray(native.pack_kernel(w))
+    assert packed.shape == (2, 2, 3, 5, 64)
+    np.testing.assert_array_equal(packed[1, :, :, :, :6], np.asarray(w)[..., 64:])
+    np.testing.assert_array_equal(packed[0], np.asarray(w)[..., :64])
+    assert not packed[1, ..., 6:].any()
 
 # (kernel, padding top/bottom, left/right) of stride-1 convs, asymmetric ones included
 NARROW_GEOMETRIES = [(3, (1, 1), (1, 1)), (1, (0, 0), (0, 0)), (5, (2, 2), (2, 2)), (3, (0, 0), (0, 0)),
