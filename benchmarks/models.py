@@ -50,7 +50,7 @@ with them); for every other model n_diff = T and the term is the whole forward. 
 1 means the step does no wasted work; the bar is 1.1. For models that skip iterations (DAN) the step
 with every iteration differentiated (`ModelSpec.forward` without a config: train_from = 0, how DAN
 trained before) is compiled too and reported as `full_step` beside it. The programs are traced with
-the `jaxsr.cpu.native` kernel gradient suspended (even where this process registered it), so XLA's
+the `jaxsr.cpu.native` kernels suspended (even where this process registered it), so XLA's
 count sees every FLOP; any custom call left in them is listed in the output.
 """
 from __future__ import annotations

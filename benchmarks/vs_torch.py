@@ -28,7 +28,7 @@ to 1.57 s, so it flattered jaxsr. `--torch-shares-tuning` gives the worker jaxsr
 settings too.
 
 jaxsr runs as `python -m jaxsr.main` runs it: `jaxsr.cpu.setup()` (allocator restart, inline
-dispatch, the native kernel gradient where it can be built; `--malloc-defaults`,
+dispatch, the native convolution kernels where they can be built; `--malloc-defaults`,
 `--async-dispatch` and `--no-native` leave one out), compiled with `jaxsr.jit` (the CPU compile
 options; `--xla-defaults` compiles with plain `jax.jit` instead). Its train step differentiates
 what the loss reaches, as `jaxsr.train` does: the model's training forward (`ModelSpec.forward`)
@@ -463,7 +463,7 @@ def main(argv=None) -> None:
     p.add_argument("--train-batch", type=int, default=2)
     p.add_argument("--out", default=None, help="write the rows as JSON")
     p.add_argument("--no-native", action="store_true",
-                   help="without jaxsr.cpu.native: stride-1 kernel gradients as XLA matmuls of stacked shifts")
+                   help="without jaxsr.cpu.native: XLA convolutions, stride-1 kernel gradients as XLA matmuls of stacked shifts")
     p.add_argument("--xla-defaults", action="store_true",
                    help="compile jaxsr with plain jax.jit (XLA's default options) instead of jaxsr.jit")
     p.add_argument("--malloc-defaults", action="store_true",
@@ -511,7 +511,7 @@ def main(argv=None) -> None:
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup}-{args.max_warmup} warm-up calls (until no page faults), medians; jaxsr compile excluded; "
           f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
-    print(f"# jaxsr native stride-1 kernel gradient (jaxsr.cpu.native): {native_kernel}")
+    print(f"# jaxsr native stride-1 convolution kernels, forward and kernel gradient (jaxsr.cpu.native): {native_kernel}")
     options = {} if args.xla_defaults else cpu_compile.compiler_options("cpu")
     print(f"# jaxsr compile options: {options or 'XLA defaults'}; "
           f"large buffers from the heap: {heap}; "
