@@ -9,8 +9,8 @@
   jaxsr's CPU options; GFLOP/s and the largest difference relative to the output's largest value.
 * per model (`--models`): the benchmarks/vs_torch.py cases (paper widths, x4; train step LR 32²
   batch 2, forward LR 64² batch 1), each compiled twice in one process: with the native forward
-  kernel (`jaxsr.cpu.conv.NATIVE_FORWARD = True`, what jaxsr runs) and without it (XLA's
-  convolutions for the forward passes and input gradients; the native kernel gradient in both).
+  kernel (what jaxsr runs) and without it (traced inside `jaxsr.cpu.native.forward_suspended()`:
+  XLA's convolutions for the forward passes and input gradients; the native kernel gradient in both).
 
 Both sides run as `python -m jaxsr.main` runs jaxsr (`jaxsr.cpu.setup()`). Calls alternate A, B,
 A, B ... after warm-up; medians are reported; compile times are separate. ratio = XLA time /
@@ -20,6 +20,7 @@ reference weights of the model cases).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -81,17 +82,18 @@ def bench_model(name: str, part: str, rounds: int) -> dict:
     case = vs_torch.BUILDERS[name](False)
     runs, compile_s, outputs = {}, {}, {}
     for label, flag in (("native", True), ("xla", False)):
-        cpu_conv.NATIVE_FORWARD = flag  # read while tracing; each side traces a function of its own
-        if part == "train":
-            lr, hr = vs_torch.images(2, 32, seed=2)
-            compile_s[label], runs[label] = vs_torch.jax_train_step(case, lr, hr)
-        else:
-            lr, _ = vs_torch.images(1, 64, seed=1)
-            out = case.jax_out
-            side = dataclasses.replace(case, jax_out=lambda *a, out=out: out(*a))  # a new trace per side
-            compile_s[label], runs[label] = vs_torch.jax_forward(side, lr)
+        # the choice is made while tracing (here: compiling); each side traces a function of its own
+        with contextlib.nullcontext() if flag else native.forward_suspended():
+            if part == "train":
+                lr, hr = vs_torch.images(2, 32, seed=2)
+                compile_s[label], runs[label] = vs_torch.jax_train_step(case, lr, hr)
+            else:
+                lr, _ = vs_torch.images(1, 64, seed=1)
+                out = case.jax_out
+                side = dataclasses.replace(case, jax_out=lambda *a, out=out: out(*a))
+                compile_s[label], runs[label] = vs_torch.jax_forward(side, lr)
+        if part != "train":
             outputs[label] = np.asarray(runs[label]())
-    cpu_conv.NATIVE_FORWARD = True
     times = interleaved(runs, rounds)
     row = {"model": name, "part": part, **{f"{k}_s": statistics.median(v) for k, v in times.items()},
            **{f"{k}_compile_s": v for k, v in compile_s.items()}, "rounds": times}

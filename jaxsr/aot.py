@@ -454,7 +454,9 @@ def count_flops_cpu(cfg, num_devices: int, model_overrides: dict | None = None, 
         model = model.clone(scan_unroll=scan_unroll)
     from jaxsr import sharding
     per_device = max(1, b.cfg.data.batch_size // sharding.data_parallelism(b.cfg.data.batch_size, num_devices))
-    lowered = lower_train_step(b, jax.devices("cpu")[:1], batch=per_device, model=model)
+    from jaxsr.cpu import native as cpu_native
+    with cpu_native.suspended():  # XLA counts what the native kernels would compute
+        lowered = lower_train_step(b, jax.devices("cpu")[:1], batch=per_device, model=model)
     native = [n for n in custom_call_targets(lowered.as_text()) if n.startswith("jaxsr_")]
     t0 = time.perf_counter()
     try:

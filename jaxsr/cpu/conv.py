@@ -32,9 +32,8 @@ MATMUL_GRADIENT_MAX_ROWS = 12288
 STACKED_GRADIENT_MAX_ELEMENTS = 1 << 22
 # Stride-1 convolutions (and input gradients) to at least this many channels run as the native
 # forward kernel where it is registered (`native.conv_forward`); to fewer, the kernel's 16-lane
-# registers would be mostly empty. False: XLA's convolutions (benchmarks/native_conv.py's A/B).
+# registers would be mostly empty.
 NATIVE_FORWARD_MIN_CHANNELS = 16
-NATIVE_FORWARD = True
 # The stacked kernel gradient is used only where its padded rows add at most 1/8 to its matmul.
 PADDED_ROWS_MAX_FRACTION_INV = 8
 PLANS = ("narrow_output", "kernel_matmul", "canonical")
@@ -46,9 +45,10 @@ def plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -
 
 def native_forward_serves(x: Array, w: Array, padding: Padding) -> bool:
     """Whether a stride-1 convolution of these operands runs as the native forward kernel:
-    registered, float32, non-negative padding, at least NATIVE_FORWARD_MIN_CHANNELS outputs."""
-    return (NATIVE_FORWARD and w.shape[-1] >= NATIVE_FORWARD_MIN_CHANNELS and min(min(p) for p in padding) >= 0
-            and native.used_for(x, w))
+    registered and not suspended (`native.forward_used_for`), float32, non-negative padding, at
+    least NATIVE_FORWARD_MIN_CHANNELS outputs."""
+    return (w.shape[-1] >= NATIVE_FORWARD_MIN_CHANNELS and min(min(p) for p in padding) >= 0
+            and native.forward_used_for(x, w))
 
 
 def stride1_conv(x: Array, w: Array, padding: Padding) -> Array:

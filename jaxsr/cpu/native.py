@@ -135,6 +135,23 @@ def suspended():
             _state["library"] = lib
 
 
+@contextlib.contextmanager
+def forward_suspended():
+    """Trace convolutions with XLA's forward convolution inside this block (the kernel gradient
+    stays native): benchmarks/native_conv.py's A/B of `conv_forward`."""
+    _state["forward_suspended"] = _state.get("forward_suspended", 0) + 1
+    try:
+        yield
+    finally:
+        _state["forward_suspended"] -= 1
+
+
+def forward_used_for(*operands: Array) -> bool:
+    """Whether a convolution of these operands may run as `conv_forward`: `used_for` and not
+    inside `forward_suspended()`."""
+    return used_for(*operands) and not _state.get("forward_suspended")
+
+
 def used_for(*operands: Array) -> bool:
     """Whether a convolution or kernel gradient of these operands runs natively in a CPU program:
     registered, all float32."""

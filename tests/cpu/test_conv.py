@@ -197,7 +197,7 @@ def test_native_forward_and_input_gradient_match_jax_grad_of_the_plain_conv(k, p
 
 
 @needs_native
-def test_native_forward_is_what_cpu_stride1_convs_use(monkeypatch):
+def test_native_forward_is_what_cpu_stride1_convs_use():
     x = jnp.zeros((2, 10, 12, 20), jnp.float32)
     traced = lambda x, o: str(jax.make_jaxpr(lambda x: cpu_conv.stride1_conv(x, jnp.ones((3, 3, x.shape[-1], o), x.dtype),
                                                                            ((1, 1), (1, 1))))(x))
@@ -206,8 +206,11 @@ def test_native_forward_is_what_cpu_stride1_convs_use(monkeypatch):
     assert "jaxsr_conv_forward" not in traced(x.astype(jnp.bfloat16), 24)
     with native.suspended():
         assert "jaxsr_conv_forward" not in traced(x, 24)
-    monkeypatch.setattr(cpu_conv, "NATIVE_FORWARD", False)  # benchmarks/native_conv.py's A/B
-    assert "jaxsr_conv_forward" not in traced(x, 24)
+    with native.forward_suspended():  # benchmarks/native_conv.py's A/B
+        assert "jaxsr_conv_forward" not in traced(x, 24)
+        assert "jaxsr_conv_kernel_grad" in str(jax.make_jaxpr(lambda x, g: cpu_conv.kernel_gradient(
+            x, g, (3, 3, 20, 24), (1, 1), ((1, 1), (1, 1))))(x, jnp.zeros((2, 10, 12, 24))))
+    assert "jaxsr_conv_forward" in traced(x, 24)
 
 
 @needs_native
