@@ -154,13 +154,23 @@ inline __mmask16 TailMask(int64_t width) {
   return static_cast<__mmask16>(width % kLanes ? (1u << (width % kLanes)) - 1 : 0xFFFF);
 }
 
+// The geometry both kernels share: input x (n, h, wd, c); output, or cotangent, (n, ho, wo, o);
+// kh x kw taps; x read at row i + a - pt, column j + b - pl.
+struct ConvShape {
+  int64_t n, h, wd, c, ho, wo, o, kh, kw, pt, pl;
+};
+
+template <typename Dims>
+ConvShape ShapeOf(const Dims& dx, const Dims& dout, int64_t kh, int64_t kw, int64_t pad_top, int64_t pad_left) {
+  return {dx[0], dx[1], dx[2], dx[3], dout[1], dout[2], dout[3], kh, kw, pad_top, pad_left};
+}
+
 // ----------------------------------------------------------------------------- kernel gradient
 
-struct KernelGradProblem : TaskQueue {
+struct KernelGradProblem : TaskQueue, ConvShape {
   const float* x;
   const float* g;
   float* dw;
-  int64_t n, h, w, c, ho, wo, o, kh, kw, pt, pl;
   int64_t o_blocks, row_chunks, rows, rows_per_chunk;
   std::vector<std::unique_ptr<float[]>> partial;  // row chunk k >= 1 sums into partial[k - 1]
 
@@ -181,13 +191,13 @@ struct KernelGradProblem : TaskQueue {
       for (int64_t ta = 0; ta < kh; ++ta) {
         for (int64_t tb = 0; tb < kw; ++tb) {
           // output columns j whose input column j + tb - pl lies inside the image
-          const int64_t j0 = std::max<int64_t>(0, pl - tb), j1 = std::min<int64_t>(wo, w + pl - tb);
+          const int64_t j0 = std::max<int64_t>(0, pl - tb), j1 = std::min<int64_t>(wo, wd + pl - tb);
           if (j1 <= j0) continue;
           runs.clear();
           for (int64_t row = g0; row < g1; ++row) {  // row = (image, output row)
             const int64_t img = row / ho, i = row % ho, xr = i + ta - pt;
             if (xr < 0 || xr >= h) continue;
-            runs.push_back({x + ((img * h + xr) * w + j0 + tb - pl) * c, g + ((img * ho + i) * wo + j0) * o + o0, j1 - j0});
+            runs.push_back({x + ((img * h + xr) * wd + j0 + tb - pl) * c, g + ((img * ho + i) * wo + j0) * o + o0, j1 - j0});
           }
           if (runs.empty()) continue;
           float* d = out + (ta * kw + tb) * c * o + o0;
@@ -217,9 +227,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   p->x = x.typed_data();
   p->g = g.typed_data();
   p->dw = dw->typed_data();
-  p->n = dx[0], p->h = dx[1], p->w = dx[2], p->c = dx[3];
-  p->ho = dg[1], p->wo = dg[2], p->o = dg[3];
-  p->kh = dk[0], p->kw = dk[1], p->pt = pad_top, p->pl = pad_left;
+  static_cast<ConvShape&>(*p) = ShapeOf(dx, dg, dk[0], dk[1], pad_top, pad_left);
   const int64_t size = p->kh * p->kw * p->c * p->o;
   std::memset(p->dw, 0, sizeof(float) * size);
   p->rows = p->n * p->ho;
@@ -309,11 +317,10 @@ void ForwardTile(int m, const float* const* px, const float* const* wt, int nt, 
   }
 }
 
-struct ForwardProblem : TaskQueue {
+struct ForwardProblem : TaskQueue, ConvShape {
   const float* x;
   const float* w;  // packed (o_blocks, kh, kw, c, 64)
   float* out;
-  int64_t n, h, wd, c, ho, wo, o, kh, kw, pt, pl;
   int64_t o_blocks, chunks, pixels, pixels_per_chunk;
   std::vector<float> zeros;  // what a tap outside the image reads: c zeros
 
@@ -376,9 +383,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   p->x = x.typed_data();
   p->w = w.typed_data();
   p->out = out->typed_data();
-  p->n = dx[0], p->h = dx[1], p->wd = dx[2], p->c = dx[3];
-  p->ho = dout[1], p->wo = dout[2], p->o = dout[3];
-  p->kh = dw[1], p->kw = dw[2], p->pt = pad_top, p->pl = pad_left;
+  static_cast<ConvShape&>(*p) = ShapeOf(dx, dout, dw[1], dw[2], pad_top, pad_left);
   p->pixels = p->n * p->ho * p->wo;
   if (p->pixels == 0 || p->o == 0) return ffi::Error::Success();
   if (p->c == 0 || p->kh == 0 || p->kw == 0) {
@@ -402,20 +407,19 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 // 1 when this CPU runs the AVX-512 code above (the Python side checks before registering).
 extern "C" int jaxsr_native_supported() { return __builtin_cpu_supports("avx512f") ? 1 : 0; }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsr_conv_kernel_grad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+namespace {
+// Both kernels take two f32 operands (x and the cotangent, or x and the packed kernel), return one,
+// and read the padding as attributes.
+auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
+}
+}  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsr_conv_forward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsr_conv_kernel_grad, KernelGrad, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxsr_conv_forward, Forward, ConvBinding());
