@@ -79,3 +79,10 @@ def check_scale(name: str, scale, allowed=(1, 2, 3, 4)) -> int:
     if not isinstance(scale, (int, np.integer)) or int(scale) not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {scale!r}")
     return int(scale)
+
+
+def check_reflect_size(h: int, w: int, size: int) -> None:
+    pad = size // 2
+    if pad >= h or pad >= w:
+        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
+                         f"(reflect padding needs more than {pad} pixels per side)")

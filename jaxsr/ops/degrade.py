@@ -208,13 +208,6 @@ def sample_kernels(rng: jax.Array, batch: int, spec: DegradationSpec) -> jax.Arr
 # --------------------------------------------------------------------------- operators
 
 
-def _check_reflect_size(h: int, w: int, size: int) -> None:
-    pad = size // 2
-    if pad >= h or pad >= w:
-        raise ValueError(f"images of spatial size {h}x{w} are too small for {size}x{size} kernels "
-                         f"(reflect padding needs more than {pad} pixels per side)")
-
-
 def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Array:
     """Blur each image with its own kernel (cross-correlation, reflect padding).
 
@@ -235,7 +228,7 @@ def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Arr
     n, h, w, c = images.shape
     size = kernels.shape[-1]
     pad = size // 2
-    _check_reflect_size(h, w, size)
+    _checks.check_reflect_size(h, w, size)
     x = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     kernels = kernels.astype(x.dtype)
     if method == "auto":  # per the platform the program is compiled for
@@ -310,7 +303,7 @@ def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampl
     scale = _checks.check_scale("scale", scale)
     if downsampler not in DOWNSAMPLERS:
         raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
-    _check_reflect_size(*images.shape[1:3], kernels.shape[-1])
+    _checks.check_reflect_size(*images.shape[1:3], kernels.shape[-1])
     return hook.blur_downsample(images, kernels, scale, downsampler, downsampler_matrix)
 
 
@@ -331,7 +324,7 @@ def separable_blur_downsample(images: jax.Array, taps_h: jax.Array, taps_w: jax.
         raise ValueError(f"taps_h and taps_w must have the same shape, got {taps_h.shape} and {taps_w.shape}")
     if downsampler not in DOWNSAMPLERS:
         raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
-    _check_reflect_size(h, w, taps_h.shape[1])
+    _checks.check_reflect_size(h, w, taps_h.shape[1])
     return hook.separable_blur_downsample(images, taps_h, taps_w, scale, downsampler, downsampler_matrix)
 
 
@@ -376,7 +369,7 @@ def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> 
         raise ValueError(f"kernels must have shape (N, {spec.kernel_size}, {spec.kernel_size}) for this "
                          f"spec, got {kernels.shape}")
     _checks.check_kernels("kernels", kernels, batch=n)
-    _check_reflect_size(h, w, spec.kernel_size)
+    _checks.check_reflect_size(h, w, spec.kernel_size)
     scale, down, method = spec.scale, spec.downsampler, spec.blur_method
     if method == "auto":  # per the platform the program is compiled for
         lr = hook.on_cpu(hr, kernels, default=lambda x, k: downsample(blur(x, k, "conv"), scale, down),

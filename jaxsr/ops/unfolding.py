@@ -3,23 +3,27 @@ its gradients and its closed-form proximal step, as pure functions.
 
 KXNet's K and X steps (`kernel_gradient`, `transposed_blur`, `blur_down`) use the library's
 degradation (`degrade.blur`: cross-correlation, reflect padding; s-fold downsampling), written
-here as grouped convolutions; their FFT formulations for the CPU, where XLA's grouped and dilated
-convolutions are slow, are `jaxsr.cpu.degrade`'s (through `jaxsr.cpu.hook`): `method="auto"`
-picks them in programs compiled for the CPU.
+here as grouped convolutions (`kernel_gradient` and `blur_down` with their own VJPs, so that
+no gradient becomes a convolution with an image-sized window); their FFT formulations for the
+CPU, where XLA's grouped and dilated convolutions are slow, are `jaxsr.cpu.degrade`'s (through
+`jaxsr.cpu.hook`): `method="auto"` picks them in programs compiled for the CPU.
 
 USRNet's data step (`data_precompute`, `data_step`) is the closed-form minimiser of
 ||y - (x ⊛ k)↓s||² + α||x - x_prev||² for *circular* convolution and the s-fold
 downsampler, solved with FFTs.
 
-All of them are jittable and differentiable; no Flax.
+All of them are jittable and differentiable (the convolution forms of `kernel_gradient` and
+`blur_down` in reverse mode only: they define VJPs); no Flax.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from jaxsr.cpu import hook
-from jaxsr.ops import degrade
+from jaxsr.ops import _checks, degrade
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -27,9 +31,30 @@ METHODS = ("auto", "conv", "fft")
 
 
 # ----------------------------------------------------------------------------- KXNet: gradients of the data term
-def blur_down(x: Array, kernels: Array, scale: int) -> Array:
-    """(X ⊗ K)↓s with the library's degradation operators (reflect padding, s-fold)."""
-    return degrade.downsample_sfold(degrade.blur(x, kernels), scale)
+def blur_down(x: Array, kernels: Array, scale: int, method: str = "auto") -> Array:
+    """(X ⊗ K)↓s with the library's degradation (reflect padding, s-fold downsampling).
+
+    method "conv": one stride-s grouped convolution, which computes only the kept pixels (s²
+    fewer multiply-adds than blurring at full resolution) and differentiates through
+    `_strided_blur`'s VJP; "fft": `degrade.blur`'s FFT formulation, then the s-fold slice;
+    "auto": "fft" on CPU, "conv" elsewhere.
+    x (N, H, W, C), kernels (N, k, k) -> (N, ⌈H/s⌉, ⌈W/s⌉, C).
+    """
+    _check_method(method)
+    _checks.check_images("x", x)
+    _checks.check_kernels("kernels", kernels, batch=x.shape[0])
+    scale = _checks.check_scale("scale", scale)
+    _checks.check_reflect_size(*x.shape[1:3], kernels.shape[-1])
+    kernels = kernels.astype(x.dtype)
+    fft = lambda x, k: degrade.downsample_sfold(degrade.blur(x, k, "fft"), scale)  # noqa: E731
+
+    def conv(x, k):
+        pad = k.shape[-1] // 2
+        return _strided_blur(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect"), k, scale)
+
+    if method == "auto":  # per the platform the program is compiled for
+        return hook.on_cpu(x, kernels, cpu=fft, default=conv)
+    return fft(x, kernels) if method == "fft" else conv(x, kernels)
 
 
 def _check_method(method: str) -> None:
@@ -65,17 +90,98 @@ def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: st
     return out.astype(x.dtype) / (c * h * w)
 
 
+# The data term is the trilinear form Σ xp[n, s·i+a, s·j+b, c] · K[n, a, b] · R[n, i, j, c] (xp: the
+# reflect-padded X), read three ways: (xp, K) -> R is (X ⊗ K)↓s (`_strided_blur`), (xp, R) -> K the
+# kernel gradient (`_kernel_gradient`) and (K, R) -> xp its scatter (`_scatter`). On accelerators each
+# of the first two differentiates through the other two. Autodiff would instead take the gradient for
+# the operand that is not the image as a convolution with an image-sized window (for xp in the kernel
+# gradient, for K in the blur): on TPU v5e the kernel gradient's alone compiled in 190 s at x2.
+
+def _per_channel(a: Array) -> Array:
+    """(N, H, W, C) -> (1, H, W, N·C), channel n*C + c: one depthwise group per image and channel."""
+    n, h, w, c = a.shape
+    return jnp.transpose(a, (1, 2, 0, 3)).reshape(1, h, w, n * c)
+
+
+def _from_per_channel(a: Array, n: int) -> Array:
+    _, h, w, nc = a.shape
+    return jnp.transpose(a[0].reshape(h, w, n, nc // n), (2, 0, 1, 3))
+
+
+def _depthwise_filters(kernels: Array, channels: int) -> Array:
+    """(N, k, k) -> (k, k, 1, N·C) HWIO, filter n*C + c = kernels[n]."""
+    return jnp.transpose(jnp.repeat(kernels, channels, axis=0), (1, 2, 0))[:, :, None, :]
+
+
+def _touched(xp: Array, h: int, w: int, size: int, scale: int) -> Array:
+    """The rows and columns of xp that the k×k patches at (s·i, s·j), i < h, j < w, read."""
+    return xp[:, :scale * (h - 1) + size, :scale * (w - 1) + size, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _strided_blur(xp: Array, kernels: Array, scale: int) -> Array:
+    """R[n, i, j, c] = Σ_{a,b} xp[n, s·i+a, s·j+b, c] · K[n, a, b]: one stride-s depthwise convolution."""
+    out = jax.lax.conv_general_dilated(
+        _per_channel(xp), _depthwise_filters(kernels, xp.shape[-1]), window_strides=(scale, scale),
+        padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=xp.shape[0] * xp.shape[-1],
+        precision=_HIGHEST)
+    return _from_per_channel(out, xp.shape[0])
+
+
+def _strided_blur_fwd(xp, kernels, scale):
+    return _strided_blur(xp, kernels, scale), (xp, kernels)
+
+
+def _strided_blur_bwd(scale, res, g):
+    xp, kernels = res
+    g = g.astype(xp.dtype)
+    return _scatter(kernels, g, scale, xp.shape), _kernel_gradient(xp, g, kernels.shape[-1], scale)
+
+
+_strided_blur.defvjp(_strided_blur_fwd, _strided_blur_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _kernel_gradient(xp: Array, residual: Array, size: int, scale: int) -> Array:
-    """`kernel_gradient` before its normalisation (xp: x reflect-padded), as one grouped convolution."""
+    """`kernel_gradient` before its normalisation (xp: x reflect-padded), as one grouped convolution:
+    K[n, a, b] = Σ_{i,j,c} xp[n, s·i+a, s·j+b, c] · R[n, i, j, c], the dilated residual as filter."""
     n, c = xp.shape[0], xp.shape[-1]
     h, w = residual.shape[1:3]
-    xp = xp[:, :scale * (h - 1) + size, :scale * (w - 1) + size, :]  # the rows the patches touch
+    xp = _touched(xp, h, w, size, scale)
     lhs = jnp.transpose(xp, (1, 2, 0, 3)).reshape(1, xp.shape[1], xp.shape[2], n * c)  # channel n*C + c
     rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n]
     out = jax.lax.conv_general_dilated(
         lhs, rhs, window_strides=(1, 1), padding="VALID", rhs_dilation=(scale, scale),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n, precision=_HIGHEST)
     return jnp.transpose(out[0], (2, 0, 1))
+
+
+def _kernel_gradient_fwd(xp, residual, size, scale):
+    return _kernel_gradient(xp, residual, size, scale), (xp, residual)
+
+
+def _kernel_gradient_bwd(size, scale, res, g):
+    xp, residual = res
+    h, w = residual.shape[1:3]
+    g = g.astype(xp.dtype)
+    d_residual = _strided_blur(_touched(xp, h, w, size, scale), g, scale)
+    return _scatter(g, residual, scale, xp.shape), d_residual.astype(residual.dtype)
+
+
+_kernel_gradient.defvjp(_kernel_gradient_fwd, _kernel_gradient_bwd)
+
+
+def _scatter(kernels: Array, residual: Array, scale: int, shape: tuple[int, ...]) -> Array:
+    """xp[n, u, v, c] = Σ_{s·i+a=u, s·j+b=v} K[n, a, b] · R[n, i, j, c] in an array of `shape`: R dilated
+    by s and convolved with K (zero beyond the rows the patches touch)."""
+    n, h, w, c = residual.shape
+    size = kernels.shape[-1]
+    out = jax.lax.conv_general_dilated(
+        _per_channel(residual), _depthwise_filters(kernels, c)[::-1, ::-1], window_strides=(1, 1),
+        padding=((size - 1, size - 1), (size - 1, size - 1)), lhs_dilation=(scale, scale),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n * c, precision=_HIGHEST)
+    out = _from_per_channel(out, n)
+    return jnp.pad(out, ((0, 0), (0, shape[1] - out.shape[1]), (0, shape[2] - out.shape[2]), (0, 0)))
 
 
 def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") -> Array:

@@ -162,6 +162,7 @@ _AUTO = {  # method="auto" everywhere: the CPU formulation (FFTs or loops) on CP
     "blur": (lambda x, k: D.blur(x, k), [(2, 40, 36, 3), (2, 21, 21)], "fft"),
     "kernel_gradient": (lambda x, r: unfolding.kernel_gradient(x, r, 9, 4), [(2, 24, 20, 3), (2, 6, 5, 3)], "fft"),
     "transposed_blur": (lambda e, k: unfolding.transposed_blur(e, k, 4), [(2, 6, 5, 3), (2, 9, 9)], "fft"),
+    "blur_down": (lambda x, k: unfolding.blur_down(x, k, 4), [(2, 24, 20, 3), (2, 9, 9)], "fft"),
     "apply_degradation": (lambda x, k: D.apply_degradation(x, k, D.setting2(4)), [(2, 40, 36, 3), (2, 21, 21)], "while"),
 }
 
@@ -185,3 +186,5 @@ def test_unfolding_fft_formulations_equal_the_convolutions():
     np.testing.assert_allclose(kg[0], kg[1], rtol=1e-5, atol=1e-6)
     tb = jax.jit(lambda e, k: [unfolding.transposed_blur(e, k, 4, m) for m in ("fft", "conv")])(r, k)
     np.testing.assert_allclose(tb[0], tb[1], atol=1e-5)
+    bd = jax.jit(lambda x, k: [unfolding.blur_down(x, k, 4, m) for m in ("fft", "conv")])(x, k)
+    np.testing.assert_allclose(bd[0], bd[1], rtol=1e-5, atol=1e-5)

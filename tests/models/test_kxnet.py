@@ -1,6 +1,7 @@
 """KXNet: its operators against NumPy definitions, parameter counts, the scanned stages, training."""
 import functools
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -70,13 +71,74 @@ def test_kernel_gradient_equals_the_dense_unfold_formulation(scale, size, h, w, 
     r = rng.standard_normal((2, h, w, 3)).astype(np.float32)
     k = rng.random((2, size, size)).astype(np.float32)
     got = np.asarray(jax.jit(unfolding.kernel_gradient, static_argnums=(2, 3, 4))(x, r, size, scale, method))
-    fwd = np.asarray(jax.jit(unfolding.blur_down, static_argnums=2)(x, k, scale))
+    fwd = np.asarray(jax.jit(unfolding.blur_down, static_argnums=(2, 3))(x, k, scale, method))
     for n in range(2):
         u = dense_unfold(x[n], size, scale)  # (C·h·w, k²)
         want = u.T @ r[n].transpose(2, 0, 1).ravel() / (3 * h * w)
         np.testing.assert_allclose(got[n], want.reshape(size, size), rtol=1e-5, atol=1e-6)
         # the same matrix is the degradation operator: (X ⊗ K)↓s = D_s U_f(X) vec(K)
         np.testing.assert_allclose(fwd[n].transpose(2, 0, 1).ravel(), u @ k[n].ravel(), rtol=1e-5, atol=1e-5)
+
+
+def trilinear_partials(x, k, r, scale):
+    """Partial derivatives of F = Σ_{i,j,a,b,c} X_pad[s·i+a, s·j+b, c] · K[a, b] · R[i, j, c] for one
+    image (X_pad: X reflect-padded by k//2), float64 loops: blur_down(X, K) = ∂F/∂R and
+    kernel_gradient(X, R) = ∂F/∂K / (C·h·w), so each VJP of theirs is two of these partials."""
+    (hh, ww, c), (h, w), size = x.shape, r.shape[:2], k.shape[0]
+    pad = size // 2
+    xp = np.pad(x.astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    dxp, dk, dr = np.zeros_like(xp), np.zeros((size, size)), np.zeros((h, w, c))
+    for i in range(h):
+        for j in range(w):
+            patch = xp[scale * i:scale * i + size, scale * j:scale * j + size]
+            dr[i, j] = np.einsum("ab,abc->c", k, patch)
+            dk += np.einsum("abc,c->ab", patch, r[i, j])
+            dxp[scale * i:scale * i + size, scale * j:scale * j + size] += k[:, :, None] * r[i, j]
+    reflect = lambda u, n: abs(u) if u < n else 2 * (n - 1) - u  # noqa: E731 - padded -> source index
+    dx = np.zeros((hh, ww, c))
+    for u in range(xp.shape[0]):
+        for v in range(xp.shape[1]):
+            dx[reflect(u - pad, hh), reflect(v - pad, ww)] += dxp[u, v]
+    return dx, dk, dr
+
+
+@pytest.mark.parametrize("method", ["fft", "conv"])
+@pytest.mark.parametrize("scale,size,h,w", [(2, 5, 4, 5), (3, 7, 3, 4), (4, 9, 3, 3)])
+def test_data_term_vjps_match_definition(scale, size, h, w, method):
+    # "conv" (accelerators) differentiates through its own VJPs: the other two operators of the
+    # trilinear form, not autodiff's image-sized windows; "fft" (CPU) through XLA's autodiff
+    rng = np.random.default_rng(20 + scale)
+    x = rng.random((2, scale * h, scale * w, 3)).astype(np.float32)
+    r = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+    k = rng.random((2, size, size)).astype(np.float32)  # asymmetric: catches a missing flip
+    g = rng.standard_normal((2, size, size)).astype(np.float32)
+    _, kg_vjp = jax.vjp(lambda x, r: unfolding.kernel_gradient(x, r, size, scale, method), x, r)
+    kg_dx, kg_dr = jax.jit(kg_vjp)(g)
+    _, bd_vjp = jax.vjp(lambda x, k: unfolding.blur_down(x, k, scale, method), x, k)
+    bd_dx, bd_dk = jax.jit(bd_vjp)(r)
+    norm = 3 * h * w
+    for n in range(2):
+        dx, _, dr = trilinear_partials(x[n], g[n].astype(np.float64), r[n], scale)  # <g, kernel_gradient>
+        np.testing.assert_allclose(kg_dx[n], dx / norm, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(kg_dr[n], dr / norm, rtol=1e-5, atol=1e-6)
+        dx, dk, _ = trilinear_partials(x[n], k[n].astype(np.float64), r[n], scale)  # <r, blur_down>
+        np.testing.assert_allclose(bd_dx[n], dx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(bd_dk[n], dk, rtol=1e-5, atol=1e-5)
+
+
+def test_accelerator_data_term_gradients_use_kernel_sized_windows():
+    # autodiff of the image-sized-window convolution pads the k×k cotangent by s·(h-1) per side;
+    # that one convolution took 190 s of a KXNet x2 TPU compile. The custom VJPs pad by k-1 at most.
+    size, scale = 9, 4
+    x, r, k = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((2, 24, 20, 3), (2, 6, 5, 3), (2, size, size)))
+    fns = {"kernel_gradient": (lambda x, r: jnp.sum(jnp.sin(unfolding.kernel_gradient(x, r, size, scale))), (x, r)),
+           "blur_down": (lambda x, k: jnp.sum(jnp.sin(unfolding.blur_down(x, k, scale))), (x, k))}
+    for name, (fn, args) in fns.items():
+        text = jax.jit(jax.grad(fn, argnums=(0, 1))).trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+        pads = [int(p) for m in re.finditer(r"stablehlo\.convolution.*?pad = \[\[(\d+), (\d+)\], \[(\d+), (\d+)\]\]", text)
+                for p in m.groups()]
+        assert len(pads) == 12, (name, pads)  # forward and two gradients, one convolution each
+        assert max(pads) <= size - 1, (name, pads)
 
 
 def transposed_blur_reference(e, k, scale):
