@@ -204,6 +204,14 @@ def _cell(row: dict | None) -> tuple[str, str]:
     return f"{_gib(mem.get('total'))}{verdict}", f"{step.get('compile_s', 0):.0f}"
 
 
+def table_targets(results: dict, targets: list[str]) -> list[str]:
+    """The per-variant table's columns: this run's targets, then the default ones and any other
+    target with rows in `results` (a rerun of some rows keeps the other columns)."""
+    present = {row["target"] for row in results.values()}
+    ordered = list(dict.fromkeys([*targets, *DEFAULT_TARGETS, *sorted(present)]))
+    return [t for t in ordered if t in targets or t in present]
+
+
 def write_variant_table(results: dict, targets: list[str], path: str) -> None:
     """One row per paper variant: per-device GiB on each target, FLOPs per step, compile seconds."""
     variants = sorted({row["variant"] for row in results.values()})
@@ -258,7 +266,7 @@ def main() -> None:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1, default=str)
         write_markdown(results, md_path)
-        write_variant_table(results, targets, os.path.join(args.out, "aot_variants.md"))
+        write_variant_table(results, table_targets(results, targets), os.path.join(args.out, "aot_variants.md"))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         # FLOPs are counted once per variant: on its first row still to compile, unless a row has them.

@@ -238,3 +238,6 @@ def test_fit_table_rows(tmp_path):
     redone = {"variant": "dan.py:setting1_x4", "target": "v5e-8", "report": {"programs": {"train_step": {}}}}
     bench.keep_flops(fits, redone)  # a --redo row keeps the count its first run made
     assert redone["report"]["programs"]["train_step"]["cpu_flops"] == {"flops": 1.85e12}
+    # a rerun of some rows for some targets keeps the table's other columns
+    assert bench.table_targets(results, ["v4-8"]) == ["v4-8", "v5e-8"]
+    assert bench.table_targets({**results, "x@h100-8": {"target": "h100-8"}}, ["v5e-8"]) == ["v5e-8", "h100-8"]
