@@ -10,6 +10,7 @@ a spec's `blur_method="fused"`, `jaxsr.ops.degrade.blur_downsample`).
   correlate_fft               a 'valid' correlation (the blur) through real FFTs
   blur_downsample             blur then downsample, evaluated only at the kept pixels; kernels
                               known to be outer products take `separable_blur_downsample`
+  sfold_blur_fft              KXNet's blur then s-fold downsampling, the blur through FFTs
   kernel_gradient_fft         KXNet's K-step correlation through FFTs
   transposed_blur_fft         KXNet's transposed strided blur through FFTs
 
@@ -75,6 +76,12 @@ def correlate_fft(padded: Array, kernels: Array) -> Array:
 # the *blurred* image) use their own pattern: along W as per-output stacks of k columns, along H
 # as their own composed kernel over a window of rows. The result equals blur-then-downsample up to
 # float32 rounding, for any kernel.
+
+
+def sfold_blur_fft(padded: Array, kernels: Array, scale: int) -> Array:
+    """KXNet's (X ⊗ K)↓s: `correlate_fft` of the reflect-padded images, then every s-th pixel
+    (the s-fold downsampler keeps the top-left pixel of each s×s block)."""
+    return correlate_fft(padded, kernels)[:, ::scale, ::scale, :]
 
 
 def blur_downsample(images: Array, kernels: Array, scale: int, downsampler: str, matrix: Matrix,

@@ -36,8 +36,8 @@ def blur_down(x: Array, kernels: Array, scale: int, method: str = "auto") -> Arr
 
     method "conv": one stride-s grouped convolution, which computes only the kept pixels (s²
     fewer multiply-adds than blurring at full resolution) and differentiates through
-    `_strided_blur`'s VJP; "fft": `degrade.blur`'s FFT formulation, then the s-fold slice;
-    "auto": "fft" on CPU, "conv" elsewhere.
+    `_strided_blur`'s VJP; "fft": the blur through FFTs, then every s-th pixel
+    (`jaxsr.cpu.degrade.sfold_blur_fft`); "auto": "fft" on CPU, "conv" elsewhere.
     x (N, H, W, C), kernels (N, k, k) -> (N, ⌈H/s⌉, ⌈W/s⌉, C).
     """
     _check_method(method)
@@ -45,16 +45,15 @@ def blur_down(x: Array, kernels: Array, scale: int, method: str = "auto") -> Arr
     _checks.check_kernels("kernels", kernels, batch=x.shape[0])
     scale = _checks.check_scale("scale", scale)
     _checks.check_reflect_size(*x.shape[1:3], kernels.shape[-1])
+    pad = kernels.shape[-1] // 2
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     kernels = kernels.astype(x.dtype)
-    fft = lambda x, k: degrade.downsample_sfold(degrade.blur(x, k, "fft"), scale)  # noqa: E731
-
-    def conv(x, k):
-        pad = k.shape[-1] // 2
-        return _strided_blur(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect"), k, scale)
-
     if method == "auto":  # per the platform the program is compiled for
-        return hook.on_cpu(x, kernels, cpu=fft, default=conv)
-    return fft(x, kernels) if method == "fft" else conv(x, kernels)
+        return hook.on_cpu(xp, kernels, cpu=lambda xp, k: hook.sfold_blur_fft(xp, k, scale),
+                           default=lambda xp, k: _strided_blur(xp, k, scale))
+    if method == "fft":
+        return hook.sfold_blur_fft(xp, kernels, scale)
+    return _strided_blur(xp, kernels, scale)
 
 
 def _check_method(method: str) -> None:
