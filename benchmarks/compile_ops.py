@@ -2,8 +2,9 @@
 
     python benchmarks/compile_ops.py [--target v5e-1] [--batch 3] [--rounds 2] [--out FILE.json]
 
-For each paper scale (x2/x3/x4: kernels 11/15/21, LR 64², `--batch` images per device, as KXNet's
-paper batch of 12 gives on v5e-8), compiles the gradient of a scalar of each operator for the target
+For each paper scale and kernel size (setting 2: x2/x3/x4 with kernels 11/15/21; setting 1: 21 at
+every scale), LR 64² and `--batch` images per device (as KXNet's paper batch of 12 gives on v5e-8),
+compiles the gradient of a scalar of each operator for the target
 without its hardware (`jaxsr.aot`'s compile-only devices), two ways:
 
 - ops: `jaxsr.ops.unfolding.kernel_gradient` and `blur_down` as KXNet calls them on accelerators
@@ -37,7 +38,7 @@ import common  # noqa: E402
 from jaxsr import aot  # noqa: E402
 from jaxsr.ops import degrade, unfolding  # noqa: E402
 
-SCALES = ((2, 11), (3, 15), (4, 21))  # KXNet setting 2 kernel sizes; setting 1 uses 21 throughout
+CASES = ("2:11", "3:15", "4:21", "2:21", "3:21")  # scale:kernel of KXNet's setting 2 (11/15/21), then setting 1 (21)
 
 
 def autodiff_kernel_gradient(x, r, size, scale):
@@ -67,6 +68,7 @@ def main() -> None:
     p.add_argument("--target", default="v5e-1", help="a jaxsr.aot target; one device is used")
     p.add_argument("--batch", type=int, default=3, help="images per device")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated SCALE:KERNEL pairs")
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args()
 
@@ -81,7 +83,7 @@ def main() -> None:
 
     jax.jit(lambda a: a + 1).lower(spec((8,))).compile()  # the compiler's start-up, outside the timings
     rows = []
-    for scale, size in SCALES:
+    for scale, size in (tuple(int(v) for v in case.split(":")) for case in args.cases.split(",")):
         n, lr = args.batch, 64
         x, r, k = spec((n, lr * scale, lr * scale, 3)), spec((n, lr, lr, 3)), spec((n, size, size))
         operands = {"kernel_gradient": (x, r), "blur_down": (x, k)}
@@ -98,10 +100,12 @@ def main() -> None:
                 flops, _ = aot.xla_flops(compiled[form])
                 row[form] = {"compile_s": statistics.median(seconds[form]), "all_s": seconds[form], "flops": flops,
                              "temp_bytes": aot.memory_figures(compiled[form]).get("temp")}
+            row["host_peak_rss"] = aot.host_peak_rss()  # the process's peak so far: grows where a compile needs more
             rows.append(row)
             a, o = row["autodiff"], row["ops"]
             print(f"x{scale} k{size} {name:16s} grad compile: autodiff {a['compile_s']:6.1f} s, ops {o['compile_s']:6.1f} s "
-                  f"({a['compile_s'] / o['compile_s']:.1f}x); FLOPs {a['flops'] or 0:.3g} -> {o['flops'] or 0:.3g}",
+                  f"({a['compile_s'] / o['compile_s']:.1f}x); FLOPs {a['flops'] or 0:.3g} -> {o['flops'] or 0:.3g}; "
+                  f"host peak RSS so far {(row['host_peak_rss'] or 0) / 2**30:.1f} GiB",
                   flush=True)
     if args.out:
         with open(args.out, "w") as f:
