@@ -144,14 +144,12 @@ _strided_blur.defvjp(_strided_blur_fwd, _strided_blur_bwd)
 def _kernel_gradient(xp: Array, residual: Array, size: int, scale: int) -> Array:
     """`kernel_gradient` before its normalisation (xp: x reflect-padded), as one grouped convolution:
     K[n, a, b] = Σ_{i,j,c} xp[n, s·i+a, s·j+b, c] · R[n, i, j, c], the dilated residual as filter."""
-    n, c = xp.shape[0], xp.shape[-1]
     h, w = residual.shape[1:3]
-    xp = _touched(xp, h, w, size, scale)
-    lhs = jnp.transpose(xp, (1, 2, 0, 3)).reshape(1, xp.shape[1], xp.shape[2], n * c)  # channel n*C + c
-    rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n]
+    lhs = _per_channel(_touched(xp, h, w, size, scale))
+    rhs = jnp.transpose(residual, (1, 2, 3, 0))  # (h, w, C, N): group n reads R[n], channels n*C .. n*C + C-1
     out = jax.lax.conv_general_dilated(
         lhs, rhs, window_strides=(1, 1), padding="VALID", rhs_dilation=(scale, scale),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=n, precision=_HIGHEST)
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=xp.shape[0], precision=_HIGHEST)
     return jnp.transpose(out[0], (2, 0, 1))
 
 
