@@ -114,7 +114,7 @@ def _orthonormal(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 def _for_cpu(model):
     """The model as `jaxsr.models.create(cfg, "cpu")` builds it: iterations unrolled."""
     if "scan_unroll" in type(model).__dataclass_fields__:
-        return model.clone(scan_unroll=models.unroll_for("cpu"))
+        return model.clone(scan_unroll=jaxsr.cpu.scan_unroll("cpu"))
     return model
 
 

@@ -166,24 +166,26 @@ def load(path: str | os.PathLike, variant: str | None = None) -> ml_collections.
     return load_module(path).get_config(variant)
 
 
-def prepare(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def prepare(cfg: ml_collections.ConfigDict, spec: degrade.DegradationSpec | None = None) -> ml_collections.ConfigDict:
     """A copy with the derived fields filled (the PCA matrix path for the DAN models), so
     training, eval, infer and conversion build the same model. Pure: reads no file and writes
-    none; a matrix that is neither shipped nor cached yet is fitted by `ensure_pca`."""
+    none; a matrix that is neither shipped nor cached yet is fitted by `ensure_pca`. `spec`: the
+    config's degradation when the caller has it (`jaxsr.experiment.resolve`)."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     if "pca_path" in cfg.model and not cfg.model.pca_path:
-        cfg.model.pca_path = pca.default_matrix_path(degradation_spec(cfg), cfg.model.get("code_length", 10))
+        spec = spec or degradation_spec(cfg)
+        cfg.model.pca_path = pca.default_matrix_path(spec, cfg.model.get("code_length", 10))
     return cfg
 
 
-def ensure_pca(cfg: ml_collections.ConfigDict) -> str | None:
+def ensure_pca(cfg: ml_collections.ConfigDict, spec: degrade.DegradationSpec | None = None) -> str | None:
     """The explicit side effect `prepare` leaves out: when the config's PCA matrix is the
     default one for its degradation and not shipped, fit and cache it once (atomically, in
     `jaxsr.cache.cache_dir()`). Returns the matrix path, or None for a model without one. A
     path the config names itself is left alone (a missing one fails where it is loaded)."""
     if "pca_path" not in cfg.model:
         return None
-    spec, dim = degradation_spec(cfg), cfg.model.get("code_length", 10)
+    spec, dim = spec or degradation_spec(cfg), cfg.model.get("code_length", 10)
     default = pca.default_matrix_path(spec, dim)
     if cfg.model.pca_path and cfg.model.pca_path != default:
         return cfg.model.pca_path
@@ -226,10 +228,10 @@ def _check_types(cfg: ml_collections.ConfigDict) -> None:
 
 
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
-             devices_per_host: int | None = None) -> None:
-    """Fail fast, before compilation, naming the offending key. (`jaxsr.predict.check_config`
-    and `jaxsr.train.check_config` also check model.name against the model registry, which
-    this module may not import.)"""
+             devices_per_host: int | None = None) -> degrade.DegradationSpec:
+    """Fail fast, before compilation, naming the offending key; returns the degradation spec.
+    (`jaxsr.experiment.resolve`, the one check every entry point runs, also checks model.name
+    against the model registry, which this module may not import.)"""
     _check_types(cfg)
     if cfg.scale not in (1, 2, 3, 4):
         raise ValueError(f"config key scale must be 1, 2, 3 or 4, got {cfg.scale!r}")
@@ -254,6 +256,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
         if int(cfg.train[key]) < 1:
             raise ValueError(f"config key train.{key} must be >= 1, got {cfg.train[key]}")
     validate_eval(cfg)
+    return spec
 
 
 def validate_eval(cfg: ml_collections.ConfigDict) -> None:

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import chart, cpu, io, paired
+from jaxsr import chart, io, paired, platform
 from jaxsr.infer import PredictFn, iter_batches, pad_to_multiple
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
@@ -118,22 +118,22 @@ def _setup(protocol: str, scale: int, kernel_size: int | None, seed: int) -> _Se
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
-@functools.partial(cpu.jit, static_argnames=("spec",))
+@functools.partial(platform.jit, static_argnames=("spec",))
 def _degrade(hr, kernels, spec, noise_sigma, rng):
     return degrade.apply_degradation(hr, kernels, spec, noise_sigma, rng)
 
 
-@functools.partial(cpu.jit, static_argnames=("spec",))
+@functools.partial(platform.jit, static_argnames=("spec",))
 def _degrade_clean(hr, kernels, spec):
     return degrade.apply_degradation(hr, kernels, spec)
 
 
-@functools.partial(cpu.jit, static_argnames=("crop",))
+@functools.partial(platform.jit, static_argnames=("crop",))
 def _scores(sr, hr, crop):
     return metrics.psnr(sr, hr, crop_border=crop), metrics.ssim(sr, hr, crop_border=crop)
 
 
-_bicubic_up = cpu.jit(imresize, static_argnums=1)
+_bicubic_up = platform.jit(imresize, static_argnums=1)
 
 
 # --------------------------------------------------------------------------- kernel error

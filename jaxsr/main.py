@@ -29,10 +29,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
-    from jaxsr import cli, cpu, sharding  # after flag parsing, so --help stays fast
+    from jaxsr import cli, cpu, platform, sharding  # after flag parsing, so --help stays fast
     # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
     # re-execute the process with allocator settings), never when imported.
-    cpu_setup = cpu.setup() if __name__ == "__main__" else {}
+    cpu_setup = cpu.setup(accelerator=platform.accelerator_likely()) if __name__ == "__main__" else {}
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxsr import checkpoints, config_lib, models, torch_import
+from jaxsr import checkpoints, config_lib, models, platform as platform_lib, torch_import
 
 PredictFn = Callable[..., tuple[Any, Any]]
 
@@ -55,7 +55,7 @@ def load_official(path: str, cfg) -> tuple[Any, dict, dict]:
                          f"models with one: {models.with_official_checkpoints()}")
     state_dict = torch_import.read_torch_checkpoint(path)
     matrix = spec.official.extras(state_dict).get("pca_matrix")
-    platform = models.platform_of(jax.devices())
+    platform = platform_lib.default_platform()
     model = models.create(cfg, platform, **({"pca_matrix": matrix} if matrix is not None else {}))
     params, extras = torch_import.convert_state_dict(state_dict, model, spec.official)
     return model, params, extras
@@ -68,7 +68,7 @@ def restore_params(cfg, workdir: str, step: int | None = None) -> tuple[Any, Any
     cfg = config_lib.prepare(cfg)
     config_lib.ensure_pca(cfg)
     spec = models.get(cfg.model.name)
-    model = models.create(cfg, models.platform_of(jax.devices()))
+    model = models.create(cfg, platform_lib.default_platform())
     lr = jnp.zeros((1, cfg.data.patch_size, cfg.data.patch_size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"])
     directory = os.path.join(workdir, "checkpoints")

@@ -14,10 +14,11 @@ skipped for the newest good one (`Checkpointer.restore_latest`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsr import checkpoints, config_lib, cpu, models, preemption, sharding
+from jaxsr import checkpoints, experiment, models, platform, preemption, sharding
 from jaxsr import io as jio
 from jaxsr.data import datasets, pipeline
 from jaxsr.metric_writer import MetricWriter
@@ -53,20 +54,6 @@ def log(message: str, *args) -> None:
 
 # ----------------------------------------------------------------------------- building blocks
 
-def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
-                 devices_per_host: int | None = None) -> models.ModelSpec:
-    """`config_lib.validate` plus the model name; returns the model's spec."""
-    config_lib.validate(cfg, num_devices, devices_per_host)
-    return models.get(cfg.model.get("name"))
-
-
-def build_model(cfg, platform: str | None = None) -> tuple[models.ModelSpec, Any]:
-    """(spec, Flax module) for a prepared config (`config_lib.prepare`), built for programs
-    compiled for `platform` ("cpu", "gpu", "tpu"; default: that of this process's devices)."""
-    platform = platform or models.platform_of(jax.devices())
-    return models.get(cfg.model.name), models.create(cfg, platform)
-
-
 def make_optimizer(cfg) -> tuple[optax.GradientTransformation, optax.Schedule]:
     t = cfg.train
     schedule = optax.piecewise_constant_schedule(
@@ -84,7 +71,7 @@ def lr_shape(cfg, batch: int) -> tuple[int, int, int, int]:
 def create_train_state(cfg, spec: models.ModelSpec, model, tx) -> TrainState:
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
     # One compiled init instead of one small compilation per parameter's random draw.
-    init = cpu.jit(lambda rng: spec.init(model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
+    init = platform.jit(lambda rng: spec.init(model, rng, jnp.zeros(lr_shape(cfg, 1), jnp.float32))["params"])
     params = init(init_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_rng)
 
@@ -126,6 +113,61 @@ def make_train_step(cfg, model_spec: models.ModelSpec, model, tx, schedule, spec
     return train_step
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """Everything one compile of the training step needs, built once by `build_program`:
+    `python -m jaxsr.main` runs it, `jaxsr.aot` compiles it for a target, the benchmarks and
+    tests lower it. Nothing else constructs a training step."""
+    exp: experiment.Experiment
+    mesh: Any
+    model: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    step: Callable            # train_step(state, hr_uint8) -> (state, metrics), pure
+    state_sharding: Any       # replicated
+    batch_sharding: Any       # the uint8 HR batch split over the `data` mesh axis
+    abstract_state: TrainState  # ShapeDtypeStructs with state_sharding
+    hr_batch: jax.ShapeDtypeStruct  # the global uint8 HR batch, with batch_sharding
+    jitted: Callable          # jaxsr.platform.jit of `step`: shardings, donation, compile options
+
+    @property
+    def platform(self) -> str:
+        return platform.platform_of(self.mesh)
+
+    def lower(self):
+        return self.jitted.lower(self.abstract_state, self.hr_batch)
+
+    def init_state(self) -> TrainState:
+        """A fresh TrainState (cfg.seed), on the host's default placement."""
+        return create_train_state(self.exp.cfg, self.exp.model_spec, self.model, self.tx)
+
+
+def hr_batch_shape(cfg, batch: int | None = None) -> tuple[int, int, int, int]:
+    """The global uint8 HR batch of one step: (batch, patch * scale, patch * scale, 3)."""
+    side = cfg.data.patch_size * cfg.scale
+    return (cfg.data.batch_size if batch is None else batch, side, side, 3)
+
+
+def build_program(exp: experiment.Experiment, devices=None, *, batch: int | None = None,
+                  model=None) -> TrainProgram:
+    """The training program of `exp` over `devices` (default: all of this job's), for the
+    global batch `batch` (default cfg.data.batch_size). `model` replaces the module built for the
+    devices' platform (e.g. with every loop unrolled, to count FLOPs)."""
+    cfg = exp.cfg
+    shape = hr_batch_shape(cfg, batch)
+    mesh = sharding.make_mesh(shape[0], devices)
+    model = model if model is not None else exp.model(platform.platform_of(mesh))
+    tx, schedule = make_optimizer(cfg)
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    step = make_train_step(cfg, exp.model_spec, model, tx, schedule, exp.degradation)
+    abstract = jax.eval_shape(lambda: create_train_state(cfg, exp.model_spec, model, tx))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+    jitted = platform.jit(step, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0)
+    return TrainProgram(exp=exp, mesh=mesh, model=model, tx=tx, schedule=schedule, step=step,
+                        state_sharding=repl, batch_sharding=batch_sh, abstract_state=abstract,
+                        hr_batch=jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=batch_sh), jitted=jitted)
+
+
 def _progress(step: int, total: int, start_step: int, t0: float, loss: float) -> None:
     done = step - start_step
     rate = done / max(time.time() - t0, 1e-9)
@@ -137,115 +179,104 @@ def _progress(step: int, total: int, start_step: int, t0: float, loss: float) ->
     sys.stdout.flush()
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train (resuming from the latest checkpoint in `workdir`), validate periodically, and
-    return the last validation metrics."""
-    check_config(cfg, num_devices=jax.device_count(), devices_per_host=jax.local_device_count())
-    mesh = sharding.make_mesh(cfg.data.batch_size)
-    if sharding.data_shards(mesh) < mesh.devices.size:
-        log("data.batch_size %d does not split over %d devices: each of %d shards is computed on %d devices "
-            "(a batch size that is a multiple of %d uses them all)", cfg.data.batch_size, mesh.devices.size,
-            sharding.data_shards(mesh), mesh.devices.size // sharding.data_shards(mesh), mesh.devices.size)
-    cfg = config_lib.prepare(cfg)
-    config_lib.ensure_pca(cfg)
-    spec = config_lib.degradation_spec(cfg)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
+class _Metrics:
+    """The step metrics on the device since the last flush; `flush` fetches their means and
+    refuses a non-finite step (the state never took it; the last checkpoint is good)."""
 
-    # Data first: a wrong folder fails before anything is compiled.
-    paths = datasets.resolve_image_paths(cfg.data.train_dirs, key="data.train_dirs")
-    datasets.resolve_image_paths(cfg.data.val_dirs, key="data.val_dirs")
+    def __init__(self, batch_size: int, checkpoint_dir: str, latest_step: Callable[[], int | None]):
+        self.pending: list[dict] = []
+        self.t_log = time.time()
+        self.batch_size, self.checkpoint_dir, self.latest_step = batch_size, checkpoint_dir, latest_step
 
-    model_spec, model = build_model(cfg, models.platform_of(mesh))
-    tx, schedule = make_optimizer(cfg)
-    state = create_train_state(cfg, model_spec, model, tx)
-    meta = checkpoints.fingerprint(cfg, state.params)
-    log("model %s: %d parameters", cfg.model.name, meta["num_params"])
-
-    # This host's share of the global batch.
-    local_batch = sharding.local_batch_size(cfg.data.batch_size)
-    dataset = pipeline.make_train_dataset(
-        paths, patch_size=cfg.data.patch_size * cfg.scale, batch_size=local_batch, seed=cfg.seed,
-        shard_index=jax.process_index(), shard_count=jax.process_count(), cache=cfg.data.cache,
-        num_threads=cfg.data.num_threads, num_workers=cfg.data.get("num_workers", 0))
-    data_iter = iter(dataset)
-
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints,
-                                    save_every=cfg.train.checkpoint_every, async_save=cfg.train.async_checkpoints)
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    start_step = 0
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
-    restored = ckpt.restore_latest(abstract, meta, log=log)
-    if restored is not None:
-        state, data_state, _, _ = restored
-        pipeline.restore_iterator_state(data_iter, data_state)  # any data.num_workers
-        start_step = int(state.step)
-        log("resumed from %s at step %d", ckpt.directory, start_step)
-
-    state = jax.device_put(state, repl)
-    step_fn = cpu.jit(make_train_step(cfg, model_spec, model, tx, schedule, spec),
-                      in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0)
-    validator = Validator(cfg, spec, model_spec, model)
-    writer = MetricWriter(workdir, start_step)
-    interactive = sys.stdout.isatty() and jax.process_index() == 0
-
-    stop = preemption.StopSignal()
-    pending: list[dict] = []
-    last_val: dict[str, float] = {}
-    t0 = t_log = time.time()
-    step = start_step
-    total = int(cfg.train.steps)
-
-    def flush_metrics(step: int) -> dict[str, float]:
-        """Fetch the device metrics since the last flush; stop on a non-finite loss."""
-        nonlocal pending, t_log
-        fetched = jax.device_get(pending)
-        pending = []
+    def flush(self, step: int) -> dict[str, float]:
+        fetched, self.pending = jax.device_get(self.pending), []
         for i, m in enumerate(fetched):
             if not bool(m["finite"]):
                 bad = step - len(fetched) + i + 1
                 raise NonFiniteLossError(
                     f"non-finite loss at step {bad} (loss={float(m['loss'])}); training stopped. The last "
-                    f"checkpoint in {ckpt.directory} (step {ckpt.latest_step()}) is intact.")
+                    f"checkpoint in {self.checkpoint_dir} (step {self.latest_step()}) is intact.")
         if not fetched:
             return {}
         mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
-        dt = time.time() - t_log
-        t_log = time.time()
+        dt, self.t_log = time.time() - self.t_log, time.time()
         mean["steps_per_sec"] = len(fetched) / dt
-        mean["images_per_sec"] = len(fetched) * cfg.data.batch_size / dt
+        mean["images_per_sec"] = len(fetched) * self.batch_size / dt
         return mean
 
+
+def _start_run(exp: experiment.Experiment, program: TrainProgram, workdir: str):
+    """The run's folder (config.json), its data (a wrong folder fails before anything is
+    compiled), the validator and the checkpointer."""
+    cfg, mesh = exp.cfg, program.mesh
+    if sharding.data_shards(mesh) < mesh.devices.size:
+        log("data.batch_size %d does not split over %d devices: each of %d shards is computed on %d devices "
+            "(a batch size that is a multiple of %d uses them all)", cfg.data.batch_size, mesh.devices.size,
+            sharding.data_shards(mesh), mesh.devices.size // sharding.data_shards(mesh), mesh.devices.size)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+    paths = datasets.resolve_image_paths(cfg.data.train_dirs, key="data.train_dirs")
+    validator = Validator(exp, program.model)
+    dataset = pipeline.make_train_dataset(  # this host's share of the global batch
+        paths, patch_size=cfg.data.patch_size * cfg.scale, batch_size=sharding.local_batch_size(cfg.data.batch_size),
+        seed=cfg.seed, shard_index=jax.process_index(), shard_count=jax.process_count(), cache=cfg.data.cache,
+        num_threads=cfg.data.num_threads, num_workers=cfg.data.get("num_workers", 0))
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints,
+                                    save_every=cfg.train.checkpoint_every, async_save=cfg.train.async_checkpoints)
+    return iter(dataset), validator, ckpt
+
+
+def _restore_or_init(program: TrainProgram, ckpt: checkpoints.Checkpointer, data_iter):
+    """(state on the mesh, its step, checkpoint fingerprint): the latest good checkpoint's state
+    and data position, else a fresh state."""
+    state = program.init_state()
+    meta = checkpoints.fingerprint(program.exp.cfg, state.params)
+    log("model %s: %d parameters", program.exp.name, meta["num_params"])
+    restored = ckpt.restore_latest(program.abstract_state, meta, log=log)
+    if restored is not None:
+        state, data_state, _, _ = restored
+        pipeline.restore_iterator_state(data_iter, data_state)  # any data.num_workers
+        log("resumed from %s at step %d", ckpt.directory, int(state.step))
+    return jax.device_put(state, program.state_sharding), int(state.step), meta
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train (resuming from the latest checkpoint in `workdir`), validate periodically, and
+    return the last validation metrics."""
+    exp = experiment.resolve(cfg, num_devices=jax.device_count(), devices_per_host=jax.local_device_count())
+    cfg, program = exp.cfg, build_program(exp)
+    data_iter, validator, ckpt = _start_run(exp, program, workdir)
+    state, start_step, meta = _restore_or_init(program, ckpt, data_iter)
+    writer = MetricWriter(workdir, start_step)
+    interactive = sys.stdout.isatty() and jax.process_index() == 0
+    stop = preemption.StopSignal()
+    metrics = _Metrics(cfg.data.batch_size, ckpt.directory, ckpt.latest_step)
+    last_val: dict[str, float] = {}
+    t0, step, total = time.time(), start_step, int(cfg.train.steps)
     try:
         while step < total:
-            batch = next(data_iter)
-            hr = sharding.host_to_global(batch["hr"], batch_sh)
-            state, m = step_fn(state, hr)
-            pending.append(m)
+            hr = sharding.host_to_global(next(data_iter)["hr"], program.batch_sharding)
+            state, m = program.jitted(state, hr)
+            metrics.pending.append(m)
             step += 1
             if interactive and (step % max(1, cfg.train.log_every // 10) == 0 or step == total):
                 _progress(step, total, start_step, t0, float(m["loss"]))
             if step % cfg.train.log_every == 0 or step == total:
-                mean = flush_metrics(step)
+                mean = metrics.flush(step)
                 writer.write(step, mean)
                 if not interactive:
                     log("step %d/%d loss %.5f lr %.2e %.2f steps/s", step, total, mean["loss"],
                         mean["learning_rate"], mean["steps_per_sec"])
             if step % cfg.train.eval_every == 0 or step == total:
-                flush_metrics(step)
-                last_val, grid = validator(state.params)
-                writer.write(step, last_val)
-                writer.write_image(step, "validation", grid)
-                if jax.process_index() == 0:
-                    jio.write_image(os.path.join(workdir, "validation", f"step_{step:08d}.png"), grid)
-                log("step %d validation: %s", step, ", ".join(f"{k[4:]} {v:.4g}" for k, v in last_val.items()))
+                metrics.flush(step)
+                last_val = _validate(validator, state, step, writer, workdir)
             stopping = stop(step)
             if stopping or step % cfg.train.checkpoint_every == 0 or step == total:
-                if stopping and pending:
-                    writer.write(step, flush_metrics(step))
-                flush_metrics(step)  # never checkpoint past a non-finite step
+                if stopping and metrics.pending:
+                    writer.write(step, metrics.flush(step))
+                metrics.flush(step)  # never checkpoint past a non-finite step
                 # Orbax writes JSON items from the first host only. That suffices: every host's
                 # iterator is at the same position ({"next_index": step * local_batch}).
                 ckpt.save(step, state, data_iter.get_state(), meta, force=stopping or step == total)
@@ -264,3 +295,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str
         writer.close()
     return last_val
 
+
+def _validate(validator: Validator, state: TrainState, step: int, writer: MetricWriter, workdir: str) -> dict:
+    """Score the held-out set; its metrics and image grid to the metric files and workdir."""
+    result, grid = validator(state.params)
+    writer.write(step, result)
+    writer.write_image(step, "validation", grid)
+    if jax.process_index() == 0:
+        jio.write_image(os.path.join(workdir, "validation", f"step_{step:08d}.png"), grid)
+    log("step %d validation: %s", step, ", ".join(f"{k[4:]} {v:.4g}" for k, v in result.items()))
+    return result

@@ -14,7 +14,8 @@ class Validator:
     """A fixed, small held-out set: the same LR images (fixed kernels) every time, so numbers
     are comparable across steps; one compiled shape."""
 
-    def __init__(self, cfg, spec: degrade.DegradationSpec, model_spec: models.ModelSpec, model):
+    def __init__(self, exp, model):
+        cfg, spec, model_spec = exp.cfg, exp.degradation, exp.model_spec
         paths = datasets.resolve_image_paths(cfg.data.val_dirs, key="data.val_dirs")
         hr = pipeline.load_validation_set(paths, size=cfg.data.val_size, scale=cfg.scale,
                                           max_images=cfg.data.val_images)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jaxsr import aot, config_lib
+from jaxsr import aot, config_lib, experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -139,8 +139,9 @@ def test_unrolled_cpu_flop_count_covers_every_iteration():
     """XLA counts a rolled loop's body once; the unrolled CPU compile counts every iteration."""
     cfg = _config("dan.py:tiny")
     cfg.model.num_iters = 3
-    unrolled = aot.count_flops_cpu(cfg, 4)
-    rolled = aot.count_flops_cpu(cfg, 4, scan_unroll=1)
+    exp = experiment.resolve(cfg)
+    unrolled = aot.count_flops_cpu(exp, 4)
+    rolled = aot.count_flops_cpu(exp, 4, scan_unroll=1)
     assert unrolled["per_device_batch"] == 1 and unrolled["flops"] and rolled["flops"]
     assert unrolled["flops"] > 1.15 * rolled["flops"]
 

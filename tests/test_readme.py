@@ -68,11 +68,10 @@ def test_name_check_can_fail():
 
 def write_tiny_checkpoint(workdir: str):
     """A tiny DAN checkpoint with random parameters (no training, no init compile)."""
-    from jaxsr import checkpoints, config_lib, train
-    cfg = config_lib.prepare(config_lib.load(str(ROOT / "configs/dan.py"), "tiny"))
-    spec, model = train.build_model(cfg)
-    tx, _ = train.make_optimizer(cfg)
-    abstract = jax.eval_shape(lambda: train.create_train_state(cfg, spec, model, tx))
+    from jaxsr import checkpoints, config_lib, experiment, train
+    exp = experiment.resolve(config_lib.load(str(ROOT / "configs/dan.py"), "tiny"))
+    cfg = exp.cfg
+    abstract = jax.eval_shape(train.build_program(exp).init_state)
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype)
                          if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, a.dtype), abstract)

@@ -1,37 +1,60 @@
-"""Everything that exists only to make XLA:CPU fast, behind one boundary.
+"""Everything that exists only to make XLA:CPU fast, behind one door: this package's names.
 
 A maintainer who cares only about GPUs and TPUs can ignore this folder: no GPU or TPU program
 contains anything from it (unless its caller names a CPU formulation: `method="fft"`,
-`blur_method="fused"`), and nothing here changes a result beyond float rounding.
+`blur_method="fused"`), and nothing here changes a result beyond float rounding. Code outside
+the folder imports `jaxsr.cpu` and uses only the names below; no module outside imports a
+submodule (tests/test_architecture.py checks).
 
-  hook      the one module models and ops import: each function computes one thing, in XLA's
-            plain formulation for GPU/TPU programs and in this package's formulation for CPU
-            programs (`jax.lax.platform_dependent`: chosen for the platform the program is
-            compiled for, never from the host's default backend)
-  conv      matmul-shaped convolution gradients, narrow-output convs, the bias gradient
-  degrade   the degradation's blur, blur + downsample and KXNet's data-term gradients without
-            XLA:CPU's slow depthwise/dilated convolutions (FFTs, kept pixels only, separable
-            kernels); their plain formulations are `jaxsr.ops.degrade` / `jaxsr.ops.unfolding`
-  native    a native (C++, AVX-512) kernel gradient as an XLA FFI custom call, built once per
-            machine into the jaxsr cache directory, outside tracing
-  compile   the CPU compile options and `jit` (also `jaxsr.jit`): jax.jit plus those options
-  process   process-wide allocator and dispatch settings, for entry points only
+For models and ops (each computes one thing, in XLA's plain formulation for GPU/TPU programs and
+in this package's formulation for CPU programs, chosen by `jax.lax.platform_dependent` for the
+platform the program is compiled for; see `hook`):
+  on_cpu, conv2d, add_bias, and the degradation's CPU formulations (blur_downsample,
+  correlate_fft, kernel_gradient_fft, separable_blur_downsample, separable_factors,
+  sfold_blur_fft, transposed_blur_fft)
+For the platform-neutral layer above (`jaxsr.platform`, `jaxsr.models`, `jaxsr.aot`):
+  compiler_options()        the CPU compile options (YNNPACK fusions off)
+  scan_unroll(platform)     the iteration loop's unroll for programs compiled for `platform`
+  ONLY_CALL_PREFIXES        custom-call names only a CPU program can run
+  native_suspended()        trace without the native kernels (so XLA counts every FLOP)
+For entry points:
+  setup()                   process settings and the native kernels, once at start-up
 
-For a library user the fast path is `jaxsr.jit` instead of `jax.jit` (the compile options), and,
-optionally, `jaxsr.cpu.setup()` once at start-up (allocator settings and the native kernel).
+Inside: `hook` (the platform choices), `conv` (matmul-shaped convolution gradients), `degrade`
+(FFT and kept-pixel formulations of the degradation), `native` (C++ AVX-512 kernels as XLA FFI
+custom calls, built once per machine), `compile` (the CPU compile options), `process`
+(allocator and dispatch settings).
 """
 from __future__ import annotations
 
-from jaxsr.cpu.compile import compiler_options, jit  # noqa: F401
+from jaxsr.cpu.compile import compiler_options  # noqa: F401
+from jaxsr.cpu.hook import (  # noqa: F401
+    add_bias, blur_downsample, conv2d, correlate_fft, kernel_gradient_fft, on_cpu, separable_blur_downsample,
+    separable_factors, sfold_blur_fft, transposed_blur_fft)
+from jaxsr.cpu.native import suspended as native_suspended  # noqa: F401
+
+# Custom calls that only a CPU program can run: jaxsr's native kernels and jaxlib's CPU libraries.
+ONLY_CALL_PREFIXES = ("jaxsr_", "lapack_", "ducc_", "cpu_")
 
 
-def setup(restart: bool = True, native_kernel: bool = True) -> dict[str, bool]:
+def scan_unroll(platform: str) -> int:
+    """`scan_unroll` for config value -1 ("auto") in a program compiled for `platform`: every
+    iteration unrolled for the CPU (XLA:CPU runs a loop body several times slower than the same
+    ops unrolled: a DANv1 `cpu` config gradient 0.47 vs 0.09 s), a rolled loop on GPU/TPU (one
+    body to compile)."""
+    return 0 if platform == "cpu" else 1
+
+
+def setup(restart: bool = True, native_kernel: bool = True, accelerator: bool = False) -> dict[str, bool]:
     """Prepare this process for fast XLA:CPU work: allocator and dispatch settings
     (`process.setup`; with `restart` it may re-execute the process, so call it first thing) and,
     with `native_kernel`, the native convolution kernels (built once per machine, then registered;
-    CPU programs traced after this call use it). Returns what took effect."""
+    CPU programs traced after this call use it). `accelerator`: the caller expects JAX to run on a
+    GPU/TPU (`jaxsr.platform.accelerator_likely()`); then nothing CPU-specific is set up. Returns
+    what took effect."""
     from jaxsr.cpu import native, process
+    if accelerator:
+        return {}
     done = process.setup(restart=restart)
-    wanted = native_kernel and not process.accelerator_plugin_installed()
-    done["native_kernel"] = native.load(build_missing=True) if wanted else False
+    done["native_kernel"] = native.load(build_missing=True) if native_kernel else False
     return done

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxsr.cpu import conv as _conv
-from jaxsr.cpu.compile import jit  # noqa: F401 - jitting with the platform's compile options
 from jaxsr.cpu.degrade import (  # noqa: F401 - the degradation's CPU formulations, for jaxsr.ops
     blur_downsample, correlate_fft, kernel_gradient_fft, separable_blur_downsample, separable_factors,
     sfold_blur_fft, transposed_blur_fft)

@@ -26,7 +26,7 @@ import dataclasses
 import importlib
 from typing import Any, Callable
 
-from jaxsr.cpu import hook
+from jaxsr import cpu, platform as platform_lib
 
 # cfg.model.name -> the file that implements it
 REGISTRY: dict[str, str] = {
@@ -76,39 +76,20 @@ class ModelSpec:
     def jit_predict(self, model, num_iters: int | None = None):
         """predict(params, lr, kernel=None, noise_sigma=None) -> (sr, kernel), jitted. The
         parameters are an argument: closed over, XLA would embed them as constants."""
-        return hook.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
+        return platform_lib.jit(lambda params, lr, kernel=None, noise_sigma=None: self.predict(
             model, {"params": params}, lr, num_iters=num_iters, kernel=kernel, noise_sigma=noise_sigma))
-
-
-PLATFORMS = ("cpu", "gpu", "tpu")
-
-
-def platform_of(devices) -> str:
-    """"cpu", "gpu" or "tpu": the platform of the devices a program is compiled for (a `Mesh`, a
-    sequence of devices, or one device). CUDA and ROCm devices are both "gpu"."""
-    devices = getattr(devices, "devices", devices)  # a Mesh
-    first = devices.flat[0] if hasattr(devices, "flat") else (devices[0] if isinstance(devices, (list, tuple)) else devices)
-    platform = first.platform.lower()
-    return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
-
-
-def unroll_for(platform: str) -> int:
-    """`scan_unroll` for config value -1 ("auto"): every iteration unrolled in a program for the
-    CPU (XLA:CPU runs a loop body several times slower than the same ops unrolled: a DANv1 `cpu`
-    config gradient 0.47 vs 0.09 s), a rolled loop on GPU/TPU (one body to compile)."""
-    if platform not in PLATFORMS:
-        raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
-    return 0 if platform == "cpu" else 1
 
 
 def create(cfg, platform: str, **kwargs):
     """The Flax module of `cfg.model` for programs compiled for `platform` ("cpu", "gpu", "tpu").
 
-    `cfg.model.scan_unroll` -1 (or absent: the default) becomes `unroll_for(platform)`; any other
-    value is kept. `kwargs` go to the spec's `create` (e.g. `pca_matrix`)."""
+    `cfg.model.scan_unroll` -1 (or absent: the default) becomes `jaxsr.cpu.scan_unroll(platform)`
+    (unrolled on the CPU, a rolled loop elsewhere); any other value is kept. `kwargs` go to the spec's `create` (e.g. `pca_matrix`)."""
+    if platform not in platform_lib.PLATFORMS:
+        raise ValueError(f"platform must be one of {platform_lib.PLATFORMS}, got {platform!r}")
     model = get(cfg.model.get("name")).create(cfg, **kwargs)
     if "scan_unroll" in type(model).__dataclass_fields__ and int(cfg.model.get("scan_unroll", -1)) == -1:
-        model = model.clone(scan_unroll=unroll_for(platform))
+        model = model.clone(scan_unroll=cpu.scan_unroll(platform))
     return model
 
 

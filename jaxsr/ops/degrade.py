@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import platform
 from jaxsr.cpu import hook
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import _matlab_matrix, imresize
@@ -385,7 +386,7 @@ def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> 
     return quantize(lr) if spec.quantize else lr
 
 
-@functools.partial(hook.jit, static_argnames=("spec",))
+@functools.partial(platform.jit, static_argnames=("spec",))
 def _degrade(rng, hr, spec):
     k_kernel, k_sigma, k_noise = jax.random.split(rng, 3)
     n = hr.shape[0]

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr import config_lib, io, models, train
+from jaxsr import config_lib, experiment, io, models, train
 from jaxsr.models import dan, kxnet, layers
 from jaxsr.ops import imresize, metrics
 
@@ -36,13 +36,11 @@ def test_unknown_dtype_is_rejected():
 @pytest.fixture(scope="module")
 def trained_bf16_dan():
     """The tiny DANv1 config in bf16, `STEPS` steps of `jaxsr.train`'s step on a fixed smooth batch."""
-    cfg = config_lib.prepare(config_lib.load(CONFIG_DIR / "dan.py", "tiny"))
+    cfg = config_lib.load(CONFIG_DIR / "dan.py", "tiny")
     cfg.model.dtype = "bfloat16"
     cfg.train.learning_rate = 2e-3
-    spec, model = train.build_model(cfg)
-    tx, schedule = train.make_optimizer(cfg)
-    state = train.create_train_state(cfg, spec, model, tx)
-    step = jax.jit(train.make_train_step(cfg, spec, model, tx, schedule, config_lib.degradation_spec(cfg)))
+    program = train.build_program(experiment.resolve(cfg), jax.devices()[:1])
+    state, step = program.init_state(), jax.jit(program.step)
     yy, xx = np.meshgrid(np.linspace(0, 1, 24), np.linspace(0, 1, 24), indexing="ij")
     hr = np.stack([0.5 + 0.3 * np.sin(3 * xx + c) * np.cos(2 * yy - c) for c in range(3)], -1)[None].repeat(4, 0)
     hr_u8 = jnp.asarray(np.round(255 * hr), jnp.uint8)
@@ -50,7 +48,7 @@ def trained_bf16_dan():
     for _ in range(STEPS):
         state, out = step(state, hr_u8)
         losses.append(float(out["loss"]))
-    return model, state.params, losses
+    return program.model, state.params, losses
 
 
 def test_tiny_bf16_run_trains(trained_bf16_dan):

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from jaxsr import config_lib, predict, train
+from jaxsr import config_lib, experiment, predict, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -54,10 +54,9 @@ def test_unknown_variant():
     ("model.name", "srcnn", "model.name"),
     ("train.steps", 0, "train.steps"),
 ])
-@pytest.mark.parametrize("check", [train.check_config, predict.check_config], ids=["train", "predict"])
-def test_invalid_values_name_the_key(key, value, match, check):
-    """The trainer's check and eval / infer's (`jaxsr.predict`, which does not call into the
-    trainer) give the same message."""
+def test_invalid_values_name_the_key(key, value, match):
+    """`experiment.resolve`, the one check train, eval, infer and aot run, names the key."""
+    check = experiment.resolve
     cfg = load("dan", "tiny")
     section, _, field = key.rpartition(".")
     (cfg[section] if section else cfg)[field] = value

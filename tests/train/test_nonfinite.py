@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsr import checkpoints, config_lib, train
+from jaxsr import checkpoints, config_lib, experiment, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -19,10 +19,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path):
         train.train_and_evaluate(cfg, str(tmp_path))
     ckpt = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
     assert ckpt.latest_step() == 1
-    cfg_p = config_lib.prepare(cfg)
-    spec, model = train.build_model(cfg_p)
-    tx, _ = train.make_optimizer(cfg_p)
-    abstract = jax.eval_shape(lambda: train.create_train_state(cfg_p, spec, model, tx))
+    abstract = train.build_program(experiment.resolve(cfg)).abstract_state
     state, data_state, _ = ckpt.restore(1, abstract)
     ckpt.close()
     assert int(state.step) == 1 and data_state

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsr import checkpoints, config_lib, predict, train
+from jaxsr import checkpoints, config_lib, experiment, predict, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -16,10 +16,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def saved(tmp_path_factory):
     """A dan:tiny training state (params, Adam state, step 3) saved as training saves it."""
     workdir = tmp_path_factory.mktemp("run")
-    cfg = config_lib.prepare(config_lib.load(REPO / "configs" / "dan.py:tiny"))
-    spec, model = train.build_model(cfg)
-    tx, _ = train.make_optimizer(cfg)
-    state = train.create_train_state(cfg, spec, model, tx)
+    exp = experiment.resolve(config_lib.load(REPO / "configs" / "dan.py:tiny"))
+    cfg = exp.cfg
+    state = train.build_program(exp).init_state()
     state = state.replace(params=jax.tree.map(lambda x: x + 0.25, state.params))  # not the init values
     ckpt = checkpoints.Checkpointer(str(workdir / "checkpoints"), async_save=False)
     ckpt.save(3, state, {"pos": 0}, checkpoints.fingerprint(cfg, state.params), force=True)

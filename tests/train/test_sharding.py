@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from jaxsr import config_lib, sharding, train
+from jaxsr import config_lib, experiment, sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -28,27 +28,25 @@ def test_batch_that_no_host_can_split_names_the_key():
     cfg = config_lib.load(REPO / "configs" / "kxnet.py", "tiny")
     cfg.data.batch_size = 12
     with pytest.raises(ValueError, match="data.batch_size"):
-        train.check_config(cfg, num_devices=8, devices_per_host=1)
-    train.check_config(cfg, num_devices=8, devices_per_host=8)  # one host: split 4 ways, fine
+        experiment.resolve(cfg, num_devices=8, devices_per_host=1)
+    experiment.resolve(cfg, num_devices=8, devices_per_host=8)  # one host: split 4 ways, fine
 
 
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from jaxsr import aot, config_lib, sharding, train
+    from jaxsr import config_lib, experiment, sharding, train
     cfg = config_lib.load(sys.argv[1], "tiny")
     cfg.data.batch_size = 6
-    b = aot.build(cfg, "cpu")
-    state = train.create_train_state(b.cfg, b.model_spec, b.model, b.tx)
-    step = train.make_train_step(b.cfg, b.model_spec, b.model, b.tx, b.schedule, b.spec)
-    side = b.cfg.data.patch_size * b.cfg.scale
+    exp = experiment.resolve(cfg)
+    side = exp.cfg.data.patch_size * exp.cfg.scale
     hr = np.random.default_rng(0).integers(0, 256, (6, side, side, 3), dtype=np.uint8)
     out = {}
     for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
-        mesh = sharding.make_mesh(6, devices)
-        repl, shard = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-        fn = jax.jit(step, in_shardings=(repl, shard), out_shardings=(repl, repl))
-        new, metrics = fn(jax.device_put(state, repl), sharding.host_to_global(hr, shard))
+        program = train.build_program(exp, devices)  # what training runs on these devices
+        mesh = program.mesh
+        state = jax.device_put(program.init_state(), program.state_sharding)
+        new, metrics = program.jitted(state, sharding.host_to_global(hr, program.batch_sharding))
         leaf = np.asarray(jax.tree.leaves(new.params)[0]).ravel()[:8]
         out[name] = {"mesh": dict(mesh.shape), "loss": float(metrics["loss"]), "param": leaf.tolist()}
     print(json.dumps(out))

@@ -1,4 +1,4 @@
-"""`jaxsr.jit`: the CPU compile options change speed only, never results; GPU/TPU get none."""
+"""The CPU compile options (`jaxsr.cpu.compiler_options`) change speed only, never results."""
 from __future__ import annotations
 
 import jax
@@ -6,25 +6,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr import models
-from jaxsr.cpu import compile as cpu_compile, hook
+from jaxsr import models, platform
+from jaxsr.cpu import compile as cpu_compile
 from jaxsr.models import dan, dssr
 
 
 def test_cpu_gets_the_options_and_accelerators_none():
-    assert cpu_compile.compiler_options("cpu") == cpu_compile.CPU_OPTIONS
-    assert cpu_compile.compiler_options("gpu") == {}
-    assert cpu_compile.compiler_options("tpu") == {}
+    assert cpu_compile.compiler_options() == cpu_compile.CPU_OPTIONS
+    assert platform.compiler_options("cpu") == cpu_compile.CPU_OPTIONS
+    assert platform.compiler_options("gpu") == {}
+    assert platform.compiler_options("tpu") == {}
 
 
 def test_an_option_this_xla_does_not_know_is_dropped(monkeypatch):
     monkeypatch.setattr(cpu_compile, "CPU_OPTIONS", {"xla_cpu_no_such_option_jaxsr": "1"})
-    cpu_compile._cpu_options_supported.cache_clear()
+    cpu_compile._supported.cache_clear()
     try:
-        assert cpu_compile.compiler_options("cpu") == {}
-        assert float(cpu_compile.jit(lambda x: x * 2)(jnp.float32(3))) == 6.0
+        assert cpu_compile.compiler_options() == {}
+        assert float(platform.jit(lambda x: x * 2)(jnp.float32(3))) == 6.0
     finally:
-        cpu_compile._cpu_options_supported.cache_clear()
+        cpu_compile._supported.cache_clear()
 
 
 def test_jit_is_built_on_first_call_and_keeps_static_arguments():
@@ -34,8 +35,8 @@ def test_jit_is_built_on_first_call_and_keeps_static_arguments():
         calls.append(n)
         return x * n
 
-    jitted = cpu_compile.jit(f, static_argnames=("n",))
-    assert jitted._jitted is None and jitted.__name__ == "f"
+    jitted = platform.jit(f, static_argnames=("n",))
+    assert jitted._jitted == {} and jitted.__name__ == "f"
     assert float(jitted(jnp.float32(2), n=3)) == 6.0
     assert float(jitted(jnp.float32(5), n=3)) == 15.0
     assert calls == [3]  # traced once for n=3
@@ -49,7 +50,7 @@ def test_inside_a_callers_jit_grad_and_vmap():
     `jaxsr.ops.degrade.degrade` inside a user's (or the training step's) jit must work."""
     from jaxsr.ops import degrade
 
-    double = cpu_compile.jit(lambda x: 2.0 * x)
+    double = platform.jit(lambda x: 2.0 * x)
     x = jnp.arange(3.0)
     np.testing.assert_allclose(jax.jit(double)(x), [0.0, 2.0, 4.0])
     np.testing.assert_allclose(jax.grad(lambda v: double(v).sum())(x), [2.0, 2.0, 2.0])
@@ -80,34 +81,3 @@ def test_compiled_with_options_equals_xla_defaults(name):
     plain = jax.jit(lambda p, x: spec.predict(model, {"params": p}, x)[0])(params, lr)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(plain), rtol=1e-5, atol=1e-5)
     assert float(jnp.std(ours)) > 1e-3  # a real image, not a constant
-
-
-
-
-def test_gpu_tiling_failure_is_compiled_again_without_triton_gemms():
-    """jaxsr.aot (like jaxsr.jit on a GPU) compiles a program that XLA:GPU could not tile once
-    more with Triton GEMMs off and says so; any other compile error stays an error."""
-    from jaxsr import aot
-    from jaxsr.cpu import compile as platform_compile
-
-    class Lowered:
-        def __init__(self, error):
-            self.error, self.options = error, []
-
-        def as_text(self):
-            return ""
-
-        def compile(self, compiler_options=None):
-            self.options.append(compiler_options)
-            if compiler_options is None:
-                raise RuntimeError(self.error)
-            raise RuntimeError("stop here: the retry happened")
-
-    tiling = Lowered("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.2 = f32[576,128]")
-    result = aot.compile_program(tiling, 1 << 30)
-    assert tiling.options == [None, {"xla_gpu_enable_triton_gemm": False}]
-    assert result["compile_options"] == {"xla_gpu_enable_triton_gemm": False} and "could not tile" in result["note"]
-    other = Lowered("INTERNAL: something else")
-    result = aot.compile_program(other, 1 << 30)
-    assert other.options == [None] and result["error"] == "INTERNAL: something else"
-    assert platform_compile.gpu_fallback_options("RESOURCE_EXHAUSTED: out of memory") is None

@@ -1,0 +1,89 @@
+"""`jaxsr.platform`: platform detection, the per-platform compile options, and the GPU fallback
+that training (`jaxsr.jit`) and `jaxsr.aot` share."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsr import platform
+
+
+class Compiled:
+    def memory_analysis(self):
+        return None
+
+    def cost_analysis(self):
+        return None
+
+    def as_text(self):
+        return ""
+
+
+COMPILED = Compiled()
+
+
+class Lowered:
+    """A stand-in for `jax.stages.Lowered` whose first compile fails with `error`."""
+
+    def __init__(self, error):
+        self.error, self.options = error, []
+
+    def as_text(self):
+        return ""
+
+    def compile(self, compiler_options=None):
+        self.options.append(compiler_options)
+        if compiler_options is None:
+            raise RuntimeError(self.error)
+        return COMPILED
+
+
+TILING = "INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.2 = f32[576,128]"
+
+
+def test_gpu_tiling_failure_is_compiled_again_without_triton_gemms():
+    """On a GPU, XLA's Triton tiling failure compiles again with Triton GEMMs off; any other
+    error, or the same error for another platform, stays an error."""
+    tiling = Lowered(TILING)
+    assert platform.compile_lowered(tiling, "gpu") == (COMPILED, {"xla_gpu_enable_triton_gemm": False})
+    assert tiling.options == [None, {"xla_gpu_enable_triton_gemm": False}]
+    with pytest.raises(RuntimeError, match="something else"):
+        platform.compile_lowered(Lowered("INTERNAL: something else"), "gpu")
+    with pytest.raises(RuntimeError, match="tile sizes"):
+        platform.compile_lowered(Lowered(TILING), "tpu")
+    assert platform.gpu_fallback_options("RESOURCE_EXHAUSTED: out of memory") is None
+
+
+def test_aot_reports_the_fallback():
+    from jaxsr import aot
+    result = aot.compile_program(Lowered(TILING), 1 << 30, "gpu")
+    assert result["compile_options"] == {"xla_gpu_enable_triton_gemm": False} and "could not tile" in result["note"]
+    result = aot.compile_program(Lowered("INTERNAL: something else"), 1 << 30, "gpu")
+    assert result["error"] == "INTERNAL: something else" and "compile_options" not in result
+
+
+def test_platform_of_reads_meshes_shardings_and_devices():
+    from jaxsr import sharding
+    mesh = sharding.make_mesh(None, jax.devices()[:1])
+    assert platform.platform_of(mesh) == platform.platform_of(sharding.replicated(mesh)) == "cpu"
+    assert platform.platform_of(jax.devices()) == platform.platform_of(jax.devices()[0]) == "cpu"
+
+
+def test_compiler_options_per_platform():
+    assert platform.compiler_options("tpu") == {} and platform.compiler_options("gpu") == {}
+    assert set(platform.compiler_options("cpu")) <= {"xla_cpu_experimental_ynn_fusion_type"}
+    with pytest.raises(ValueError, match="platform must be one of"):
+        platform.compiler_options("metal")
+
+
+def test_jit_takes_the_platform_from_abstract_arguments():
+    """A lowering for compile-only devices takes their platform from the arguments' shardings;
+    the CPU options are applied only to CPU programs."""
+    fn = platform.jit(lambda x: x * 2)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    x = jax.ShapeDtypeStruct((3,), jnp.float32, sharding=sharding)
+    assert fn.platform((x,)) == "cpu"
+    np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [0.0, 2.0, 4.0])
+    assert "cpu" in fn._jitted
