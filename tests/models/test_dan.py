@@ -276,8 +276,12 @@ def test_compute_loss_matches_numpy(name, tmp_path):
 def test_create_model_validates_config(tmp_path):
     cfg = make_cfg("danv1", tmp_path)
     model = dan.create_model(cfg)
-    assert isinstance(model, dan.DANv1) and model.scale == 2 and model.restorer_blocks == 2
+    # every config field reaches the module, and scale comes from cfg.scale
+    assert {key: getattr(model, key) for key in TINY["danv1"]} == TINY["danv1"]
+    assert (model.scale, model.kernel_size) == (2, K)
     np.testing.assert_array_equal(model.pca_matrix.array, random_pca())
+    # the name picks the model: danv2's fields would not exist on DANv1
+    assert type(dan.create_model(make_cfg("danv2", tmp_path))).__name__ == "DANv2"
     cfg.model.name = "danv3"
     with pytest.raises(ValueError, match="danv3"):
         dan.create_model(cfg)
