@@ -40,7 +40,7 @@ lowered program; the predict and FLOP-count programs), `evalsize` (the evaluatio
 """
 from __future__ import annotations
 
-from jaxsr.aot.check import advice, check  # noqa: F401
+from jaxsr.aot.check import advice, check, training_program  # noqa: F401
 from jaxsr.aot.evalsize import eval_lr_size  # noqa: F401
 from jaxsr.aot.measure import (  # noqa: F401
     compile_program, count_flops_cpu, cpu_only_calls, custom_call_targets, host_peak_rss, lower_predict,

@@ -29,6 +29,13 @@ def advice(cfg, target: Target) -> list[str]:
     return tips
 
 
+def training_program(cfg, devices) -> train.TrainProgram:
+    """The program `python -m jaxsr.main` trains `cfg` with, built for `devices` (the same
+    `experiment.resolve` and `train.build_program` calls the trainer makes)."""
+    exp = experiment.resolve(cfg, num_devices=len(devices), devices_per_host=sharding.devices_per_host(devices))
+    return train.build_program(exp, devices)
+
+
 def check(cfg, target: Target | str, *, predict: bool = True, count_flops: bool = True,
           check_remat: bool = True, eval_lr: tuple[int, int] | None = None, eval_per_device: int = 1,
           devices=None, log=None) -> dict:
@@ -37,8 +44,8 @@ def check(cfg, target: Target | str, *, predict: bool = True, count_flops: bool 
     log = log or (lambda *_: None)
     target = parse_target(target) if isinstance(target, str) else target
     devices = devices if devices is not None else target_devices(target)
-    exp = experiment.resolve(cfg, num_devices=len(devices), devices_per_host=sharding.devices_per_host(devices))
-    program = train.build_program(exp, devices)
+    program = training_program(cfg, devices)
+    exp = program.exp
     shards = sharding.data_shards(program.mesh)
     report: dict[str, Any] = {"target": target.name, "platform": target.platform, "num_devices": len(devices),
                               "device_kind": getattr(devices[0], "device_kind", "?"),
