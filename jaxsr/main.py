@@ -33,6 +33,7 @@ def main(argv):
     # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
     # re-execute the process with allocator settings), never when imported.
     cpu_setup = cpu.setup(accelerator=platform.accelerator_likely()) if __name__ == "__main__" else {}
+    platform.skip_absent_tpu()  # no libtpu start-up errors on a machine without a TPU
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "

@@ -5,8 +5,9 @@
                             none for GPUs and TPUs
   compile_lowered(l, p)     `l.compile()`, again without Triton GEMMs after XLA:GPU's tiling failure
   jit(fun, **kw)            `jax.jit` with those options and that fallback (also `jaxsr.jit`)
-  libtpu_installed(), cuda_plugin_installed(), tpu_attached()
+  libtpu_installed(), cuda_plugin_installed(), tpu_attached(), gpu_attached(), accelerator_likely()
                             what this machine can compile for and run on (no backend is started)
+  skip_absent_tpu()         a quiet CPU start where libtpu is installed but no TPU is attached
 
 The training step, evaluation, prediction and `jaxsr.aot` all compile through `jit` /
 `compile_lowered`, so a program checked ahead of time is compiled the way training compiles it.
@@ -192,3 +193,15 @@ def accelerator_likely() -> bool:
     if not plugin:
         plugin = importlib.util.find_spec("jax_plugins") is not None  # the CUDA/ROCm plugins' namespace
     return plugin and (tpu_attached() or gpu_attached())
+
+
+def skip_absent_tpu() -> str | None:
+    """Keep JAX from starting libtpu where it is installed (the `tpu` extra, for ahead-of-time
+    compiles) but no TPU is attached and no GPU shows either: libtpu would print its
+    initialisation errors (TPU_WORKER_HOSTNAMES, metadata server) before JAX falls back to the
+    CPU. Sets JAX's platforms to "cpu" then, before any backend starts; returns what it set, or
+    None where it changed nothing (JAX_PLATFORMS given, a TPU or GPU attached, no libtpu)."""
+    if os.environ.get("JAX_PLATFORMS") or not libtpu_installed() or tpu_attached() or gpu_attached():
+        return None
+    jax.config.update("jax_platforms", "cpu")
+    return "cpu"

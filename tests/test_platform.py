@@ -87,3 +87,29 @@ def test_jit_takes_the_platform_from_abstract_arguments():
     assert fn.platform((x,)) == "cpu"
     np.testing.assert_array_equal(np.asarray(fn(jnp.arange(3.0))), [0.0, 2.0, 4.0])
     assert "cpu" in fn._jitted
+
+
+QUIET_START = """
+from jaxsr import platform
+chosen = platform.skip_absent_tpu()
+import jax
+print(chosen, jax.default_backend())
+"""
+
+
+@pytest.mark.skipif(not platform.libtpu_installed() or platform.tpu_attached(),
+                    reason="needs libtpu installed on a machine without a TPU")
+def test_start_without_tpu_is_quiet(tmp_path):
+    """With the tpu extra installed and no TPU here, jaxsr starts on the CPU without libtpu's
+    initialisation errors; plain JAX (the control) prints them."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    ours = subprocess.run([sys.executable, "-c", QUIET_START], env=env, capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert ours.stdout.split() == ["cpu", "cpu"]
+    assert "TPU_WORKER_HOSTNAMES" not in ours.stderr and "INVALID_ARGUMENT" not in ours.stderr, ours.stderr
+    plain = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert plain.stdout.split() == ["cpu"] and "TPU" in plain.stderr  # what the quiet start avoids
