@@ -2,11 +2,15 @@
 
 Paper settings (§IV-A): DIV2K + Flickr2K, LR patch 64, batch 8, 480k iterations, Adam(0.9, 0.99),
 lr 2e-4 halved every 80k; 128 channels, 15 Stru-FE + 5 reconstruction blocks, T = 4; loss
-Σₜ α‖M − M̃ᵗ‖₁ + ‖I − Iᵗ‖₁ with α = 1. (The official train_setting.yml has the same schedule,
-with batch_size 1 per GPU; the paper's 8 is used here.)
+Σₜ α‖M − M̃ᵗ‖₁ + ‖I − Iᵗ‖₁ with α = 1; each LR batch rounded to 8 bits (the paper is silent: the
+official train.py).
   setting1_x2 | setting1_x3 | setting1_x4   isotropic Gaussian, 21x21, σ ~ U[0.2, 2 | 3 | 4]; Gaussian8 test
   setting2_x2 | setting2_x4                 anisotropic σ ∈ [0.6, 5], θ ∈ [-π, π], 25% tap noise
                                             (11x11 at x2; 21x21 at x4, the official x4 PCA's size); DIV2KRK
+  <any of the five>_official                as Arcananana/DSSR trains: options/train_setting.yml (batch 1;
+                                            σ ~ U[0.2, 4]; the only released option file, x4 setting 1)
+                                            and the DAN degradation code it shares (tap noise
+                                            k + U(0, 0.25)·k at setting 2); see docs/recipes.md
   tiny                                      seconds on a CPU; for tests
   cpu                                       ~7 minutes on 2 CPU cores: a visible PSNR gain over bicubic
 DSSR is kernel-free, so any other protocol is one override away, e.g.
@@ -40,7 +44,14 @@ def cpu(cfg):
     return config_lib.small_run(cfg, "cpu")
 
 
-VARIANTS = {**config_lib.setting_variants(), "tiny": tiny, "cpu": cpu}
+def official(cfg, name: str):
+    """DSSR as train_setting.yml and train.py run it, where they differ from the paper."""
+    config_lib.official_dan_degradation(cfg)
+    cfg.data.batch_size = 1
+    return cfg
+
+
+VARIANTS = {**config_lib.official_twins(config_lib.setting_variants(), official), "tiny": tiny, "cpu": cpu}
 
 
 def get_config(arg=None):

@@ -8,6 +8,7 @@ key that is wrong; `prepare(cfg)` fills the derived fields every entry point nee
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.machinery
 import importlib.util
 import os
@@ -32,7 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.degradation = ml_collections.ConfigDict(dict(
         preset="setting1", kernel_size=21, kernel_type="iso", sigma_range=(0.2, 4.0),
         theta_range=(-3.141592653589793, 3.141592653589793), kernel_noise=0.0,
-        downsampler="bicubic", noise_range=(0.0, 0.0)))
+        downsampler="bicubic", noise_range=(0.0, 0.0),
+        kernel_noise_mode="symmetric",  # "positive": the official DAN code's k + U(0, a)·k (docs/recipes.md)
+        round_lr=False))                # round each training LR batch to 8 bits, as the official loops do
 
     cfg.model = ml_collections.ConfigDict()  # filled by each configs/<model>.py (cfg.model.name selects the file)
     cfg.loss = ml_collections.ConfigDict()
@@ -67,7 +70,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def degradation_spec(cfg: ml_collections.ConfigDict) -> degrade.DegradationSpec:
-    """The `DegradationSpec` that `cfg.degradation` describes for `cfg.scale`."""
+    """The `DegradationSpec` that `cfg.degradation` describes for `cfg.scale`: the preset's, with
+    `round_lr` and `kernel_noise_mode` from the config whatever the preset."""
+    spec = _preset_spec(cfg)
+    d = cfg.degradation
+    round_lr, mode = d.get("round_lr", False), d.get("kernel_noise_mode", "symmetric")
+    if not isinstance(round_lr, bool):
+        raise ValueError(f"config key degradation.round_lr must be True or False, got {round_lr!r}")
+    return dataclasses.replace(spec, round_lr=round_lr, kernel_noise_mode=mode)
+
+
+def _preset_spec(cfg: ml_collections.ConfigDict) -> degrade.DegradationSpec:
     d, s = cfg.degradation, cfg.scale
     preset = d.preset
     if preset == "setting1":
@@ -123,10 +136,35 @@ def paper_setting(cfg: ml_collections.ConfigDict, scale: int, preset: str, kerne
     if "kernel_size" in cfg.model:
         cfg.model.kernel_size = kernel_size
     paper_data(cfg)
+    cfg.degradation.round_lr = True  # the papers are silent; the official training loops round (docs/recipes.md)
     cfg.eval.protocol = "gaussian8" if preset == "setting1" else "paired"
     if preset != "setting1":
         cfg.eval.dirs = ("benchmark:DIV2KRK",)  # gt/, lr_x<s>/, gt_k_x<s>/
     return cfg
+
+
+def official_dan_degradation(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The training degradation of the official DAN v1/v2 (and DSSR) option files for the paper
+    setting `cfg` already has (`paper_setting`): setting 1 samples σ ~ U[0.2, 4.0] at every scale
+    (train_setting1_x2|x3|x4.yml: sig_max 4.0); setting 2 draws the tap noise as k + U(0, 0.25)·k
+    (utils/deg_utils.py, random_disturb: true); both round each LR batch to 8 bits (train.py).
+    Written out as a "custom" degradation so every field is in the config."""
+    spec = degradation_spec(cfg)
+    iso = spec.kernel_type == "iso"
+    cfg.degradation.update(dict(
+        preset="custom", kernel_size=spec.kernel_size, kernel_type=spec.kernel_type,
+        sigma_range=(0.2, 4.0) if iso else (0.6, 5.0), theta_range=(-3.141592653589793, 3.141592653589793),
+        kernel_noise=0.0 if iso else 0.25, kernel_noise_mode="symmetric" if iso else "positive",
+        downsampler="bicubic", noise_range=(0.0, 0.0), round_lr=True))
+    return cfg
+
+
+def official_twins(variants: dict, official) -> dict:
+    """`variants` plus a `<name>_official` twin of each paper variant: the paper variant, then
+    `official(cfg, name)` applies what the official repository's option files and code do instead."""
+    twins = {f"{name}_official": (lambda c, name=name, make=make: official(make(c), name))
+             for name, make in variants.items()}
+    return {**variants, **twins}
 
 
 def setting_variants() -> dict:

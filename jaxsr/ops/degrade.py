@@ -45,6 +45,11 @@ SETTING1_SIGMA_MAX = {1: 4.0, 2: 2.0, 3: 3.0, 4: 4.0}
 GAUSSIAN8_RANGE = {2: (0.80, 1.60), 3: (1.35, 2.40), 4: (1.80, 3.20)}
 DOWNSAMPLERS = ("bicubic", "sfold")
 KERNEL_TYPES = ("iso", "aniso")
+# How the per-tap kernel noise is drawn (`DegradationSpec.kernel_noise_mode`): every tap is multiplied
+# by 1 + n and the kernel renormalised, with n ~ U(-a, a) ("symmetric", jaxsr's reading of the papers'
+# "multiplicative noise up to 25%") or n ~ U(0, a) ("positive": `k + U(0, 0.25)·k`, what the official
+# DAN code does, greatlog/DAN codes/utils/deg_utils.py `random_batch_kernel`).
+KERNEL_NOISE_MODES = ("symmetric", "positive")
 BLUR_METHODS = ("auto", "conv", "fft")
 # What a DegradationSpec may ask for: the blur implementations above, or "fused" (blur and
 # downsampler composed, see `blur_downsample`).
@@ -108,11 +113,16 @@ class DegradationSpec:
     """What `degrade` does to a batch; frozen and hashable so it can be a static jit argument.
 
     kernel_type:   "iso" (σ ~ U[sigma_range]) or "aniso" (σx, σy ~ U[sigma_range], θ ~ U[theta_range],
-                   multiplicative per-tap noise ~ U[-kernel_noise, kernel_noise], renormalised).
+                   multiplicative per-tap noise, renormalised: see kernel_noise_mode).
+    kernel_noise_mode: "symmetric" (each tap times 1 + U(-kernel_noise, kernel_noise)) or "positive"
+                   (times 1 + U(0, kernel_noise), the official DAN code's `k + U(0, 0.25)·k`).
     downsampler:   "bicubic" (MATLAB imresize, antialiased) or "sfold" (keep the upper-left pixel
                    of each s×s block).
     noise_range:   AWGN σ ~ U[noise_range] per image, in [0, 255] units; (0, 0) = noise-free.
-    quantize:      round the LR image to uint8 levels, as the official test sets are stored.
+    quantize:      clip the LR image to [0, 1] and round it to uint8 levels, as the official test
+                   sets are stored.
+    round_lr:      round the LR image to 8-bit levels without clipping, `round(LR * 255) / 255`, as the
+                   official DAN v1/v2, DSSR and KXNet training loops do after degrading each batch.
     blur_method:   "auto" | "conv" | "fft" | "fused". "conv" and "fft" blur at full resolution and
                    then downsample (see `blur`); "fused" computes only the kept outputs of the
                    composed operator (see `blur_downsample`). "auto" = "fused" on CPU, "conv" on
@@ -128,6 +138,8 @@ class DegradationSpec:
     noise_range: tuple[float, float] = (0.0, 0.0)
     quantize: bool = False
     blur_method: str = "auto"
+    kernel_noise_mode: str = "symmetric"
+    round_lr: bool = False
 
     def __post_init__(self):
         _checks.check_scale("scale", self.scale)
@@ -149,6 +161,8 @@ class DegradationSpec:
             raise ValueError(f"blur_method must be one of {SPEC_BLUR_METHODS}, got {self.blur_method!r}")
         if not 0 <= self.kernel_noise < 1:
             raise ValueError(f"kernel_noise must be in [0, 1), got {self.kernel_noise}")
+        if self.kernel_noise_mode not in KERNEL_NOISE_MODES:
+            raise ValueError(f"kernel_noise_mode must be one of {KERNEL_NOISE_MODES}, got {self.kernel_noise_mode!r}")
 
 
 def setting1(scale: int, kernel_size: int = 21) -> DegradationSpec:
@@ -200,10 +214,17 @@ def sample_kernels(rng: jax.Array, batch: int, spec: DegradationSpec) -> jax.Arr
     theta = jax.random.uniform(k_th, (batch,), minval=spec.theta_range[0], maxval=spec.theta_range[1])
     k = gaussian_kernels(spec.kernel_size, sigma_x, sigma_y, theta)
     if spec.kernel_noise > 0:
-        noise = jax.random.uniform(k_noise, k.shape, minval=-spec.kernel_noise, maxval=spec.kernel_noise)
-        k = k * (1.0 + noise)
-        k = k / jnp.sum(k, axis=(1, 2), keepdims=True)
+        low = -spec.kernel_noise if spec.kernel_noise_mode == "symmetric" else 0.0
+        noise = jax.random.uniform(k_noise, k.shape, minval=low, maxval=spec.kernel_noise)
+        k = perturb_taps(k, noise)
     return k
+
+
+def perturb_taps(kernels: jax.Array, noise: jax.Array) -> jax.Array:
+    """Multiply every tap by 1 + noise (same shape as `kernels`) and renormalise each kernel to sum
+    to 1: the setting-2 tap noise, given its draws (see KERNEL_NOISE_MODES for their distributions)."""
+    k = kernels * (1.0 + noise)
+    return k / jnp.sum(k, axis=(-2, -1), keepdims=True)
 
 
 # --------------------------------------------------------------------------- operators
@@ -340,6 +361,13 @@ def add_noise(rng: jax.Array, images: jax.Array, sigma) -> jax.Array:
     return jnp.clip(images + noise, 0.0, 1.0)
 
 
+def round_8bit(images: jax.Array) -> jax.Array:
+    """`round(x * 255) / 255` without clipping (ties to even, as torch.round), straight-through so
+    gradients still flow: the official training loops' rounding of each degraded LR batch."""
+    q = jnp.round(images * 255.0) / 255.0
+    return images + jax.lax.stop_gradient(q - images)
+
+
 def quantize(images: jax.Array) -> jax.Array:
     """Round to uint8 levels (kept as float); straight-through so gradients still flow."""
     q = jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0) / 255.0
@@ -383,6 +411,8 @@ def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> 
         if rng is None:
             raise ValueError("rng is required when noise_sigma is given")
         lr = add_noise(rng, lr, noise_sigma)
+    if spec.round_lr:
+        lr = round_8bit(lr)
     return quantize(lr) if spec.quantize else lr
 
 

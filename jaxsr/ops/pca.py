@@ -25,14 +25,21 @@ from jaxsr.ops import _checks
 ASSET_PACKAGE = "jaxsr.assets"
 
 
-def fit(kernels: jax.Array, dim: int = 10) -> jax.Array:
-    """Top-`dim` right singular vectors of the (N, k*k) kernel matrix, as a (k*k, dim) matrix."""
+def fit(kernels: jax.Array, dim: int = 10, centred: bool = False) -> jax.Array:
+    """Top-`dim` right singular vectors of the (N, k*k) kernel matrix, as a (k*k, dim) matrix.
+
+    centred=False: of the kernels as they are (jaxsr's shipped matrices, `default_matrix_path`).
+    centred=True: of the kernels minus their mean, i.e. the principal axes, as the official DAN
+    code fits its matrices (greatlog/DAN codes/utils/deg_utils.py `PCA`, called by creat_PCA.py);
+    encoding still projects the raw kernel, without subtracting the mean, in both conventions."""
     kernels = jnp.asarray(kernels)
     _checks.check_kernels("kernels", kernels)
     flat = kernels.reshape(kernels.shape[0], -1)
     if not 1 <= dim <= flat.shape[1]:
         raise ValueError(f"dim must be in [1, {flat.shape[1]}] for {kernels.shape[1]}x{kernels.shape[2]} "
                          f"kernels, got {dim}")
+    if centred:
+        flat = flat - jnp.mean(flat, axis=0, keepdims=True)
     _, _, vt = jnp.linalg.svd(flat, full_matrices=False)
     basis = vt[:dim].T
     # SVD signs are arbitrary: make the largest-magnitude entry of each component positive
@@ -82,11 +89,43 @@ def asset_name(kernel_type: str, scale: int, kernel_size: int, dim: int) -> str:
     return f"pca_{kernel_type}_x{scale}_k{kernel_size}_d{dim}.npz"
 
 
-def fit_for_spec(spec, dim: int = 10, num_kernels: int = 20000, seed: int = 0) -> np.ndarray:
+def fit_for_spec(spec, dim: int = 10, num_kernels: int = 20000, seed: int = 0,
+                 centred: bool = False) -> np.ndarray:
     """Fit a projection on kernels sampled as `spec` samples them for training."""
     from jaxsr.ops import degrade  # local import: degrade does not depend on pca
     kernels = degrade.sample_kernels(jax.random.key(seed), num_kernels, spec)
-    return np.asarray(fit(kernels, dim))
+    return np.asarray(fit(kernels, dim, centred=centred))
+
+
+def official_dan_specs() -> dict:
+    """The kernel families the official DAN matrices are fitted on (greatlog/DAN creat_PCA.py run on
+    an option file: 30000 kernels, centred PCA), by the name of jaxsr's fit of each in jaxsr/assets/:
+      "official_iso_k21"       isotropic 21x21, σ ~ U[0.2, 4.0] (train_setting1_x4.yml, the script's
+                               default): the repository's pca_matrix.pth, which its option files use at
+                               every setting-1 scale, and which it also ships as
+                               DANv1/pca_aniso_matrix_x4.pth (the same bytes), used for setting 2 x4
+      "official_aniso_x2_k11"  anisotropic 11x11, σ ~ U[0.6, 5], θ ~ U[-π, π], tap noise k + U(0, 0.25)·k
+                               (train_setting2_x2.yml): pca_aniso_matrix_x2.pth."""
+    from jaxsr.ops import degrade
+    return {
+        "official_iso_k21": degrade.DegradationSpec(scale=4, kernel_size=21, kernel_type="iso",
+                                                    sigma_range=(0.2, 4.0)),
+        "official_aniso_x2_k11": degrade.DegradationSpec(
+            scale=2, kernel_size=11, kernel_type="aniso", sigma_range=(0.6, 5.0), theta_range=(-np.pi, np.pi),
+            kernel_noise=0.25, kernel_noise_mode="positive"),
+    }
+
+
+def fit_official_dan(name: str, dim: int = 10, num_kernels: int = 30000, seed: int = 0) -> np.ndarray:
+    """jaxsr's fit of one official DAN matrix (`official_dan_specs`): centred, on that family."""
+    return fit_for_spec(official_dan_specs()[name], dim, num_kernels, seed, centred=True)
+
+
+def official_dan_matrix_path(name: str, dim: int = 10) -> str:
+    """Path of the shipped `fit_official_dan(name)` (jaxsr/assets/pca_<name>_d<dim>.npz)."""
+    if name not in official_dan_specs():
+        raise ValueError(f"unknown official DAN matrix {name!r}; choose one of {sorted(official_dan_specs())}")
+    return str(resources.files(ASSET_PACKAGE) / f"pca_{name}_d{dim}.npz")
 
 
 def default_matrix_path(spec, dim: int = 10) -> str:
