@@ -113,3 +113,27 @@ def test_start_without_tpu_is_quiet(tmp_path):
     plain = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert plain.stdout.split() == ["cpu"] and "TPU" in plain.stderr  # what the quiet start avoids
+
+
+def test_accelerator_likely_follows_jax_platforms(monkeypatch):
+    """JAX_PLATFORMS decides when set: an accelerator when it names any platform but the CPU."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert platform.accelerator_likely()
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert not platform.accelerator_likely()
+
+
+def test_an_installed_plugin_without_an_accelerator_is_not_one(monkeypatch):
+    """The `tpu` extra (libtpu, for ahead-of-time compiles) on a CPU-only machine: no device files,
+    so the CPU settings stay (`jaxsr.cpu.setup(accelerator=...)`)."""
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(platform, "libtpu_installed", lambda: True)
+    monkeypatch.setattr(platform, "tpu_attached", lambda: False)
+    monkeypatch.setattr(platform, "gpu_attached", lambda: False)
+    assert not platform.accelerator_likely()
+    monkeypatch.setattr(platform, "tpu_attached", lambda: True)
+    assert platform.accelerator_likely()
+    monkeypatch.setattr(platform, "libtpu_installed", lambda: False)  # device files, but no plugin at all
+    monkeypatch.setattr(platform.importlib.metadata, "entry_points", lambda group: [])
+    monkeypatch.setattr(platform.importlib.util, "find_spec", lambda name: None)
+    assert not platform.accelerator_likely()

@@ -8,7 +8,7 @@ submodule (tests/test_architecture.py checks).
 
 For models and ops (each computes one thing, in XLA's plain formulation for GPU/TPU programs and
 in this package's formulation for CPU programs, chosen by `jax.lax.platform_dependent` for the
-platform the program is compiled for; see `hook`):
+platform the program is compiled for; `hook` says what their CPU branches do while tracing):
   on_cpu, conv2d, add_bias, and the degradation's CPU formulations (blur_downsample,
   correlate_fft, kernel_gradient_fft, separable_blur_downsample, separable_factors,
   sfold_blur_fft, transposed_blur_fft)
@@ -27,6 +27,7 @@ custom calls, built once per machine), `compile` (the CPU compile options), `pro
 """
 from __future__ import annotations
 
+from jaxsr.cpu import native, process
 from jaxsr.cpu.compile import compiler_options  # noqa: F401
 from jaxsr.cpu.hook import (  # noqa: F401
     add_bias, blur_downsample, conv2d, correlate_fft, kernel_gradient_fft, on_cpu, separable_blur_downsample,
@@ -50,11 +51,8 @@ def setup(restart: bool = True, native_kernel: bool = True, accelerator: bool = 
     (`process.setup`; with `restart` it may re-execute the process, so call it first thing) and,
     with `native_kernel`, the native convolution kernels (built once per machine, then registered;
     CPU programs traced after this call use it). `accelerator`: the caller expects JAX to run on a
-    GPU/TPU (`jaxsr.platform.accelerator_likely()`); then nothing CPU-specific is set up. Returns
-    what took effect."""
-    from jaxsr.cpu import native, process
-    if accelerator:
-        return {}
-    done = process.setup(restart=restart)
-    done["native_kernel"] = native.load(build_missing=True) if native_kernel else False
+    GPU/TPU (`jaxsr.platform.accelerator_likely()`); then only what is harmless there is set
+    (`process.setup`) and no native kernel is built. Returns what took effect."""
+    done = process.setup(restart=restart, accelerator=accelerator)
+    done["native_kernel"] = native.load(build_missing=True) if native_kernel and not accelerator else False
     return done

@@ -7,6 +7,10 @@ at a fraction of its matmul speed. `conv2d` and `bias_gradient` are the CPU form
 (`jaxsr.cpu.hook`) selects in programs compiled for the CPU; `plan` says which one a conv gets,
 from its shapes alone. Each formulation is tested against the plain convolution
 (tests/cpu/test_conv.py).
+
+Everything here is a function of its arguments: the operands' shapes and dtypes, the static
+strides and padding, and `kernels` (`native.Kernels`: which native kernels to use), which the hook
+reads once per convolution (`native.in_use()`) and passes down. No module state is read.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from jaxsr.cpu import native
 
 Array = jax.Array
 Padding = tuple[tuple[int, int], ...]
+Kernels = native.Kernels
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # Fewer channels than this on a side: that side is "narrow" (RGB heads and tails).
 NARROW_CHANNELS = 16
@@ -43,27 +48,35 @@ def plain_conv(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -
     return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC)
 
 
-def native_forward_serves(x: Array, w: Array, padding: Padding) -> bool:
+def _float32(*operands: Array) -> bool:
+    return all(x.dtype == jnp.float32 for x in operands)
+
+
+def native_forward_serves(x: Array, w: Array, padding: Padding, kernels: Kernels) -> bool:
     """Whether a stride-1 convolution of these operands runs as the native forward kernel:
-    registered and not suspended (`native.forward_used_for`), float32, non-negative padding, at
-    least NATIVE_FORWARD_MIN_CHANNELS outputs."""
-    return (w.shape[-1] >= NATIVE_FORWARD_MIN_CHANNELS and min(min(p) for p in padding) >= 0
-            and native.forward_used_for(x, w))
+    `kernels.forward`, float32, non-negative padding, at least NATIVE_FORWARD_MIN_CHANNELS outputs."""
+    return (kernels.forward and w.shape[-1] >= NATIVE_FORWARD_MIN_CHANNELS and min(min(p) for p in padding) >= 0
+            and _float32(x, w))
 
 
-def stride1_conv(x: Array, w: Array, padding: Padding) -> Array:
+def native_kernel_gradient_serves(x: Array, g: Array, strides: tuple[int, int], kernels: Kernels) -> bool:
+    """Whether a kernel gradient of these operands runs natively: `kernels.kernel_gradient`,
+    stride 1, float32."""
+    return kernels.kernel_gradient and tuple(strides) == (1, 1) and _float32(x, g)
+
+
+def stride1_conv(x: Array, w: Array, padding: Padding, kernels: Kernels) -> Array:
     """A stride-1 convolution: the native forward kernel where it serves, else XLA's."""
-    if native_forward_serves(x, w, padding):
+    if native_forward_serves(x, w, padding, kernels):
         return native.conv_forward(x, w, padding)
     return plain_conv(x, w, (1, 1), padding)
 
 
 def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], strides: tuple[int, int],
-                    padding: Padding) -> Array:
+                    padding: Padding, kernels: Kernels) -> Array:
     """d<conv(x, w), g>/dw without XLA's backward-filter convolution (the same sums up to float
-    rounding). Stride 1, float32, with `jaxsr.cpu.native` loaded: the native kernel (no copies).
-    Otherwise `matmul_kernel_gradient`."""
-    if tuple(strides) == (1, 1) and native.used_for(x, g):
+    rounding): the native kernel where it serves (no copies), otherwise `matmul_kernel_gradient`."""
+    if native_kernel_gradient_serves(x, g, strides, kernels):
         return native.kernel_gradient(x, g, kernel_shape, padding)
     return matmul_kernel_gradient(x, g, kernel_shape, strides, padding)
 
@@ -101,24 +114,26 @@ def matmul_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], st
 
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_matmul_gradient(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_matmul_gradient(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...],
+                         kernels: Kernels) -> Array:
     """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is `kernel_gradient`; stride 1
-    runs through `stride1_conv` (the native forward kernel where registered)."""
-    return _conv_forward(x, w, strides, padding)
+    runs through `stride1_conv` (the native forward kernel where `kernels` has it)."""
+    return _conv_forward(x, w, strides, padding, kernels)
 
 
-def _conv_forward(x, w, strides, padding):
+def _conv_forward(x, w, strides, padding, kernels):
     if tuple(strides) == (1, 1):
-        return stride1_conv(x, w, padding)
+        return stride1_conv(x, w, padding, kernels)
     return plain_conv(x, w, strides, padding)
 
 
-def _conv_fwd(x, w, strides, padding):
-    return _conv_forward(x, w, strides, padding), (x, w)
+def _conv_fwd(x, w, strides, padding, kernels):
+    return _conv_forward(x, w, strides, padding, kernels), (x, w)
 
 
-def input_gradient(x: Array, w: Array, g: Array, strides: tuple[int, int], padding: Padding) -> Array:
+def input_gradient(x: Array, w: Array, g: Array, strides: tuple[int, int], padding: Padding,
+                   kernels: Kernels) -> Array:
     """d<conv(x, w), g>/dx. Stride 1 (padding within the kernel's reach): the convolution of `g`
     with the flipped, transposed kernel: by the native forward kernel where it serves (the flip
     and its packing one copy), else materialised in HWIO behind an optimisation barrier for XLA.
@@ -130,7 +145,7 @@ def input_gradient(x: Array, w: Array, g: Array, strides: tuple[int, int], paddi
     if tuple(strides) == (1, 1) and all(0 <= p < k for p, k in ((pt, kh), (pb, kh), (pl, kw), (pr, kw))):
         flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
         pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
-        if native_forward_serves(g, flipped, pads):  # flip and pack: one copy of the kernel
+        if native_forward_serves(g, flipped, pads, kernels):  # flip and pack: one copy of the kernel
             return native.conv_forward(g, flipped, pads).astype(x.dtype)
         return plain_conv(g, jax.lax.optimization_barrier(flipped), (1, 1), pads).astype(x.dtype)
     _, input_vjp = jax.vjp(lambda x_: plain_conv(x_, w, strides, padding), x)
@@ -154,29 +169,31 @@ def correlation_kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...
     return dw[:, :kh, :kw].transpose(1, 2, 0, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_canonical_gradients(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_canonical_gradients(x: Array, w: Array, strides: tuple[int, int], padding: Padding,
+                             kernels: Kernels) -> Array:
     """`lax.conv_general_dilated` (NHWC, HWIO) whose gradients are `input_gradient` and
     `correlation_kernel_gradient`: XLA's own sums, in the layouts XLA:CPU runs fast."""
     return plain_conv(x, w, strides, padding)
 
 
-def _canonical_fwd(x, w, strides, padding):
+def _canonical_fwd(x, w, strides, padding, kernels):
     return plain_conv(x, w, strides, padding), (x, w)
 
 
-def _canonical_bwd(strides, padding, residuals, g):
+def _canonical_bwd(strides, padding, kernels, residuals, g):
     x, w = residuals
     dw = correlation_kernel_gradient(x, g, w.shape, strides, padding)
-    return input_gradient(x, w, g, strides, padding), dw.astype(w.dtype)
+    return input_gradient(x, w, g, strides, padding, kernels), dw.astype(w.dtype)
 
 
 conv_canonical_gradients.defvjp(_canonical_fwd, _canonical_bwd)
 
 
-def _conv_bwd(strides, padding, residuals, g):
+def _conv_bwd(strides, padding, kernels, residuals, g):
     x, w = residuals
-    return input_gradient(x, w, g, strides, padding), kernel_gradient(x, g, w.shape, strides, padding).astype(w.dtype)
+    return (input_gradient(x, w, g, strides, padding, kernels),
+            kernel_gradient(x, g, w.shape, strides, padding, kernels).astype(w.dtype))
 
 
 conv_matmul_gradient.defvjp(_conv_fwd, _conv_bwd)
@@ -291,11 +308,12 @@ def plan(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple
     return "canonical"
 
 
-def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: Padding) -> Array:
-    """A plain NHWC/HWIO convolution with explicit padding, in the formulation `plan` picks."""
-    chosen = plan(x.shape, w.shape, strides, padding, native_kernel=native.used_for(x, w))
+def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: Padding, kernels: Kernels) -> Array:
+    """A plain NHWC/HWIO convolution with explicit padding, in the formulation `plan` picks, using
+    the native kernels in `kernels` where they serve."""
+    chosen = plan(x.shape, w.shape, strides, padding, native_kernel=kernels.kernel_gradient and _float32(x, w))
     if chosen == "narrow_output":
         return conv_narrow_output(x, w, padding)
     if chosen == "kernel_matmul":
-        return conv_matmul_gradient(x, w, strides, padding)
-    return conv_canonical_gradients(x, w, strides, padding)
+        return conv_matmul_gradient(x, w, strides, padding, kernels)
+    return conv_canonical_gradients(x, w, strides, padding, kernels)

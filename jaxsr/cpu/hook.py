@@ -2,11 +2,26 @@
 in XLA's plain formulation in programs compiled for a GPU or TPU and in `jaxsr.cpu`'s
 formulation in programs compiled for the CPU.
 
-The choice is `jax.lax.platform_dependent`: both formulations are traced, and when the program
-is lowered for its platform only that platform's branch is emitted. So a function traced on a
-CPU host for a TPU target (`python -m jaxsr.aot`) is the program a TPU host would build, with no
-CPU custom call in it, and no choice depends on the host's default backend or on a global read
-while tracing. Both formulations compute the same values up to float rounding.
+The choice is `jax.lax.platform_dependent`, made when the program is lowered for its platform:
+only that platform's branch is emitted. So a function traced on a CPU host for a TPU target
+(`python -m jaxsr.aot`) is the program a TPU host would build, with no CPU custom call in it, and
+no choice depends on the host's default backend. Both formulations compute the same values up to
+float rounding.
+
+What runs while tracing. Inside a trace (jit, grad, vmap, an ahead-of-time lowering) JAX traces
+every branch of a `platform_dependent`, whatever platform the program is for, and nothing can
+skip one; only an eager call runs just the default device's branch. So tracing a GPU or TPU
+program runs the CPU branches' Python too, and that Python is kept pure and cheap:
+  conv2d       `conv.plan` (integer arithmetic on the operands' shapes, dtypes, strides and
+               padding) and one call of `native.in_use()` per traced CPU branch;
+  add_bias     nothing beyond building its matmul;
+  degradation  shape arithmetic and small NumPy matrices built from shapes and static arguments
+               (`jaxsr.cpu.degrade`; the larger ones cached per shape).
+None of it starts a backend, compiles, or reads a file or the environment. The one process-wide
+value read is `native.in_use()` (which native kernels CPU programs use): `jaxsr.cpu.setup()` sets
+it once at start-up and `native_suspended()` clears it inside a block. JAX's jit cache does not
+see it, so a function traced before `setup()` keeps its program without the kernels. The
+equations the CPU branches add are dropped when a program is lowered for a GPU or TPU.
 
 The degradation's CPU formulations (`jaxsr.cpu.degrade`: FFT blur, blur+downsample at the kept
 pixels, separable kernels, KXNet's FFT gradients) are named here too: their plain formulations live
@@ -21,7 +36,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxsr.cpu import conv as _conv
+from jaxsr.cpu import conv as _conv, native
 from jaxsr.cpu.degrade import (  # noqa: F401 - the degradation's CPU formulations, for jaxsr.ops
     blur_downsample, correlate_fft, kernel_gradient_fft, separable_blur_downsample, separable_factors,
     sfold_blur_fft, transposed_blur_fft)
@@ -48,9 +63,13 @@ def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[in
     return _conv2d(x, w, strides, padding)
 
 
+def _cpu_conv2d(x, w, strides, padding):
+    return _conv.conv2d(x, w, strides, padding, native.in_use())
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d(x, w, strides, padding):
-    return on_cpu(x, w, cpu=lambda x, w: _conv.conv2d(x, w, strides, padding),
+    return on_cpu(x, w, cpu=lambda x, w: _cpu_conv2d(x, w, strides, padding),
                   default=lambda x, w: _conv.plain_conv(x, w, strides, padding))
 
 
@@ -66,7 +85,7 @@ def _conv2d_bwd(strides, padding, residuals, g):
             return jax.vjp(lambda x_, w_: conv_fn(x_, w_, strides, padding), x, w)[1](g)
         return run
 
-    return tuple(on_cpu(x, w, g, cpu=backward(_conv.conv2d), default=backward(_conv.plain_conv)))
+    return tuple(on_cpu(x, w, g, cpu=backward(_cpu_conv2d), default=backward(_conv.plain_conv)))
 
 
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)

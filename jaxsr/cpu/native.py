@@ -15,9 +15,12 @@ while tracing: `build()` (or `python -m jaxsr.cpu.native`) compiles the C++ with
 compiler against jaxlib's FFI headers into the jaxsr cache directory (`jaxsr.cache.cache_dir()`);
 `load()` registers a built library with XLA, building it first if `build_missing=True`.
 `python -m jaxsr.main` and the benchmarks call `load(build_missing=True)` at start-up. Only then does
-`registered()` turn true, and only CPU programs traced after it use the kernels (the choice is made
-per platform in `jaxsr.cpu.conv`); elsewhere XLA's formulation runs. Where they cannot be built (no
-compiler, no AVX-512, not x86-64) nothing changes.
+`registered()` turn true, and only CPU programs traced after it use the kernels; elsewhere XLA's
+formulation runs. Where they cannot be built (no compiler, no AVX-512, not x86-64) nothing changes.
+
+`in_use()` is the one read of this module's state while tracing: the hook (`jaxsr.cpu.hook`) calls
+it once per convolution in its CPU branch and hands the answer to `jaxsr.cpu.conv`, whose
+formulations read nothing else.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +127,23 @@ def registered() -> bool:
     return "library" in _state
 
 
+class Kernels(NamedTuple):
+    """Which native kernels the CPU programs traced now use (for float32 operands)."""
+    forward: bool
+    kernel_gradient: bool
+
+
+NO_KERNELS = Kernels(forward=False, kernel_gradient=False)
+
+
+def in_use() -> Kernels:
+    """The kernels a CPU program traced now uses: both once `load()` registered them, none inside
+    `suspended()`, only the kernel gradient inside `forward_suspended()`."""
+    if not registered():
+        return NO_KERNELS
+    return Kernels(forward=not _state.get("forward_suspended"), kernel_gradient=True)
+
+
 @contextlib.contextmanager
 def suspended():
     """Trace without the kernels inside this block (they stay registered with XLA): for programs
@@ -146,22 +167,10 @@ def forward_suspended():
         _state["forward_suspended"] -= 1
 
 
-def forward_used_for(*operands: Array) -> bool:
-    """Whether a convolution of these operands may run as `conv_forward`: `used_for` and not
-    inside `forward_suspended()`."""
-    return used_for(*operands) and not _state.get("forward_suspended")
-
-
-def used_for(*operands: Array) -> bool:
-    """Whether a convolution or kernel gradient of these operands runs natively in a CPU program:
-    registered, all float32."""
-    return registered() and all(x.dtype == jnp.float32 for x in operands)
-
-
 def kernel_gradient(x: Array, g: Array, kernel_shape: tuple[int, ...], padding: tuple[tuple[int, int], ...]) -> Array:
     """dw (kh, kw, C, O) of a stride-1 NHWC/HWIO convolution with input `x` (N, H, W, C), output
     cotangent `g` (N, Ho, Wo, O) and `padding` ((top, bottom), (left, right)), float32, by the
-    native kernel. CPU programs only; callers check `used_for(x, g)` first."""
+    native kernel. CPU programs only; callers check `in_use().kernel_gradient` first."""
     kh, kw, c, o = kernel_shape
     (pt, pb), (pl, pr) = padding
     _check_stride1("kernel_gradient", x.shape, g.shape, kernel_shape, padding)
@@ -197,7 +206,7 @@ def conv_forward(x: Array, w: Array, padding: tuple[tuple[int, int], ...]) -> Ar
     """conv(x, w) (N, Ho, Wo, O) of a stride-1 NHWC/HWIO convolution with non-negative `padding`
     ((top, bottom), (left, right)), float32, by the native kernel; the same sums as
     `lax.conv_general_dilated` up to float rounding. CPU programs only; callers check
-    `used_for(x, w)` first."""
+    `in_use().forward` first."""
     kh, kw, c, o = w.shape
     (pt, pb), (pl, pr) = padding
     n, h, wd, _ = x.shape

@@ -8,8 +8,6 @@ library user may call `setup()` too, before anything touches a device.
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
-import importlib.util
 import os
 import sys
 
@@ -79,50 +77,20 @@ def _huge_pages_available() -> bool:
         return False
 
 
-def _accelerator_device_files() -> bool:
-    """Device files a TPU (/dev/accel*, /dev/vfio/N) or an NVIDIA/AMD GPU (/dev/nvidia0, /dev/kfd) shows."""
-    import glob
-    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or os.path.exists("/dev/nvidia0")
-                or os.path.exists("/dev/kfd"))
-
-
-def accelerator_plugin_installed() -> bool:
-    """Whether JAX will likely run on a GPU/TPU here, judged without starting it: JAX_PLATFORMS
-    names another platform, or a PJRT plugin (libtpu, the `jax_plugins` namespace or entry
-    points) is installed and the machine shows an accelerator's device files. A plugin alone (the
-    `tpu` extra installed for ahead-of-time compiles on a CPU machine) does not count."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
-    if platforms:
-        return any(p.strip() not in ("cpu", "") for p in platforms.split(","))
-    plugin = importlib.util.find_spec("libtpu") is not None
-    if not plugin:
-        try:
-            plugin = bool(importlib.metadata.entry_points(group="jax_plugins"))
-        except Exception:  # noqa: BLE001 - a broken metadata entry is not a plugin
-            plugin = False
-    if not plugin:
-        try:
-            import jax_plugins  # noqa: F401 - namespace package of the CUDA/ROCm plugins
-            plugin = True
-        except ImportError:
-            plugin = False
-    return plugin and _accelerator_device_files()
-
-
-def malloc_tunables_wanted() -> tuple[str, ...]:
+def malloc_tunables_wanted(accelerator: bool = False) -> tuple[str, ...]:
     """The glibc tunables `restart_with_malloc_tuning` would add to GLIBC_TUNABLES: HEAP_TUNABLES
     and (where transparent huge pages are not off) HUGE_PAGES_TUNABLE, less those whose name the
-    environment already sets. Empty off glibc Linux, where an accelerator plugin is installed
-    (the host then holds no XLA temporaries, and one heap would only make the input pipeline's
-    threads contend), or with JAXSR_MALLOC_TUNING=0."""
-    if os.environ.get(MALLOC_TUNING_ENV) == "0" or not _glibc_linux() or accelerator_plugin_installed():
+    environment already sets. Empty off glibc Linux, with `accelerator` (the caller expects JAX
+    to run on a GPU/TPU: the host then holds no XLA temporaries, and one heap would only make the
+    input pipeline's threads contend), or with JAXSR_MALLOC_TUNING=0."""
+    if os.environ.get(MALLOC_TUNING_ENV) == "0" or not _glibc_linux() or accelerator:
         return ()
     present = {t.split("=")[0] for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t}
     wanted = HEAP_TUNABLES + ((HUGE_PAGES_TUNABLE,) if _huge_pages_available() else ())
     return tuple(t for t in wanted if t.split("=")[0] not in present)
 
 
-def restart_with_malloc_tuning() -> None:
+def restart_with_malloc_tuning(accelerator: bool = False) -> None:
     """Re-run this process (same PID and command line, `os.execve`) with glibc's malloc set up
     for XLA:CPU's large per-step buffers (`malloc_tunables_wanted()`), if any is missing:
 
@@ -140,9 +108,10 @@ def restart_with_malloc_tuning() -> None:
 
     glibc reads tunables only at process start, hence the restart. Call it first thing, before
     any thread or device starts; `python -m jaxsr.main` and the benchmarks do. Tunables already
-    in GLIBC_TUNABLES are kept. Set JAXSR_MALLOC_TUNING=0 to opt out.
+    in GLIBC_TUNABLES are kept. Set JAXSR_MALLOC_TUNING=0 to opt out; `accelerator` as in
+    `malloc_tunables_wanted`.
     """
-    missing = malloc_tunables_wanted()
+    missing = malloc_tunables_wanted(accelerator)
     if not missing:
         return
     env = dict(os.environ)
@@ -183,14 +152,15 @@ def run_cpu_executions_inline() -> bool:
     return True
 
 
-def setup(restart: bool = True) -> dict[str, bool]:
+def setup(restart: bool = True, accelerator: bool = False) -> dict[str, bool]:
     """All of the above for a process about to run XLA:CPU work, in the order they need: the
     allocator restart (`restart_with_malloc_tuning`, unless `restart=False`; it re-executes the
-    process, so call this first thing), inline dispatch, and the heap thresholds. Where an
-    accelerator plugin is installed, only what is harmless there. Returns what took effect."""
+    process, so call this first thing), inline dispatch, and the heap thresholds. With
+    `accelerator` (the caller's judgement: `jaxsr.cpu.setup` takes it from
+    `jaxsr.platform.accelerator_likely()`), only what is harmless there. Returns what took effect."""
     if restart:
-        restart_with_malloc_tuning()
+        restart_with_malloc_tuning(accelerator)
     inline = run_cpu_executions_inline()
-    heap = keep_large_buffers_in_heap() if not accelerator_plugin_installed() else False
+    heap = keep_large_buffers_in_heap() if not accelerator else False
     return {"inline_dispatch": inline, "heap": heap,
             "malloc_tunables": "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")}

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxsr.cpu import hook
+from jaxsr import cpu
 
 Array = jax.Array
 
@@ -48,7 +48,7 @@ def torch_default_bias_init(fan_in: int) -> Callable:
 class Conv(nn.Module):
     """`torch.nn.Conv2d(in, features, kernel_size, stride, padding, bias=use_bias)` on NHWC input,
     with `nn.Conv`'s parameters (`kernel` (k, k, in, out), `bias` (out,), float32) and PyTorch's
-    initialisation. It computes in `dtype` (default: the input's) through `jaxsr.cpu.hook`, so
+    initialisation. It computes in `dtype` (default: the input's) through `jaxsr.cpu` (`conv2d`, `add_bias`), so
     programs compiled for the CPU get its matmul-shaped gradients, all others XLA's own."""
     features: int
     kernel_size: int
@@ -62,12 +62,12 @@ class Conv(nn.Module):
         k, s, p = self.kernel_size, self.stride, self.padding
         kernel = self.param("kernel", TORCH_KERNEL_INIT, (k, k, x.shape[-1], self.features), jnp.float32)
         dtype = x.dtype if self.dtype is None else self.dtype
-        y = hook.conv2d(x.astype(dtype), kernel.astype(dtype), (s, s), ((p, p), (p, p)))
+        y = cpu.conv2d(x.astype(dtype), kernel.astype(dtype), (s, s), ((p, p), (p, p)))
         if not self.use_bias:
             return y
         bias = self.param("bias", torch_default_bias_init(x.shape[-1] * k * k), (self.features,), jnp.float32)
         bias = bias.astype(dtype)
-        return hook.add_bias(y, bias)
+        return cpu.add_bias(y, bias)
 
 
 def conv2d(x: Array, features: int, kernel_size: int = 3, *, stride: int = 1,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import platform
-from jaxsr.cpu import hook
+from jaxsr import cpu
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import _matlab_matrix, imresize
 
@@ -254,8 +254,8 @@ def blur(images: jax.Array, kernels: jax.Array, method: str = "auto") -> jax.Arr
     x = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     kernels = kernels.astype(x.dtype)
     if method == "auto":  # per the platform the program is compiled for
-        return hook.on_cpu(x, kernels, cpu=hook.correlate_fft, default=_correlate)
-    return hook.correlate_fft(x, kernels) if method == "fft" else _correlate(x, kernels)
+        return cpu.on_cpu(x, kernels, cpu=cpu.correlate_fft, default=_correlate)
+    return cpu.correlate_fft(x, kernels) if method == "fft" else _correlate(x, kernels)
 
 
 def _correlate(padded: jax.Array, kernels: jax.Array) -> jax.Array:
@@ -326,7 +326,7 @@ def blur_downsample(images: jax.Array, kernels: jax.Array, scale: int, downsampl
     if downsampler not in DOWNSAMPLERS:
         raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
     _checks.check_reflect_size(*images.shape[1:3], kernels.shape[-1])
-    return hook.blur_downsample(images, kernels, scale, downsampler, downsampler_matrix)
+    return cpu.blur_downsample(images, kernels, scale, downsampler, downsampler_matrix)
 
 
 def separable_blur_downsample(images: jax.Array, taps_h: jax.Array, taps_w: jax.Array, scale: int,
@@ -347,10 +347,10 @@ def separable_blur_downsample(images: jax.Array, taps_h: jax.Array, taps_w: jax.
     if downsampler not in DOWNSAMPLERS:
         raise ValueError(f"downsampler must be one of {DOWNSAMPLERS}, got {downsampler!r}")
     _checks.check_reflect_size(h, w, taps_h.shape[1])
-    return hook.separable_blur_downsample(images, taps_h, taps_w, scale, downsampler, downsampler_matrix)
+    return cpu.separable_blur_downsample(images, taps_h, taps_w, scale, downsampler, downsampler_matrix)
 
 
-separable_factors = hook.separable_factors  # (taps_h, taps_w) of rank-1 kernels that sum to 1
+separable_factors = cpu.separable_factors  # (taps_h, taps_w) of rank-1 kernels that sum to 1
 
 
 def add_noise(rng: jax.Array, images: jax.Array, sigma) -> jax.Array:
@@ -401,10 +401,10 @@ def _apply_degradation(hr, kernels, spec, noise_sigma, rng, separable: bool) -> 
     _checks.check_reflect_size(h, w, spec.kernel_size)
     scale, down, method = spec.scale, spec.downsampler, spec.blur_method
     if method == "auto":  # per the platform the program is compiled for
-        lr = hook.on_cpu(hr, kernels, default=lambda x, k: downsample(blur(x, k, "conv"), scale, down),
-                         cpu=lambda x, k: hook.blur_downsample(x, k, scale, down, downsampler_matrix, separable))
+        lr = cpu.on_cpu(hr, kernels, default=lambda x, k: downsample(blur(x, k, "conv"), scale, down),
+                        cpu=lambda x, k: cpu.blur_downsample(x, k, scale, down, downsampler_matrix, separable))
     elif method == "fused":
-        lr = hook.blur_downsample(hr, kernels, scale, down, downsampler_matrix, separable)
+        lr = cpu.blur_downsample(hr, kernels, scale, down, downsampler_matrix, separable)
     else:
         lr = downsample(blur(hr, kernels, method), scale, down)
     if noise_sigma is not None:

@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxsr.cpu import hook
+from jaxsr import cpu
 from jaxsr.ops import _checks, degrade
 
 Array = jax.Array
@@ -49,10 +49,10 @@ def blur_down(x: Array, kernels: Array, scale: int, method: str = "auto") -> Arr
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     kernels = kernels.astype(x.dtype)
     if method == "auto":  # per the platform the program is compiled for
-        return hook.on_cpu(xp, kernels, cpu=lambda xp, k: hook.sfold_blur_fft(xp, k, scale),
-                           default=lambda xp, k: _strided_blur(xp, k, scale))
+        return cpu.on_cpu(xp, kernels, cpu=lambda xp, k: cpu.sfold_blur_fft(xp, k, scale),
+                          default=lambda xp, k: _strided_blur(xp, k, scale))
     if method == "fft":
-        return hook.sfold_blur_fft(xp, kernels, scale)
+        return cpu.sfold_blur_fft(xp, kernels, scale)
     return _strided_blur(xp, kernels, scale)
 
 
@@ -80,10 +80,10 @@ def kernel_gradient(x: Array, residual: Array, size: int, scale: int, method: st
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
     residual = residual.astype(xp.dtype)
     if method == "auto":  # per the platform the program is compiled for
-        out = hook.on_cpu(xp, residual, cpu=lambda xp, r: hook.kernel_gradient_fft(xp, r, size, scale),
-                          default=lambda xp, r: _kernel_gradient(xp, r, size, scale))
+        out = cpu.on_cpu(xp, residual, cpu=lambda xp, r: cpu.kernel_gradient_fft(xp, r, size, scale),
+                         default=lambda xp, r: _kernel_gradient(xp, r, size, scale))
     elif method == "fft":
-        out = hook.kernel_gradient_fft(xp, residual, size, scale)
+        out = cpu.kernel_gradient_fft(xp, residual, size, scale)
     else:
         out = _kernel_gradient(xp, residual, size, scale)
     return out.astype(x.dtype) / (c * h * w)
@@ -193,10 +193,10 @@ def transposed_blur(e: Array, kernels: Array, scale: int, method: str = "auto") 
     _check_method(method)
     kernels = kernels.astype(e.dtype)
     if method == "auto":  # per the platform the program is compiled for
-        return hook.on_cpu(e, kernels, cpu=lambda e, k: hook.transposed_blur_fft(e, k, scale),
-                           default=lambda e, k: _transposed_blur(e, k, scale))
+        return cpu.on_cpu(e, kernels, cpu=lambda e, k: cpu.transposed_blur_fft(e, k, scale),
+                          default=lambda e, k: _transposed_blur(e, k, scale))
     if method == "fft":
-        return hook.transposed_blur_fft(e, kernels, scale)
+        return cpu.transposed_blur_fft(e, kernels, scale)
     return _transposed_blur(e, kernels, scale)
 
 

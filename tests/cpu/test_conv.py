@@ -1,7 +1,8 @@
 """The CPU's convolution formulations (`jaxsr.cpu.conv`, `jaxsr.cpu.native`) and the hook that
 selects them (`jaxsr.cpu.hook`): custom VJPs with matmul kernel gradients, cotangent patches for
 narrow outputs, native forward and kernel-gradient kernels; forward and gradients must match the plain
-`lax.conv_general_dilated` and its `jax.grad`, and a definition in float64."""
+`lax.conv_general_dilated` and its `jax.grad`, and a definition in float64. Tests that need the native
+kernels ask for the `native_kernels` fixture (tests/cpu/conftest.py), which builds them on first use."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,7 @@ import pytest
 from jaxsr.cpu import conv as cpu_conv, hook, native
 from jaxsr.models import dan, layers
 
-needs_native = pytest.mark.skipif(not native.load(build_missing=True),
-                                  reason="jaxsr.cpu.native cannot be built here (no C++ compiler, AVX-512 or x86-64)")
+needs_native = pytest.mark.usefixtures("native_kernels")
 
 # (kernel, stride, padding): the geometries the models use (3x3, 1x1, DANv1's 9x9/4 HR head,
 # USRNet's 2x2/2 and DSSR's 4x4/4 down convs) and a few others
@@ -26,10 +26,17 @@ def plain(x, w, stride, pad):
 FORMULATIONS = {"kernel_matmul": cpu_conv.conv_matmul_gradient, "canonical": cpu_conv.conv_canonical_gradients}
 
 
+def kernels_named(name, request) -> native.Kernels:
+    """"xla": no native kernel; "native": both (built on first use, skipped where they cannot be)."""
+    return request.getfixturevalue("native_kernels") if name == "native" else native.NO_KERNELS
+
+
+@pytest.mark.parametrize("kernels", ["xla", "native"])
 @pytest.mark.parametrize("formulation", sorted(FORMULATIONS))
 @pytest.mark.parametrize("k,stride,pad", GEOMETRIES)
-def test_cpu_gradients_match_jax_grad_of_the_plain_conv(k, stride, pad, formulation):
-    custom = lambda x, w, stride, pad: FORMULATIONS[formulation](x, w, (stride, stride), ((pad, pad), (pad, pad)))
+def test_cpu_gradients_match_jax_grad_of_the_plain_conv(k, stride, pad, formulation, kernels, request):
+    kernels = kernels_named(kernels, request)
+    custom = lambda x, w, stride, pad: FORMULATIONS[formulation](x, w, (stride, stride), ((pad, pad), (pad, pad)), kernels)
     rng = np.random.default_rng(k * 100 + stride * 10 + pad)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, 5)), jnp.float32)  # odd, non-square
     w = jnp.asarray(rng.standard_normal((k, k, 5, 7)) / k, jnp.float32)
@@ -114,23 +121,24 @@ def test_native_kernel_gradient_matches_the_definition(n, h, w, c, o, k, padding
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@needs_native
-def test_native_kernel_gradient_is_what_the_cpu_kernel_gradient_uses(monkeypatch):
+def test_native_kernel_gradient_is_what_the_cpu_kernel_gradient_uses(native_kernels, monkeypatch):
     rng = np.random.default_rng(8)
     x = jnp.asarray(rng.standard_normal((2, 10, 12, 20)), jnp.float32)
     g = jnp.asarray(rng.standard_normal((2, 10, 12, 24)), jnp.float32)
 
-    def traced(x, g):  # a new function each time: JAX caches traces per function
+    def traced(x, g, kernels):  # a new function each time: JAX caches traces per function
         return str(jax.make_jaxpr(lambda x, g: cpu_conv.kernel_gradient(x, g, (3, 3, 20, 24), (1, 1),
-                                                                        ((1, 1), (1, 1))))(x, g))
+                                                                        ((1, 1), (1, 1)), kernels))(x, g))
 
-    assert "jaxsr_conv_kernel_grad" in traced(x, g)
-    assert "jaxsr_conv_kernel_grad" not in traced(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+    assert native_kernels == native.Kernels(forward=True, kernel_gradient=True) == native.in_use()
+    assert "jaxsr_conv_kernel_grad" in traced(x, g, native_kernels)
+    assert "jaxsr_conv_kernel_grad" not in traced(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16), native_kernels)
+    assert "jaxsr_conv_kernel_grad" not in traced(x, g, native.NO_KERNELS)
     with native.suspended():  # benchmarks/models.py counts FLOPs this way
-        assert not native.registered() and "jaxsr_conv_kernel_grad" not in traced(x, g)
-    assert native.registered() and "jaxsr_conv_kernel_grad" in traced(x, g)
+        assert not native.registered() and native.in_use() == native.NO_KERNELS
+    assert native.registered() and native.in_use() == native_kernels
     monkeypatch.setattr(native, "_state", {})  # as in a process that never called native.load()
-    assert not native.registered() and "jaxsr_conv_kernel_grad" not in traced(x, g)
+    assert not native.registered() and native.in_use() == native.NO_KERNELS
 
 
 @needs_native
@@ -176,14 +184,14 @@ def test_native_forward_matches_the_definition(n, h, w, c, o, k, padding):
 
 @needs_native
 @pytest.mark.parametrize("k,padding", [(3, ((1, 1), (1, 1))), (5, ((2, 1), (0, 2))), (1, ((0, 0), (0, 0)))])
-def test_native_forward_and_input_gradient_match_jax_grad_of_the_plain_conv(k, padding):
+def test_native_forward_and_input_gradient_match_jax_grad_of_the_plain_conv(k, padding, native_kernels):
     """conv_matmul_gradient with the native kernels in all three places: the forward, the input
     gradient (the native forward of the cotangent with the flipped kernel) and the kernel gradient."""
     rng = np.random.default_rng(k)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, 20)), jnp.float32)  # odd, non-square
     w = jnp.asarray(rng.standard_normal((k, k, 20, 24)) / (k * np.sqrt(20)), jnp.float32)
     plain_conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    native_conv = lambda x, w: cpu_conv.conv_matmul_gradient(x, w, (1, 1), padding)
+    native_conv = lambda x, w: cpu_conv.conv_matmul_gradient(x, w, (1, 1), padding, native_kernels)
     probe = jnp.asarray(rng.standard_normal(plain_conv(x, w).shape), jnp.float32)
     loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)) * probe)
     program = jax.jit(jax.grad(loss(native_conv), argnums=(0, 1))).lower(x, w).as_text()
@@ -196,21 +204,21 @@ def test_native_forward_and_input_gradient_match_jax_grad_of_the_plain_conv(k, p
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
 
 
-@needs_native
-def test_native_forward_is_what_cpu_stride1_convs_use():
+def test_native_forward_is_what_cpu_stride1_convs_use(native_kernels):
     x = jnp.zeros((2, 10, 12, 20), jnp.float32)
-    traced = lambda x, o: str(jax.make_jaxpr(lambda x: cpu_conv.stride1_conv(x, jnp.ones((3, 3, x.shape[-1], o), x.dtype),
-                                                                           ((1, 1), (1, 1))))(x))
+
+    def traced(x, o, kernels=native_kernels):
+        w = jnp.ones((3, 3, x.shape[-1], o), x.dtype)
+        return str(jax.make_jaxpr(lambda x: cpu_conv.stride1_conv(x, w, ((1, 1), (1, 1)), kernels))(x))
+
     assert "jaxsr_conv_forward" in traced(x, 24)
     assert "jaxsr_conv_forward" not in traced(x, 8)  # fewer outputs than NATIVE_FORWARD_MIN_CHANNELS
     assert "jaxsr_conv_forward" not in traced(x.astype(jnp.bfloat16), 24)
-    with native.suspended():
-        assert "jaxsr_conv_forward" not in traced(x, 24)
+    assert "jaxsr_conv_forward" not in traced(x, 24, native.NO_KERNELS)
     with native.forward_suspended():  # benchmarks/native_conv.py's A/B
-        assert "jaxsr_conv_forward" not in traced(x, 24)
-        assert "jaxsr_conv_kernel_grad" in str(jax.make_jaxpr(lambda x, g: cpu_conv.kernel_gradient(
-            x, g, (3, 3, 20, 24), (1, 1), ((1, 1), (1, 1))))(x, jnp.zeros((2, 10, 12, 24))))
-    assert "jaxsr_conv_forward" in traced(x, 24)
+        assert native.in_use() == native.Kernels(forward=False, kernel_gradient=True)
+        assert "jaxsr_conv_forward" not in traced(x, 24, native.in_use())
+    assert native.in_use() == native_kernels
 
 
 @needs_native
@@ -320,6 +328,22 @@ def test_the_hook_emits_the_cpu_formulation_only_in_cpu_programs(monkeypatch):
     monkeypatch.setattr(hook, "on_cpu", lambda *args, cpu, default: default(*args))  # the GPU/TPU choice
     elsewhere = _hlo_ops(grad())
     assert elsewhere.count(" convolution(") >= 3  # forward, input gradient, kernel gradient
+
+
+def test_the_hook_reads_the_native_kernels_once_per_cpu_branch_and_lowers_none_for_a_tpu(native_kernels, monkeypatch):
+    """Both branches of a platform choice are traced for every platform; the CPU branch of a conv
+    reads the one process-wide value (`native.in_use()`) once, and a program lowered for a TPU
+    keeps none of it, though the kernels are loaded."""
+    reads = []
+    monkeypatch.setattr(native, "in_use", lambda: reads.append(1) or native_kernels)
+    x, w = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 24))
+    loss = lambda x, w: jnp.sum(hook.conv2d(x, w, (1, 1), ((1, 1), (1, 1))) ** 2)
+    grad = lambda: jax.jit(jax.grad(loss, argnums=(0, 1))).trace(x, w)  # traced afresh each call
+    tpu = grad().lower(lowering_platforms=("tpu",)).as_text()
+    assert len(reads) == 2  # the forward's CPU branch and the backward's
+    assert "jaxsr_" not in tpu and "convolution" in tpu
+    assert "jaxsr_conv_forward" in grad().lower(lowering_platforms=("cpu",)).as_text()
+    assert len(reads) == 4
 
 
 def test_the_hooked_conv_has_the_plain_convs_values_and_gradients():

@@ -58,25 +58,25 @@ def test_keep_large_buffers_in_heap_leaves_start_up_thresholds(monkeypatch):
     assert not called  # mallopt (an int, at most 2 GiB) would have lowered the 64 GiB thresholds
 
 
-def test_no_malloc_tuning_where_jax_would_use_an_accelerator(monkeypatch):
+def test_no_malloc_tuning_where_the_caller_expects_an_accelerator(monkeypatch):
+    """The caller judges (`jaxsr.cpu.setup(accelerator=jaxsr.platform.accelerator_likely())`);
+    this module probes for nothing."""
     monkeypatch.delenv(process.MALLOC_TUNING_ENV, raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert process.accelerator_plugin_installed()
-    assert process.malloc_tunables_wanted() == ()
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert not process.accelerator_plugin_installed()
+    assert process.malloc_tunables_wanted(accelerator=True) == ()
+    assert bool(process.malloc_tunables_wanted(accelerator=False)) == _glibc_linux()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")  # read by jaxsr.platform, not here
     assert bool(process.malloc_tunables_wanted()) == _glibc_linux()
 
 
-def test_an_installed_plugin_without_an_accelerator_keeps_the_cpu_settings(monkeypatch):
-    """The `tpu` extra (libtpu, for ahead-of-time compiles) on a CPU-only machine: no device files."""
-    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-    monkeypatch.setattr(process, "_accelerator_device_files", lambda: False)
-    assert not process.accelerator_plugin_installed()
-    monkeypatch.setattr(process, "_accelerator_device_files", lambda: True)
-    monkeypatch.setattr(process.importlib.util, "find_spec", lambda name: object())  # libtpu "installed"
-    assert process.accelerator_plugin_installed()
+def test_setup_with_an_accelerator_keeps_the_heap_settings(monkeypatch):
+    """No restart and no heap thresholds where the caller expects an accelerator."""
+    calls = []
+    monkeypatch.setattr(process, "restart_with_malloc_tuning", lambda accelerator: calls.append(accelerator))
+    monkeypatch.setattr(process, "run_cpu_executions_inline", lambda: False)
+    monkeypatch.setattr(process, "keep_large_buffers_in_heap", lambda: calls.append("heap") or True)
+    assert process.setup(accelerator=True)["heap"] is False and calls == [True]
+    assert process.setup(accelerator=False)["heap"] is True and calls == [True, False, "heap"]
 
 
 _INLINE_SCRIPT = """
