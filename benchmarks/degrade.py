@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import common  # noqa: E402
 
 import jaxsr.ops.degrade as D  # noqa: E402
-from jaxsr.cpu import compile as cpu_compile, process  # noqa: E402
+from jaxsr import platform  # noqa: E402
+from jaxsr.cpu import process  # noqa: E402 - the allocator settings one by one
 from jaxsr.ops.imresize import _matlab_matrix  # noqa: E402  (the same MATLAB weights, as NumPy)
 
 # --------------------------------------------------------------------------- NumPy / SciPy
@@ -218,7 +219,7 @@ def main(argv=None):
 
     heap = False if args.malloc_defaults else process.keep_large_buffers_in_heap()
     info = common.print_machine()
-    print(f"# jaxsr compile options: {cpu_compile.compiler_options('cpu') or 'XLA defaults'}; large buffers from the heap "
+    print(f"# jaxsr compile options: {platform.compiler_options('cpu') or 'XLA defaults'}; large buffers from the heap "
           f"(all pipelines): {heap}; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
     hr_np = np.random.default_rng(0).random((args.batch, args.size, args.size, 3), dtype=np.float32)
     hr = jax.device_put(hr_np)
@@ -246,7 +247,7 @@ def main(argv=None):
                 key = jax.random.key(0)
                 fns, compile_s = {}, {}
                 for blur, spec in specs.items():
-                    jitted = cpu_compile.jit(D._degrade.__wrapped__, static_argnames=("spec",))
+                    jitted = platform.jit(D._degrade.__wrapped__, static_argnames=("spec",))
                     compile_s[blur], _ = common.time_compile(jitted, key, hr, spec)
                     fns[blur] = (lambda j=jitted, s=spec: common.block(j(key, hr, s)))
                 any_spec = next(iter(specs.values()))

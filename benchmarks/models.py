@@ -70,8 +70,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import common  # noqa: E402
 
-from jaxsr import aot, config_lib, train  # noqa: E402
-from jaxsr.cpu import compile as cpu_compile, native, process  # noqa: E402
+from jaxsr import aot, config_lib, cpu, experiment, platform, train  # noqa: E402
+from jaxsr.cpu import native, process  # noqa: E402 - the allocator settings one by one, `registered()`
 from jaxsr.models import dan, dssr, kenet, kxnet, usrnet  # noqa: E402
 from jaxsr.ops import degrade  # noqa: E402
 
@@ -161,7 +161,7 @@ def memory(compiled) -> dict[str, int] | None:
 
 def compile_timed(fn, *args):
     t0 = time.perf_counter()
-    lowered = cpu_compile.jit(fn).lower(*args)  # compiled as jaxsr compiles it
+    lowered = platform.jit(fn).lower(*args)  # compiled as jaxsr compiles it
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -222,12 +222,11 @@ WORK_CONFIGS: dict[str, tuple[str, str]] = {
     "usrnet": ("usrnet.py", "kxnet2_x{s}"), "kenet": ("kenet.py", "x{s}")}
 
 
-def work_config(name: str, scale: int = 4, tiny: bool = False):
-    """The prepared training config of `name`: its paper variant at `scale`, or its tiny one."""
+def work_experiment(name: str, scale: int = 4, tiny: bool = False) -> experiment.Experiment:
+    """The resolved training config of `name`: its paper variant at `scale`, or its tiny one (a
+    shipped PCA matrix for every variant used here: nothing is fitted)."""
     path, variant = WORK_CONFIGS[name]
-    cfg = config_lib.prepare(config_lib.load(os.path.join(CONFIGS, path), "tiny" if tiny else variant.format(s=scale)))
-    config_lib.ensure_pca(cfg)  # a shipped matrix for every variant used here: nothing is fitted
-    return cfg
+    return experiment.resolve(config_lib.load(os.path.join(CONFIGS, path), "tiny" if tiny else variant.format(s=scale)))
 
 
 def iterations(model) -> int:
@@ -247,14 +246,14 @@ def work_count(name: str, scale: int = 4, size: int = 32, batch: int = 2, tiny: 
     training step's value and gradient ("step") of model `name`, the analytic FLOPs the loss needs
     ("needed"), their ratio, and for a model that skips iterations its step with every iteration
     differentiated ("full_step"). See the module docstring for the conventions."""
-    cfg = work_config(name, scale, tiny)
-    spec, model = train.build_model(cfg, "cpu")
+    exp = work_experiment(name, scale, tiny)
+    cfg, spec, model = exp.cfg, exp.model_spec, exp.model("cpu")
     if "scan_unroll" in type(model).__dataclass_fields__:
         model = model.clone(scan_unroll=0)  # whatever the config says: every iteration counted
     s = int(cfg.scale)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     hr = jax.ShapeDtypeStruct((batch, size * s, size * s, 3), jnp.float32)
-    dspec = config_lib.degradation_spec(cfg)
+    dspec = exp.degradation
 
     def make_batch(key, hr):
         lr, kernel, noise_sigma = degrade.degrade(key, hr, dspec)
@@ -267,8 +266,8 @@ def work_count(name: str, scale: int = 4, size: int = 32, batch: int = 2, tiny: 
     def count(loss_fn, grad: bool) -> tuple[float, list[str], float]:
         fn = jax.value_and_grad(loss_fn, has_aux=True) if grad else loss_fn
         t = time.perf_counter()
-        with native.suspended():  # XLA's own count sees every FLOP, whatever this process loaded
-            compiled = cpu_compile.jit(fn).lower(params, batch_shapes).compile()
+        with cpu.native_suspended():  # XLA's own count sees every FLOP, whatever this process loaded
+            compiled = platform.jit(fn).lower(params, batch_shapes).compile()
         seconds = time.perf_counter() - t
         flops, has_loops = common.compiled_flops(compiled)
         if has_loops:

@@ -73,8 +73,8 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 import jaxsr  # noqa: E402
-from jaxsr import models, torch_import  # noqa: E402
-from jaxsr.cpu import compile as cpu_compile, native, process  # noqa: E402
+from jaxsr import models, platform, torch_import  # noqa: E402
+from jaxsr.cpu import native, process  # noqa: E402 - each setting on its own flag
 from jaxsr.models import dan, dssr, kxnet, usrnet  # noqa: E402
 
 TESTS = HERE.parent / "tests"
@@ -512,7 +512,7 @@ def main(argv=None) -> None:
           f"{args.warmup}-{args.max_warmup} warm-up calls (until no page faults), medians; jaxsr compile excluded; "
           f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
     print(f"# jaxsr native stride-1 convolution kernels, forward and kernel gradient (jaxsr.cpu.native): {native_kernel}")
-    options = {} if args.xla_defaults else cpu_compile.compiler_options("cpu")
+    options = {} if args.xla_defaults else platform.compiler_options("cpu")
     print(f"# jaxsr compile options: {options or 'XLA defaults'}; "
           f"large buffers from the heap: {heap}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}; CPU executions "
