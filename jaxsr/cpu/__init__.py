@@ -34,6 +34,13 @@ from jaxsr.cpu.hook import (  # noqa: F401
     separable_factors, sfold_blur_fft, transposed_blur_fft)
 from jaxsr.cpu.native import suspended as native_suspended  # noqa: F401
 
+# The door: what code outside this package may use (tests/test_architecture.py reads this list).
+__all__ = [
+    "on_cpu", "conv2d", "add_bias", "blur_downsample", "correlate_fft", "kernel_gradient_fft",
+    "separable_blur_downsample", "separable_factors", "sfold_blur_fft", "transposed_blur_fft",
+    "compiler_options", "scan_unroll", "ONLY_CALL_PREFIXES", "native_suspended", "setup",
+]
+
 # Custom calls that only a CPU program can run: jaxsr's native kernels and jaxlib's CPU libraries.
 ONLY_CALL_PREFIXES = ("jaxsr_", "lapack_", "ducc_", "cpu_")
 
