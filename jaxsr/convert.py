@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fields = _parse_fields(args.field)
     cfg = ml_collections.ConfigDict({"scale": args.scale, "model": {"name": args.arch, **fields}})
-    model, params, extras = predict.load_official(args.input, cfg)
+    model, params, extras = predict.load_official(args.input, models.get(args.arch), cfg)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "params.msgpack"), "wb") as f:
         f.write(flax.serialization.to_bytes({"params": params}))

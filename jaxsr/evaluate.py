@@ -1,6 +1,6 @@
 """The test protocols: degrade HR images (or read published LR files), super-resolve, score.
 
-A model enters only as a *predict function* (see `jaxsr.infer`)::
+A model enters only as a *predict function* (`jaxsr.predict.PredictFn`)::
 
     predict_fn(lr: (N, h, w, 3) float32 in [0, 1]) -> (sr: (N, s*h, s*w, 3), kernel: (N, k, k) | None)
 
@@ -57,15 +57,14 @@ from numbers import Real
 from pathlib import Path
 from typing import Literal
 
-import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import chart, io, paired, platform
-from jaxsr.infer import PredictFn, iter_batches, pad_to_multiple
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
+from jaxsr.predict import PredictFn, iter_batches, pad_to_multiple
 
 Protocol = Literal["gaussian8", "setting2", "kxnet"]
 PROTOCOLS: tuple[str, ...] = ("gaussian8", "setting2", "kxnet")  # degrade HR images (`evaluate`)
@@ -128,12 +127,21 @@ def _degrade_clean(hr, kernels, spec):
     return degrade.apply_degradation(hr, kernels, spec)
 
 
-@functools.partial(platform.jit, static_argnames=("crop",))
-def _scores(sr, hr, crop):
-    return metrics.psnr(sr, hr, crop_border=crop), metrics.ssim(sr, hr, crop_border=crop)
+# --------------------------------------------------------------------------- scores
+
+@functools.partial(platform.jit, static_argnames=("scale",))
+def scores(sr, hr, scale: int):
+    """(PSNR, SSIM) on Y with `scale` border pixels cropped, of one image or per image of a
+    batch: the scores of every protocol here and of the training loop's validation."""
+    return metrics.psnr(sr, hr, crop_border=scale), metrics.ssim(sr, hr, crop_border=scale)
 
 
-_bicubic_up = platform.jit(imresize, static_argnums=1)
+_upscale = platform.jit(imresize, static_argnums=1)
+
+
+def bicubic(lr, scale: int) -> jax.Array:
+    """The bicubic baseline: MATLAB's imresize of the LR (N, h, w, C) by `scale`."""
+    return _upscale(jnp.asarray(lr), float(scale))
 
 
 # --------------------------------------------------------------------------- kernel error
@@ -172,22 +180,6 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
 def _mean(records: list[dict], key: str) -> float | None:
     values = [r[key] for r in records if r.get(key) is not None]
     return float(np.mean(values)) if values else None
-
-
-def _with_true_kernels(predict_fn, kernels: np.ndarray, max_batch: int) -> PredictFn:
-    """predict_fn(lr, kernel) as the predict(lr) that `iter_batches` calls: it runs over the
-    inputs in order, in batches of min(max_batch, M), the last one filled up by repeating its
-    last entry; the matching kernels are fed alongside."""
-    size = min(max_batch, len(kernels))
-    starts = iter(range(0, len(kernels), size))
-
-    def predict(lr):
-        start = next(starts)
-        chunk = kernels[start:start + size]
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-        return predict_fn(lr, jnp.asarray(chunk, jnp.float32))
-
-    return predict
 
 
 def _stack_kernels(kernels: Sequence[np.ndarray]) -> np.ndarray:
@@ -254,14 +246,13 @@ def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int,
     for group in groups.values():
         inputs = np.stack([pad_to_multiple(_to_rgb(case.lr)[None], bucket)[0] for case in group])
         shapes.add((min(max_batch, len(group)), *inputs.shape[1:]))
+        true_kernels = None
         if oracle_kernel:
             missing = [f"{c.image} ({c.label})" for c in group if c.kernel is None]
             if missing:
                 raise ValueError(f"oracle_kernel=True needs the true kernel of every image; none for {missing}")
-            run = _with_true_kernels(predict_fn, _stack_kernels([c.kernel for c in group]), max_batch)
-        else:
-            run = predict_fn
-        for start, sr_batch, kernel_batch in iter_batches(run, inputs, max_batch):
+            true_kernels = _stack_kernels([c.kernel for c in group])
+        for start, sr_batch, kernel_batch in iter_batches(predict_fn, inputs, max_batch, true_kernels):
             for j, sr in enumerate(sr_batch):
                 case = group[start + j]
                 h, w, channels = case.lr.shape
@@ -276,9 +267,9 @@ def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int,
 
 def score_case(case: Case, scale: int) -> dict:
     """Step 3: PSNR/SSIM of the model and of bicubic on Y (border = scale), and the kernel error."""
-    bicubic = np.asarray(_bicubic_up(jnp.asarray(case.lr[None]), float(scale)))[0]
-    bicubic_psnr, bicubic_ssim = _scores(bicubic, case.hr, scale)
-    psnr, ssim = _scores(jnp.asarray(case.sr, jnp.float32), case.hr, scale)
+    baseline = np.asarray(bicubic(case.lr[None], scale))[0]
+    bicubic_psnr, bicubic_ssim = scores(baseline, case.hr, scale)
+    psnr, ssim = scores(jnp.asarray(case.sr, jnp.float32), case.hr, scale)
     record = {"kernel": case.label, "image": case.image, "bicubic_psnr": float(bicubic_psnr),
               "bicubic_ssim": float(bicubic_ssim), "psnr": float(psnr), "ssim": float(ssim)}
     if case.estimated_kernel is not None and case.kernel is not None:
@@ -357,50 +348,10 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
 
 # --------------------------------------------------------------------------- paired files
 
-def _stored_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
-    try:
-        shape = iio.improps(path, index=0).shape
-    except Exception as error:  # imageio raises several types depending on the plugin
-        raise ValueError(f"could not read {path} as an image: {error}") from error
-    return int(shape[0]), int(shape[1])
-
-
-def _check_sizes(pair: paired.Pair, hr_size: tuple[int, int], lr_size: tuple[int, int], scale: int) -> None:
-    (big_h, big_w), (h, w) = hr_size, lr_size
-    cropped = (big_h - big_h % scale, big_w - big_w % scale)
-    if cropped != (scale * h, scale * w):
-        raise ValueError(f"LR file {pair.lr} is {h}x{w} but HR file {pair.hr} is {big_h}x{big_w} "
-                         f"(mod-cropped {cropped[0]}x{cropped[1]}); at x{scale} the LR must be "
-                         f"{cropped[0] // scale}x{cropped[1] // scale}")
-
-
-def _same_channels(pair: paired.Pair, hr: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A gray image stored as RGB (equal channels) is reduced to gray to match its partner."""
-    if hr.shape[-1] == lr.shape[-1]:
-        return hr, lr
-
-    def gray(image, path):
-        if np.array_equal(image[..., :1], image[..., 1:2]) and np.array_equal(image[..., :1], image[..., 2:]):
-            return image[..., :1]
-        raise ValueError(f"{pair.hr} has {hr.shape[-1]} channel(s) and {pair.lr} has {lr.shape[-1]}; "
-                         f"{path} is not gray, so they cannot be compared")
-
-    return (gray(hr, pair.hr), lr) if hr.shape[-1] == 3 else (hr, gray(lr, pair.lr))
-
-
 def paired_cases(pairs: Sequence[paired.Pair], scale: int, label: str = PAIRED) -> list[Case]:
-    """Step 1 of the paired protocol: the files of every pair read as a Case (row 0); the HR
-    mod-cropped and checked against the LR size, the kernel (if any) read with sum 1."""
-    cases = []
-    for pair in pairs:
-        hr = io.read_image(pair.hr, mode="keep")
-        lr = io.read_image(pair.lr, mode="keep")
-        _check_sizes(pair, hr.shape[:2], lr.shape[:2], scale)
-        hr, lr = _same_channels(pair, io.mod_crop(hr, scale), lr)
-        kernel = None if pair.kernel is None else paired.read_kernel(pair.kernel)
-        cases.append(Case(0, label, pair.name, hr, lr, kernel))
-    return cases
+    """Step 1 of the paired protocol: the files of every pair read as a Case (row 0) by
+    `jaxsr.paired.read_pair`."""
+    return [Case(0, label, pair.name, *paired.read_pair(pair, scale)) for pair in pairs]
 
 
 def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scale: int, bucket: int = 16,
@@ -426,11 +377,7 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
             raise ValueError(f"oracle_kernel=True needs the ground-truth kernel of every image; there is none for "
                              f"{len(missing)} LR file(s): {missing[:20]}")
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, pair in enumerate(pairs):
-        h, w = _stored_size(pair.lr)
-        _check_sizes(pair, _stored_size(pair.hr), (h, w), scale)
-        if pair.kernel is not None and not pair.kernel.is_file():
-            raise FileNotFoundError(f"no kernel file at {pair.kernel}")
+    for i, (h, w) in enumerate(paired.check_files(pairs, scale)):
         groups[(h + -h % bucket, w + -w % bucket)].append(i)
     records: list[dict] = [{} for _ in pairs]
     shapes: set[tuple[int, ...]] = set()

@@ -1,6 +1,7 @@
 """Super-resolve real images with any model, tile by tile when they are large.
 
-A model enters only as a *predict function* (already jitted by the caller)::
+A model enters only as a *predict function* (`jaxsr.predict.PredictFn`, e.g. from
+`jaxsr.predict.build`)::
 
     predict_fn(lr: (N, h, w, 3) float32 in [0, 1]) -> (sr: (N, s*h, s*w, 3), kernel: (N, k, k) | None)
 
@@ -37,68 +38,21 @@ part and upscale alpha with MATLAB bicubic (`imresize`), clipped to [0, 1].
 from __future__ import annotations
 
 import glob
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxsr import io
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import imresize
-
-PredictFn = Callable[[jax.Array], tuple[jax.Array, "jax.Array | None"]]
+from jaxsr.predict import PredictFn, iter_batches
 
 KERNEL_VIEW_ZOOM = 8  # nearest-neighbour magnification of the saved kernel image
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
-    """Mirror-pad an NHWC batch on the bottom/right so H and W become multiples of `multiple`.
-
-    'symmetric' mirroring (edge pixel repeated) is MATLAB imresize's own border rule, and
-    NumPy applies it for any pad length, even one longer than the image.
-    """
-    _, h, w, _ = images.shape
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if not pad_h and not pad_w:
-        return images
-    return np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-
-
-def iter_batches(predict_fn: PredictFn, inputs: np.ndarray, max_batch: int
-                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Run `predict_fn` over `inputs` (M, h, w, C) in batches of one fixed size.
-
-    `inputs` is an array or anything with `.shape` whose slices `inputs[a:b]` are arrays
-    (the tiles of a large image are cut batch by batch, see `_Tiles`).
-
-    The batch size is min(max_batch, M); the last batch is filled up by repeating its last
-    input so `predict_fn` only ever sees one shape. Yields (start, sr, kernel) with the
-    filler dropped: sr (b, s*h, s*w, C) and kernel (b, k, k) or None, as NumPy arrays.
-    """
-    count = inputs.shape[0]
-    size = min(max_batch, count)
-    for start in range(0, count, size):
-        chunk = inputs[start:start + size]
-        valid = chunk.shape[0]
-        if valid < size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - valid, axis=0)])
-        sr, kernel = predict_fn(jnp.asarray(chunk, jnp.float32))
-        sr = np.asarray(sr)
-        if sr.ndim != 4 or sr.shape[0] != size or sr.shape[-1] != chunk.shape[-1]:
-            raise ValueError(f"predict_fn returned sr of shape {sr.shape} for input of shape "
-                             f"{chunk.shape}; expected (N, s*h, s*w, C)")
-        if kernel is not None:
-            kernel = np.asarray(kernel)
-            if kernel.ndim != 3 or kernel.shape[0] != size:
-                raise ValueError(f"predict_fn returned kernel of shape {kernel.shape} for a "
-                                 f"batch of {size}; expected (N, k, k) or None")
-            kernel = kernel[:valid]
-        yield start, sr[:valid], kernel
-
 
 def _check_sr_size(sr: np.ndarray, lr_hw: tuple[int, int], scale: int) -> None:
     want = (scale * lr_hw[0], scale * lr_hw[1])

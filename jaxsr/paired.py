@@ -1,6 +1,8 @@
 """Published test files: LR images beside their HR images, optionally with ground-truth kernels.
 
 This module only finds and reads files; `jaxsr.evaluate.evaluate_paired` scores a model on them.
+`paired_sets` finds the sets an `eval` config section names (`eval.protocol=paired`), `check_files`
+checks every pair's sizes from the file headers, and `read_pair` reads one pair for scoring.
 
 **Matching rule.** Every file gets a *name key*: its stem in lower case with scale and role tags
 stripped, repeatedly, from the end (``x2`` / ``x3`` / ``x4`` with or without a ``_`` / ``-`` / ``.``
@@ -41,12 +43,16 @@ finite, with a positive sum, and is divided by its sum (sum 1).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 
 from jaxsr import io
+from jaxsr.data import datasets
 
 KERNEL_SUFFIXES = (".mat", ".npy", *io.IMAGE_SUFFIXES)
 MAT_KERNEL_KEYS = ("Kernel", "kernel", "K", "k")
@@ -226,3 +232,111 @@ def read_kernel(path: str | Path) -> np.ndarray:
     if not np.all(np.isfinite(kernel)) or not total > 0:
         raise ValueError(f"{path}: a kernel must be finite with a positive sum, got sum {total}")
     return (kernel / total).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- sets of a config
+
+def set_name(entry: str, folder: str | Path) -> str:
+    """The name of a set in report file names: "benchmark:DIV2KRK/gt" -> "DIV2KRK_gt", a
+    plain folder -> its last component."""
+    if entry.startswith(datasets.BENCHMARK + ":"):
+        return entry[len(datasets.BENCHMARK) + 1:].strip("/").replace("/", "_")
+    return os.path.basename(os.path.normpath(folder))
+
+
+def _explicit_set(settings: Mapping, need_kernels: bool) -> tuple[str, list[Pair]]:
+    for key in ("lr_dir", "hr_dir", "kernel_dir"):  # config_lib.PAIRED_KEYS
+        if settings.get(key) and not os.path.isdir(settings[key]):
+            raise FileNotFoundError(f"config key eval.{key}: folder {settings[key]!r} does not exist")
+    if need_kernels and not settings.get("kernel_dir"):
+        raise ValueError("config key eval.kernel_dir is empty, but eval.oracle_kernel=True gives the model the "
+                         "ground-truth kernels; set eval.kernel_dir or eval.oracle_kernel=False")
+    name = os.path.basename(os.path.normpath(settings["lr_dir"]))
+    return name, find_pairs(settings["hr_dir"], settings["lr_dir"], settings.get("kernel_dir") or None)
+
+
+def paired_sets(settings: Mapping, scale: int) -> list[tuple[str, list[Pair]]]:
+    """(set name, pairs) of `eval.protocol=paired`; `settings` is a config's `eval` section.
+
+    `eval.lr_dir` + `eval.hr_dir` (+ `eval.kernel_dir`) are one set named after the LR folder;
+    otherwise every entry of `eval.dirs` is a root in DIV2KRK's layout, named after the root.
+    Files are matched here, before any model is loaded, so a missing or unmatched file fails
+    fast; `eval.oracle_kernel` needs every set to ship its kernels."""
+    need_kernels = bool(settings.get("oracle_kernel", False))
+    if settings.get("lr_dir"):
+        return [_explicit_set(settings, need_kernels)]
+    if not settings.get("dirs"):
+        raise ValueError("config key eval.dirs is empty; eval.protocol=paired needs eval.lr_dir and eval.hr_dir, "
+                         "or DIV2KRK-style roots in eval.dirs")
+    sets = []
+    for entry in settings["dirs"]:
+        root = datasets.resolve_benchmark(entry, key="eval.dirs")
+        try:
+            hr_dir, lr_dir, kernel_dir = div2krk_dirs(root, scale)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"config key eval.dirs: {error}. With eval.protocol=paired an entry of eval.dirs is a "
+                              f"DIV2KRK-style root; for other layouts set eval.lr_dir and eval.hr_dir") from None
+        if need_kernels and kernel_dir is None:
+            raise ValueError(f"config key eval.oracle_kernel=True needs ground-truth kernels, but {root} has no "
+                             f"gt_k_x{scale}/ folder")
+        sets.append((set_name(entry, root), find_pairs(hr_dir, lr_dir, kernel_dir)))
+    return sets
+
+
+# --------------------------------------------------------------------------- reading for scoring
+
+def stored_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        shape = iio.improps(path, index=0).shape
+    except Exception as error:  # imageio raises several types depending on the plugin
+        raise ValueError(f"could not read {path} as an image: {error}") from error
+    return int(shape[0]), int(shape[1])
+
+
+def _check_sizes(pair: Pair, hr_size: tuple[int, int], lr_size: tuple[int, int], scale: int) -> None:
+    (big_h, big_w), (h, w) = hr_size, lr_size
+    cropped = (big_h - big_h % scale, big_w - big_w % scale)
+    if cropped != (scale * h, scale * w):
+        raise ValueError(f"LR file {pair.lr} is {h}x{w} but HR file {pair.hr} is {big_h}x{big_w} "
+                         f"(mod-cropped {cropped[0]}x{cropped[1]}); at x{scale} the LR must be "
+                         f"{cropped[0] // scale}x{cropped[1] // scale}")
+
+
+def check_files(pairs: Sequence[Pair], scale: int) -> list[tuple[int, int]]:
+    """The LR (height, width) of every pair, each HR size checked against it (mod-cropped to a
+    multiple of `scale`, it must be exactly `scale` times the LR) and every kernel file found,
+    all from the file headers: a bad file fails before a model runs or a pixel is decoded."""
+    sizes = []
+    for pair in pairs:
+        lr_size = stored_size(pair.lr)
+        _check_sizes(pair, stored_size(pair.hr), lr_size, scale)
+        if pair.kernel is not None and not pair.kernel.is_file():
+            raise FileNotFoundError(f"no kernel file at {pair.kernel}")
+        sizes.append(lr_size)
+    return sizes
+
+
+def _same_channels(pair: Pair, hr: np.ndarray, lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A gray image stored as RGB (equal channels) is reduced to gray to match its partner."""
+    if hr.shape[-1] == lr.shape[-1]:
+        return hr, lr
+
+    def gray(image, path):
+        if np.array_equal(image[..., :1], image[..., 1:2]) and np.array_equal(image[..., :1], image[..., 2:]):
+            return image[..., :1]
+        raise ValueError(f"{pair.hr} has {hr.shape[-1]} channel(s) and {pair.lr} has {lr.shape[-1]}; "
+                         f"{path} is not gray, so they cannot be compared")
+
+    return (gray(hr, pair.hr), lr) if hr.shape[-1] == 3 else (hr, gray(lr, pair.lr))
+
+
+def read_pair(pair: Pair, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(HR, LR, kernel or None) of one pair: the HR mod-cropped and checked against the LR size,
+    a gray image stored as RGB matched to its gray partner, the kernel read with sum 1."""
+    hr = io.read_image(pair.hr, mode="keep")
+    lr = io.read_image(pair.lr, mode="keep")
+    _check_sizes(pair, hr.shape[:2], lr.shape[:2], scale)
+    hr, lr = _same_channels(pair, io.mod_crop(hr, scale), lr)
+    kernel = None if pair.kernel is None else read_kernel(pair.kernel)
+    return hr, lr, kernel

@@ -1,41 +1,42 @@
 """Trained models as predict functions, from a jaxsr checkpoint or an official PyTorch `.pth`.
 
-Eval (`jaxsr.evaluate`) and infer (`jaxsr.infer`) take a model only as
+Eval (`jaxsr.evaluate`), infer (`jaxsr.infer`) and the in-loop validation (`jaxsr.validation`)
+take a model only as a `PredictFn`:
 
     predict_fn(lr (N, h, w, 3) in [0, 1], kernel (N, k, k) or None) -> (sr or None, kernel or None)
 
-`build(cfg, workdir, official=None)` makes one for any model in the registry. A kernel
-estimator whose spec names a `restorer` (KENet -> USRNet) becomes the two-step blind
-pipeline, its restorer loaded from `cfg.pipeline.<restorer>_workdir` (a jaxsr run) or
-`cfg.pipeline.<restorer>_official` (a `.pth`). Given a kernel, the function restores with it
-(the "true kernel" bound of `eval.oracle_kernel=True`), which only non-blind models can.
+`build(exp, workdir, official=None)` makes one for any model in the registry from a resolved
+`jaxsr.experiment.Experiment` (or a config, resolved once there). A kernel estimator whose spec
+names a `restorer` (KENet -> USRNet) becomes the two-step blind pipeline, its restorer loaded from
+`cfg.pipeline.<restorer>_workdir` (a jaxsr run) or `cfg.pipeline.<restorer>_official` (a `.pth`).
+Given a kernel, the function restores with it (the "true kernel" bound of
+`eval.oracle_kernel=True`), which only non-blind models can.
 
-This layer sits above the models and the checkpoints; it does not call into the trainer
-(`check_config` and `restore_params` here are the eval / infer side's own). Nothing below
-imports it.
+`predictor(spec, model)` is the same function with the parameters as its first argument: the
+training loop's validation calls it with the current parameters, `bind` fixes them for eval and
+infer, so both run one compiled program per input shape.
+
+`iter_batches` and `pad_to_multiple` feed a predict function a few fixed shapes (one compile
+per shape); evaluate and infer batch through them.
+
+This layer sits above the models and the checkpoints; it does not call into the trainer.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from jaxsr import checkpoints, config_lib, models, platform as platform_lib, torch_import
+from jaxsr import checkpoints, experiment, models, platform as platform_lib, torch_import
 
-PredictFn = Callable[..., tuple[Any, Any]]
-
-
-def check_config(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
-                 devices_per_host: int | None = None) -> models.ModelSpec:
-    """`config_lib.validate` plus the model name against the registry; returns the model's spec.
-    (config_lib may not import the models, so the combined check lives here for eval / infer;
-    the trainer makes the same two calls itself.)"""
-    config_lib.validate(cfg, num_devices, devices_per_host)
-    return models.get(cfg.model.get("name"))
+PredictFn = Callable[..., tuple[Any, Any]]  # predict_fn(lr, kernel=None) -> (sr or None, kernel or None)
 
 
 def optional_iters(value) -> int | None:
@@ -43,32 +44,41 @@ def optional_iters(value) -> int | None:
     return int(value) if value is not None and int(value) > 0 else None
 
 
-def load_official(path: str, cfg) -> tuple[Any, dict, dict]:
-    """(model, params, extras) from an official `.pth` for `cfg.model.name`.
+def _experiment(exp_or_cfg) -> experiment.Experiment:
+    """An Experiment as given; a config (e.g. the one a run was trained with) resolved once."""
+    if isinstance(exp_or_cfg, experiment.Experiment):
+        return exp_or_cfg
+    return experiment.resolve(exp_or_cfg)
 
-    The model comes from the spec's `create(cfg)`; a DAN model uses the checkpoint's own PCA
-    matrix (its `encoder` buffer) when it carries one, so cfg needs no pca_path then.
+
+# --------------------------------------------------------------------------- loading
+
+def load_official(path: str, spec: models.ModelSpec, cfg) -> tuple[Any, dict, dict]:
+    """(model, params, extras) from an official `.pth` of the model `spec`.
+
+    `cfg` holds the model's settings (`scale` and the `model` section: a resolved experiment's
+    config, or just those two for a converter); the model comes from the spec's `create(cfg)`.
+    A DAN model uses the checkpoint's own PCA matrix (its `encoder` buffer) when it carries one,
+    so cfg needs no pca_path then.
     """
-    spec = models.get(cfg.model.name)
     if spec.official is None:
-        raise ValueError(f"config key model.name: {cfg.model.name!r} has no official checkpoint importer; "
+        raise ValueError(f"config key model.name: {spec.name!r} has no official checkpoint importer; "
                          f"models with one: {models.with_official_checkpoints()}")
     state_dict = torch_import.read_torch_checkpoint(path)
     matrix = spec.official.extras(state_dict).get("pca_matrix")
-    platform = platform_lib.default_platform()
-    model = models.create(cfg, platform, **({"pca_matrix": matrix} if matrix is not None else {}))
+    model = models.create(cfg, platform_lib.default_platform(),
+                          **({"pca_matrix": matrix} if matrix is not None else {}))
     params, extras = torch_import.convert_state_dict(state_dict, model, spec.official)
     return model, params, extras
 
 
-def restore_params(cfg, workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
+def restore_params(exp, workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
     """(model, params, step) from the latest (or given) checkpoint in `workdir`: the parameters
     only (`checkpoints.restore_params`), after the config's fingerprint is checked against the
-    checkpoint's. No optimizer is built."""
-    cfg = config_lib.prepare(cfg)
-    config_lib.ensure_pca(cfg)
-    spec = models.get(cfg.model.name)
-    model = models.create(cfg, platform_lib.default_platform())
+    checkpoint's. No optimizer is built. `exp`: an Experiment, or a config to resolve."""
+    exp = _experiment(exp)
+    cfg, spec = exp.cfg, exp.model_spec
+    model = exp.model(platform_lib.default_platform())
     lr = jnp.zeros((1, cfg.data.patch_size, cfg.data.patch_size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"])
     directory = os.path.join(workdir, "checkpoints")
@@ -80,27 +90,70 @@ def restore_params(cfg, workdir: str, step: int | None = None) -> tuple[Any, Any
     return model, params, step
 
 
-def load_model(cfg, workdir: str, official: str | None = None) -> tuple[Any, Any, str]:
-    """(model, params, description) from `official` (a .pth) or the latest checkpoint in `workdir`."""
+def load_model(exp, workdir: str, official: str | None = None) -> tuple[Any, Any, str]:
+    """(model, params, description) from `official` (a .pth) or the latest checkpoint in `workdir`.
+    `exp`: an Experiment, or a config to resolve (its PCA matrix is used when the .pth has none)."""
+    exp = _experiment(exp)
     if official:
-        cfg = config_lib.prepare(cfg)
-        config_lib.ensure_pca(cfg)  # used when the .pth carries no PCA matrix of its own
-        model, params, _ = load_official(official, cfg)
+        model, params, _ = load_official(official, exp.model_spec, exp.cfg)
         return model, params, f"official checkpoint {official}"
-    model, params, step = restore_params(cfg, workdir)
+    model, params, step = restore_params(exp, workdir)
     return model, params, f"{workdir} step {step}"
 
 
-def bind(spec: models.ModelSpec, model, params, num_iters: int | None = None, noise: float = 0.0) -> PredictFn:
-    """predict_fn(lr, kernel=None) for one model; `noise` ([0, 255] units) is what a non-blind
-    model is told the noise level is."""
+def load_restorer(cfg, restorer: models.ModelSpec) -> tuple[Any, Any, str, dict]:
+    """(model, params, description, pipeline settings) of the non-blind model `restorer` that
+    `cfg.pipeline` names: `<name>_workdir` (a jaxsr run; its config.json is read and resolved) or
+    `<name>_official` (a .pth of the variant `<name>_official_variant`)."""
+    name = restorer.name
+    pipe = dict(cfg.get("pipeline", None) or {})
+    workdir, official = pipe.get(f"{name}_workdir", ""), pipe.get(f"{name}_official", "")
+    if bool(workdir) == bool(official):
+        raise ValueError(f"the blind-SR pipeline needs exactly one of "
+                         f"cfg.pipeline.{name}_workdir (a jaxsr {name} run) and cfg.pipeline.{name}_official "
+                         f"(a .pth); got {name}_workdir={workdir!r}, {name}_official={official!r}")
+    if official:
+        variants = restorer.official_variants
+        variant = pipe.get(f"{name}_official_variant", "") or next(iter(variants))
+        if variant not in variants:
+            raise ValueError(f"config key pipeline.{name}_official_variant must be one of {sorted(variants)}, "
+                             f"got {variant!r}")
+        restorer_cfg = ml_collections.ConfigDict({"scale": int(cfg.scale), "model": {"name": name, **variants[variant]}})
+        model, params, _ = load_official(official, restorer, restorer_cfg)
+        return model, params, f"official {name} {official}", pipe
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cfg.pipeline.{name}_workdir={workdir!r} has no config.json; "
+                                f"is it a jaxsr training run?")
+    with open(path) as f:
+        restorer_cfg = ml_collections.ConfigDict(json.load(f))
+    if restorer_cfg.model.name != name:
+        raise ValueError(f"cfg.pipeline.{name}_workdir={workdir!r} holds a {restorer_cfg.model.name!r} run, not {name}")
+    if int(restorer_cfg.scale) != int(cfg.scale):
+        raise ValueError(f"the {name} in {workdir!r} was trained at x{restorer_cfg.scale}, but cfg.scale is {cfg.scale}")
+    model, params, step = restore_params(experiment.resolve(restorer_cfg), workdir)
+    return model, params, f"{name} {workdir} step {step}", pipe
+
+
+# --------------------------------------------------------------------------- predict functions
+
+def predictor(spec: models.ModelSpec, model, num_iters: int | None = None,
+              noise: float = 0.0) -> Callable[..., tuple[Any, Any]]:
+    """predict(params, lr, kernel=None) -> (sr, kernel): `model`'s one compiled predict program,
+    the parameters passed on every call (the training loop's validation passes the current
+    ones). `noise` ([0, 255] units) is what a non-blind model is told the noise level is."""
     run = spec.jit_predict(model, num_iters)
 
-    def predict_fn(lr, kernel=None):
+    def predict(params, lr, kernel=None):
         sigma = jnp.full((lr.shape[0],), noise, jnp.float32) if spec.non_blind else None
         return run(params, lr, kernel, sigma)
 
-    return predict_fn
+    return predict
+
+
+def bind(spec: models.ModelSpec, model, params, num_iters: int | None = None, noise: float = 0.0) -> PredictFn:
+    """predict_fn(lr, kernel=None) for one model: `predictor` with its parameters fixed."""
+    return functools.partial(predictor(spec, model, num_iters, noise), params)
 
 
 def two_step(estimate: PredictFn, restore: PredictFn) -> PredictFn:
@@ -116,48 +169,73 @@ def two_step(estimate: PredictFn, restore: PredictFn) -> PredictFn:
     return predict_fn
 
 
-def load_restorer(cfg, name: str) -> tuple[Any, Any, str, dict]:
-    """(model, params, description, pipeline settings) of the non-blind model `name` that
-    `cfg.pipeline` names: `<name>_workdir` (a jaxsr run; its config.json is read) or
-    `<name>_official` (a .pth of the variant `<name>_official_variant`)."""
-    pipe = dict(cfg.get("pipeline", None) or {})
-    workdir, official = pipe.get(f"{name}_workdir", ""), pipe.get(f"{name}_official", "")
-    if bool(workdir) == bool(official):
-        raise ValueError(f"the blind-SR pipeline needs exactly one of "
-                         f"cfg.pipeline.{name}_workdir (a jaxsr {name} run) and cfg.pipeline.{name}_official "
-                         f"(a .pth); got {name}_workdir={workdir!r}, {name}_official={official!r}")
-    if official:
-        variants = models.get(name).official_variants
-        variant = pipe.get(f"{name}_official_variant", "") or next(iter(variants))
-        if variant not in variants:
-            raise ValueError(f"config key pipeline.{name}_official_variant must be one of {sorted(variants)}, "
-                             f"got {variant!r}")
-        restorer_cfg = ml_collections.ConfigDict({"scale": int(cfg.scale), "model": {"name": name, **variants[variant]}})
-        model, params, _ = load_official(official, restorer_cfg)
-        return model, params, f"official {name} {official}", pipe
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"cfg.pipeline.{name}_workdir={workdir!r} has no config.json; "
-                                f"is it a jaxsr training run?")
-    with open(path) as f:
-        restorer_cfg = ml_collections.ConfigDict(json.load(f))
-    if restorer_cfg.model.name != name:
-        raise ValueError(f"cfg.pipeline.{name}_workdir={workdir!r} holds a {restorer_cfg.model.name!r} run, not {name}")
-    if int(restorer_cfg.scale) != int(cfg.scale):
-        raise ValueError(f"the {name} in {workdir!r} was trained at x{restorer_cfg.scale}, but cfg.scale is {cfg.scale}")
-    model, params, step = restore_params(restorer_cfg, workdir)
-    return model, params, f"{name} {workdir} step {step}", pipe
-
-
-def build(cfg, workdir: str, official: str | None = None) -> tuple[PredictFn, str]:
-    """(predict_fn, description of where the parameters came from) for eval and infer."""
-    spec = models.get(cfg.model.name)
-    model, params, source = load_model(cfg, workdir, official)
-    noise = float(cfg.eval.get("noise", 0.0))
-    predict_fn = bind(spec, model, params, optional_iters(cfg.eval.get("num_iters", -1)), noise)
+def build(exp, workdir: str, official: str | None = None) -> tuple[PredictFn, str]:
+    """(predict_fn, description of where the parameters came from) for eval and infer.
+    `exp`: the resolved Experiment (`jaxsr.experiment.resolve`), or a config to resolve."""
+    exp = _experiment(exp)
+    spec, settings = exp.model_spec, exp.cfg.eval
+    model, params, source = load_model(exp, workdir, official)
+    noise = float(settings.get("noise", 0.0))
+    predict_fn = bind(spec, model, params, optional_iters(settings.get("num_iters", -1)), noise)
     if spec.restorer is None:
         return predict_fn, source
-    r_model, r_params, r_source, pipe = load_restorer(cfg, spec.restorer)
-    restore = bind(models.get(spec.restorer), r_model, r_params,
-                   optional_iters(pipe.get(f"{spec.restorer}_num_iters", -1)), noise)
+    restorer = models.get(spec.restorer)
+    r_model, r_params, r_source, pipe = load_restorer(exp.cfg, restorer)
+    restore = bind(restorer, r_model, r_params, optional_iters(pipe.get(f"{restorer.name}_num_iters", -1)), noise)
     return two_step(predict_fn, restore), f"{source} -> {r_source}"
+
+
+# --------------------------------------------------------------------------- batching
+
+def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
+    """Mirror-pad an NHWC batch on the bottom/right so H and W become multiples of `multiple`.
+
+    'symmetric' mirroring (edge pixel repeated) is MATLAB imresize's own border rule, and
+    NumPy applies it for any pad length, even one longer than the image.
+    """
+    _, h, w, _ = images.shape
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not pad_h and not pad_w:
+        return images
+    return np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+
+def _fill(chunk: np.ndarray, size: int) -> np.ndarray:
+    """`chunk` grown to `size` entries by repeating its last one."""
+    return np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)]) if len(chunk) < size else chunk
+
+
+def iter_batches(predict_fn: PredictFn, inputs: np.ndarray, max_batch: int, kernels: np.ndarray | None = None
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Run `predict_fn` over `inputs` (M, h, w, C) in batches of one fixed size.
+
+    `inputs` is an array or anything with `.shape` whose slices `inputs[a:b]` are arrays
+    (the tiles of a large image are cut batch by batch, see `jaxsr.infer`). With `kernels`
+    (M, k, k), each batch is called as predict_fn(lr, its kernels).
+
+    The batch size is min(max_batch, M); the last batch is filled up by repeating its last
+    input (and kernel) so `predict_fn` only ever sees one shape. Yields (start, sr, kernel)
+    with the filler dropped: sr (b, s*h, s*w, C) and kernel (b, k, k) or None, as NumPy arrays.
+    """
+    count = inputs.shape[0]
+    size = min(max_batch, count)
+    for start in range(0, count, size):
+        chunk = inputs[start:start + size]
+        valid = chunk.shape[0]
+        chunk = _fill(chunk, size)
+        lr = jnp.asarray(chunk, jnp.float32)
+        if kernels is None:
+            sr, kernel = predict_fn(lr)
+        else:
+            sr, kernel = predict_fn(lr, jnp.asarray(_fill(kernels[start:start + size], size), jnp.float32))
+        sr = np.asarray(sr)
+        if sr.ndim != 4 or sr.shape[0] != size or sr.shape[-1] != chunk.shape[-1]:
+            raise ValueError(f"predict_fn returned sr of shape {sr.shape} for input of shape "
+                             f"{chunk.shape}; expected (N, s*h, s*w, C)")
+        if kernel is not None:
+            kernel = np.asarray(kernel)
+            if kernel.ndim != 3 or kernel.shape[0] != size:
+                raise ValueError(f"predict_fn returned kernel of shape {kernel.shape} for a "
+                                 f"batch of {size}; expected (N, k, k) or None")
+            kernel = kernel[:valid]
+        yield start, sr[:valid], kernel

@@ -1,45 +1,59 @@
-"""Validation during training: a fixed held-out set scored against bicubic, and the image grid."""
+"""Validation during training: an evaluator handed the model's predict function.
+
+`Validator(exp, predict)` holds a fixed, small held-out set degraded like the training data;
+`validator(params)` runs `predict(params, lr, kernel=None)` (`jaxsr.predict.predictor`: the
+program `jaxsr.predict.bind` fixes the parameters of for eval and infer) and scores it with
+`jaxsr.evaluate`'s scores (PSNR / SSIM on Y, border = scale; the kernel MAE) against bicubic.
+"""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import models
+from jaxsr import evaluate, predict as predict_lib
 from jaxsr.data import datasets, pipeline
-from jaxsr.ops import degrade, imresize, metrics
+from jaxsr.ops import degrade
 
 
 class Validator:
-    """A fixed, small held-out set: the same LR images (fixed kernels) every time, so numbers
-    are comparable across steps; one compiled shape."""
+    """The same LR images (fixed kernels) every time, so numbers are comparable across steps;
+    one compiled shape. A non-blind model restores with the true kernels."""
 
-    def __init__(self, exp, model):
-        cfg, spec, model_spec = exp.cfg, exp.degradation, exp.model_spec
+    def __init__(self, exp, predict):
+        cfg = exp.cfg
         paths = datasets.resolve_image_paths(cfg.data.val_dirs, key="data.val_dirs")
         hr = pipeline.load_validation_set(paths, size=cfg.data.val_size, scale=cfg.scale,
                                           max_images=cfg.data.val_images)
         self.scale = cfg.scale
         self.hr = jnp.asarray(hr)
-        val_spec = degrade.DegradationSpec(**{**spec.__dict__, "quantize": True})
+        val_spec = degrade.DegradationSpec(**{**exp.degradation.__dict__, "quantize": True})
         self.lr, self.kernel, _ = degrade.degrade(jax.random.PRNGKey(cfg.seed + 12345), self.hr, val_spec)
-        self.bicubic = jnp.clip(imresize.imresize(self.lr, float(cfg.scale)), 0, 1)
-        self.bicubic_psnr = float(jnp.mean(metrics.psnr(self.bicubic, self.hr, cfg.scale)))
-        self.bicubic_ssim = float(jnp.mean(metrics.ssim(self.bicubic, self.hr, cfg.scale)))
-        self.predict = model_spec.jit_predict(model)
-        self.non_blind = model_spec.non_blind  # restores with the true kernel
+        self.bicubic = jnp.clip(evaluate.bicubic(self.lr, cfg.scale), 0, 1)
+        bicubic_psnr, bicubic_ssim = evaluate.scores(self.bicubic, self.hr, cfg.scale)
+        self.baseline = {"val_bicubic_psnr": float(jnp.mean(bicubic_psnr)),
+                         "val_bicubic_ssim": float(jnp.mean(bicubic_ssim))}
+        self.predict = predict
+        self.non_blind = exp.model_spec.non_blind
+
+    @classmethod
+    def for_model(cls, exp, model) -> "Validator":
+        """The validator of `model` (the training program's module) for the experiment `exp`."""
+        return cls(exp, predict_lib.predictor(exp.model_spec, model))
 
     def __call__(self, params) -> tuple[dict[str, float], np.ndarray]:
         sr, kernel = self.predict(params, self.lr, self.kernel if self.non_blind else None)
-        result = {"val_bicubic_psnr": self.bicubic_psnr, "val_bicubic_ssim": self.bicubic_ssim}
+        result = dict(self.baseline)
         if sr is not None:  # a pure kernel estimator returns no image
             sr = jnp.clip(sr, 0, 1)
-            result["val_psnr"] = float(jnp.mean(metrics.psnr(sr, self.hr, self.scale)))
-            result["val_ssim"] = float(jnp.mean(metrics.ssim(sr, self.hr, self.scale)))
+            psnr, ssim = evaluate.scores(sr, self.hr, self.scale)
+            result["val_psnr"], result["val_ssim"] = float(jnp.mean(psnr)), float(jnp.mean(ssim))
         if kernel is not None:
-            result["val_kernel_l1"] = float(jnp.mean(jnp.abs(kernel - self.kernel)))
+            kernel = np.asarray(kernel)
+            errors = [evaluate.kernel_errors(k, truth)["kernel_mae"] for k, truth in zip(kernel, np.asarray(self.kernel))]
+            result["val_kernel_l1"] = float(np.mean(errors))
         sr_np = np.asarray(self.bicubic if sr is None else sr)
-        return result, self.grid(sr_np, None if kernel is None else np.asarray(kernel))
+        return result, self.grid(sr_np, kernel)
 
     def grid(self, sr: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
         """Rows of LR (nearest-upsampled) | bicubic | SR | HR | true kernel | estimated kernel."""

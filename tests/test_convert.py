@@ -2,6 +2,7 @@
 (written here from the published architecture) must give the same outputs as jaxsr after
 conversion, and bad checkpoints must be rejected with every offending key named."""
 import json
+import pathlib
 
 import jax.numpy as jnp
 import ml_collections
@@ -11,8 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
-from jaxsr import convert, predict, torch_import  # noqa: E402
+from jaxsr import config_lib, convert, experiment, models, predict, torch_import  # noqa: E402
 from jaxsr.models import dan  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 K, CODE, T = 11, 10, 2
 V1 = dict(restorer_features=16, restorer_blocks=2, estimator_features=16, estimator_blocks=2)
@@ -278,7 +281,7 @@ def test_load_official_checkpoint_and_cli(tmp_path):
     path = tmp_path / "danv2_x3.pth"
     torch.save({"module." + k: v for k, v in net.state_dict().items()}, path)
     cfg = ml_collections.ConfigDict({"scale": 3, "model": {"name": "danv2", "kernel_size": K, "num_iters": T, **V2}})
-    model, params, extras = predict.load_official(str(path), cfg)
+    model, params, extras = predict.load_official(str(path), models.get("danv2"), cfg)
     np.testing.assert_array_equal(model.pca_matrix.array, pca_matrix(1))
     assert_same_outputs(net, model, params, LR)
 
@@ -298,9 +301,10 @@ def test_official_checkpoint_through_the_eval_predictor(tmp_path):
     net = reference(1, 2, seed=2)
     path = tmp_path / "danv1_x2.pth"
     torch.save(net.state_dict(), path)
-    cfg = ml_collections.ConfigDict({"scale": 2, "model": {"name": "danv1", "kernel_size": K, "num_iters": T, **V1},
-                                     "eval": {"num_iters": -1}})
-    predict_fn, source = predict.build(cfg, str(tmp_path), official=str(path))
+    cfg = config_lib.load(REPO / "configs" / "dan.py:setting2_x2")  # x2, 11x11 kernels (K)
+    cfg.model.update(dict(kernel_size=K, num_iters=T, **V1))
+    cfg.eval.num_iters = -1
+    predict_fn, source = predict.build(experiment.resolve(cfg), str(tmp_path), official=str(path))
     assert str(path) in source
     sr, kernel = predict_fn(jnp.asarray(LR.transpose(0, 2, 3, 1)))
     srs, _, kernels = stacked_outputs(net, LR)

@@ -181,7 +181,7 @@ def test_official_pth_drives_the_kenet_pipeline(tmp_path, usrnet_arch, monkeypat
     shapes = jax.eval_shape(kenet.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
     rng = np.random.default_rng(0)
     kparams = jax.tree.map(lambda x: jnp.asarray(rng.uniform(-0.3, 0.3, x.shape), jnp.float32), shapes)
-    usr_model, usr_params, _, _ = predict_lib.load_restorer(cfg, "usrnet")
+    usr_model, usr_params, _, _ = predict_lib.load_restorer(cfg, U.SPEC)
     predict = predict_lib.two_step(predict_lib.bind(K.SPEC, kenet, kparams), predict_lib.bind(U.SPEC, usr_model, usr_params))
     lr, kernel, _ = inputs(2, h=8, w=8, k=7, seed=4)
     sr, est = predict(jnp.asarray(lr))
@@ -194,4 +194,4 @@ def test_official_pth_drives_the_kenet_pipeline(tmp_path, usrnet_arch, monkeypat
                                atol=1e-5 * np.abs(want).max(), rtol=0)
     with pytest.raises(ValueError, match="exactly one of"):
         predict_lib.load_restorer(ml_collections.ConfigDict({"scale": 2, "eval": {"noise": 0.0}, "pipeline": {
-            "usrnet_workdir": "", "usrnet_official": ""}}), "usrnet")
+            "usrnet_workdir": "", "usrnet_official": ""}}), U.SPEC)

@@ -319,9 +319,9 @@ def no_model(monkeypatch, gaussian8_run):
     _, kernels = gaussian8_run
     calls = []
 
-    def build(cfg, workdir, official=None):
+    def build(exp, workdir, official=None):
         calls.append(official)
-        return fake_model(cfg.scale, jnp.asarray(kernels[ESTIMATE])), "fake bicubic model"
+        return fake_model(exp.cfg.scale, jnp.asarray(kernels[ESTIMATE])), "fake bicubic model"
 
     monkeypatch.setattr(predict_lib, "build", build)
     return calls
