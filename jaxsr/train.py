@@ -218,7 +218,7 @@ def _start_run(exp: experiment.Experiment, program: TrainProgram, workdir: str):
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
     paths = datasets.resolve_image_paths(cfg.data.train_dirs, key="data.train_dirs")
-    validator = Validator(exp, program.model)
+    validator = Validator.for_model(exp, program.model)
     dataset = pipeline.make_train_dataset(  # this host's share of the global batch
         paths, patch_size=cfg.data.patch_size * cfg.scale, batch_size=sharding.local_batch_size(cfg.data.batch_size),
         seed=cfg.seed, shard_index=jax.process_index(), shard_count=jax.process_count(), cache=cfg.data.cache,
