@@ -39,6 +39,13 @@ runs through the last iteration only). docs/benchmarks.md times each reference m
 official repository.
 Each model runs in a process of its own (`--same-process` runs them all in this one).
 The last line reads `min ratio vs PyTorch: forward <X.XX>x, train step <Y.YY>x`.
+
+The ratios depend on the CPU. jaxsr's native convolution kernels run only where the CPU has
+AVX-512 (`avx512f`); elsewhere they are not registered and XLA's convolutions run (PyTorch's
+oneDNN picks its own code for the CPU either way). On a 2-core AMD EPYC with AVX2 only, USRNet's
+training step was 0.75-0.79x and its forward pass 1.00-1.10x (README). So the header, the table's
+caption and the JSON (`cpu`) give the CPU model, whether it has AVX-512 and AVX2, and whether the
+native kernels were registered in jaxsr's process.
 """
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ import json
 import importlib.util
 import os
 import pathlib
+import platform
 import resource
 import statistics
 import subprocess
@@ -81,6 +89,40 @@ TESTS = HERE.parent / "tests"
 SCALE = 4
 LEARNING_RATE = 1e-4
 JIT = None  # jaxsr.jit, or jax.jit with --xla-defaults (set in main)
+
+
+def cpu_features() -> dict:
+    """The host CPU's model and the vector extensions the figures depend on (Linux /proc/cpuinfo;
+    elsewhere the flags read False)."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not model:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model or platform.processor() or platform.machine(),
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
+
+
+def describe_cpu(cpu: dict) -> str:
+    yes = lambda flag: "yes" if flag else "no"
+    return (f"CPU {cpu['model']} (AVX-512: {yes(cpu['avx512f'])}, AVX2: {yes(cpu['avx2'])}); "
+            f"jaxsr native convolution kernels: {cpu['native_kernel']}")
+
+
+def native_kernel_state(registered: bool, asked_off: bool, cpu: dict) -> str:
+    if registered:
+        return "registered (ran)"
+    if asked_off:
+        return "not used (--no-native)"
+    if not cpu["avx512f"]:
+        return "not registered: this CPU has no AVX-512 (XLA's convolutions ran)"
+    return "not registered: the build or registration failed (XLA's convolutions ran)"
 
 
 def reference_module(name: str):
@@ -418,7 +460,8 @@ def ratio(row, part):
     return row[key] / row[f"{part}_jax_s"] if key in row else None
 
 
-def print_table(rows: list[dict], args) -> None:
+def print_table(rows: list[dict], args, cpu: dict) -> None:
+    print(f"\n{describe_cpu(cpu)}")
     print(f"\n| x{SCALE} | forward LR {args.forward_size}², batch {args.forward_batch}: PyTorch / jaxsr (ratio) "
           f"| train step LR {args.train_size}², batch {args.train_batch}: PyTorch / jaxsr (ratio) "
           f"| jaxsr compile fwd / train | max rel. diff |")
@@ -504,6 +547,9 @@ def main(argv=None) -> None:
         p.error(f"unknown models {unknown}; choose from {list(BUILDERS)}")
 
     machine = common.print_machine()
+    features = cpu_features()
+    cpu = dict(features, native_kernel=native_kernel_state(native_kernel, args.no_native, features),
+               native_kernel_registered=native_kernel)
     print("# load average at start (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
     print(f"# PyTorch {torch.__version__}, default threads ({torch.get_num_threads()} here), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY') or 'unset (PyTorch default)'}, "
@@ -511,7 +557,8 @@ def main(argv=None) -> None:
           f"{'reduced widths (--quick)' if args.quick else 'paper widths'} | {args.rounds} interleaved rounds, "
           f"{args.warmup}-{args.max_warmup} warm-up calls (until no page faults), medians; jaxsr compile excluded; "
           f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
-    print(f"# jaxsr native stride-1 convolution kernels, forward and kernel gradient (jaxsr.cpu.native): {native_kernel}")
+    # The figures depend on the CPU: the native kernels (stride-1 forward and kernel gradient) need AVX-512.
+    print(f"# {describe_cpu(cpu)}")
     options = {} if args.xla_defaults else platform.compiler_options("cpu")
     print(f"# jaxsr compile options: {options or 'XLA defaults'}; "
           f"large buffers from the heap: {heap}; "
@@ -541,12 +588,14 @@ def main(argv=None) -> None:
                     + f" | page faults: " + "; ".join(f"{side} " + " ".join(map(str, n))
                                                      for side, n in row[f"{part}_page_faults"].items())
                     + f" | warm-up calls {row[f'{part}_warmup_calls']}")
-    print_table(rows, args)
+    print_table(rows, args, cpu)
     print("# load average at the end (1/5/15 min): %.1f %.1f %.1f" % os.getloadavg())
-    common.write_json(args.out, {"machine": machine, "torch": torch.__version__, "args": vars(args), "rows": rows})
+    common.write_json(args.out, {"machine": machine, "cpu": cpu, "torch": torch.__version__, "args": vars(args),
+                                 "rows": rows})
     fwd = [ratio(r, "forward") for r in rows if "forward_torch_s" in r]
     train = [ratio(r, "train") for r in rows if "train_torch_s" in r]
     fmt = lambda v: f"{min(v):.2f}x" if v else "n/a"
+    print(f"# {describe_cpu(cpu)}")
     print(f"min ratio vs PyTorch: forward {fmt(fwd)}, train step {fmt(train)}")
 
 
