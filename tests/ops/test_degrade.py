@@ -245,3 +245,81 @@ def test_fused_rejected_by_plain_blur():
 def test_separable_bad_input_raises_named_value_error(taps_h, taps_w, match):
     with pytest.raises(ValueError, match=match):
         D.separable_blur_downsample(jnp.zeros((1, 8, 8, 3)), taps_h, taps_w, 2)
+
+
+# --------------------------------------------------------------------------- official-code options (issue 37)
+
+def _official_tap_noise(kernels, draws):
+    """greatlog/DAN codes/utils/deg_utils.py random_batch_kernel, random_disturb=True, with its
+    np.random.uniform(0, 0.25, (batch, l, l)) draws given: k + draws·k, then k / Σk."""
+    k = kernels + draws * kernels
+    return k / np.sum(k, (1, 2), keepdims=True)
+
+
+def test_perturb_taps_is_the_official_tap_noise_on_random_kernels():
+    rng = _rng(21)
+    sx, sy, th = rng.uniform(0.6, 5, 6), rng.uniform(0.6, 5, 6), rng.uniform(-np.pi, np.pi, 6)
+    kernels = np.stack([_np_gaussian(11, *p) for p in zip(sx, sy, th)])
+    draws = rng.uniform(0, 0.25, kernels.shape)
+    got = np.asarray(D.perturb_taps(jnp.asarray(kernels, jnp.float32), jnp.asarray(draws, jnp.float32)))
+    want = _official_tap_noise(kernels, draws)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-9)
+    assert np.abs(want - kernels).max() > 1e-3  # the noise is visible: the check above can fail
+
+
+@pytest.mark.parametrize("mode, spread", [("positive", (1.2, 1.25)), ("symmetric", (1.5, 1.25 / 0.75))])
+def test_kernel_noise_mode_draws_the_stated_distribution(mode, spread):
+    """Same key, same Gaussian: noisy / clean is (1 + n) / c per tap, so its max / min spread is at
+    most 1.25 for n ~ U(0, 0.25) (the official k + U(0, 0.25)·k) and up to 1.25 / 0.75 for U(-0.25, 0.25)."""
+    base = D.DegradationSpec(scale=2, kernel_size=11, kernel_type="aniso", sigma_range=(2.0, 5.0), kernel_noise_mode=mode)
+    import dataclasses
+    clean = np.asarray(D.sample_kernels(jax.random.key(3), 8, base), np.float64)
+    noisy = np.asarray(D.sample_kernels(jax.random.key(3), 8, dataclasses.replace(base, kernel_noise=0.25)), np.float64)
+    for c, n in zip(clean, noisy):
+        ratio = (n / c)[c > 1e-4]
+        r = ratio.max() / ratio.min()
+        assert spread[0] < r <= spread[1] * (1 + 1e-4), (mode, r)
+    np.testing.assert_allclose(noisy.sum((1, 2)), 1.0, atol=1e-5)
+
+
+def test_symmetric_tap_noise_unchanged_for_the_paper_variants():
+    """The default mode draws exactly what jaxsr drew before the option existed."""
+    spec = D.setting2(2)
+    assert spec.kernel_noise_mode == "symmetric"
+    k_sx, k_sy, k_th, k_noise = jax.random.split(jax.random.key(5), 4)
+    sx = jax.random.uniform(k_sx, (3,), minval=0.6, maxval=5.0)
+    sy = jax.random.uniform(k_sy, (3,), minval=0.6, maxval=5.0)
+    th = jax.random.uniform(k_th, (3,), minval=-np.pi, maxval=np.pi)
+    k = D.gaussian_kernels(11, sx, sy, th)
+    k = k * (1.0 + jax.random.uniform(k_noise, k.shape, minval=-0.25, maxval=0.25))
+    np.testing.assert_array_equal(D.sample_kernels(jax.random.key(5), 3, spec), k / jnp.sum(k, axis=(1, 2), keepdims=True))
+
+
+def test_round_8bit_is_the_official_training_rounding():
+    """DAN v1/v2, DSSR and KXNet train.py: LR_img = (LR_img * 255).round() / 255, no clipping (bicubic
+    overshoot outside [0, 1] survives); torch.round and NumPy both round half to even."""
+    x = _rng(22).uniform(-0.05, 1.05, (2, 9, 9, 3)).astype(np.float32)
+    x[0, 0, 0, :] = np.array([0.5, 1.5, 2.5], np.float32) / 255  # ties
+    want = np.round(x * np.float32(255)) / np.float32(255)
+    got = np.asarray(D.round_8bit(jnp.asarray(x)))
+    np.testing.assert_array_equal(np.round(got * 255), np.round(x * 255))  # the same 8-bit level everywhere
+    np.testing.assert_allclose(got, want, rtol=2.5e-7, atol=0)  # XLA divides by 255 as a multiply: ≤ 2 ulp
+    assert got.min() < 0 and got.max() > 1  # not clipped, unlike `quantize`
+    assert not np.allclose(got, x, atol=1e-4)
+    grad = jax.grad(lambda v: jnp.sum(D.round_8bit(v) * 3.0))(jnp.asarray(x))
+    np.testing.assert_array_equal(grad, 3.0)  # straight-through
+
+
+@pytest.mark.parametrize("spec", [
+    D.DegradationSpec(scale=2, kernel_size=5, sigma_range=(0.5, 2.0)),
+    D.kxnet_setting(2, 2),  # s-fold with AWGN: rounded after the noise, as KXNet's train.py
+])
+def test_degrade_round_lr_rounds_the_lr_it_would_give_otherwise(spec):
+    import dataclasses
+    hr = jnp.asarray(_rng(23).random((2, 24, 24, 3)), jnp.float32)
+    plain = np.asarray(D.degrade(jax.random.key(4), hr, spec).lr)
+    out = D.degrade(jax.random.key(4), hr, dataclasses.replace(spec, round_lr=True))
+    np.testing.assert_allclose(np.asarray(out.lr), np.round(plain * np.float32(255)) / np.float32(255),
+                               rtol=2.5e-7, atol=0)
+    np.testing.assert_array_equal(np.round(np.asarray(out.lr) * 255), np.round(plain * 255))
+    assert not np.array_equal(np.asarray(out.lr), plain)

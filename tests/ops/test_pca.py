@@ -93,7 +93,7 @@ def test_ensure_pca_writes_atomically_into_the_cache_dir(tmp_path, monkeypatch):
     path = config_lib.ensure_pca(cfg)
     assert path == cfg.model.pca_path and pathlib.Path(path).parent == tmp_path / "cache"
     [(src, dst)] = replaced  # written under a temporary name in the same folder, then renamed
-    assert dst == path and pathlib.Path(src).parent == tmp_path / "cache" and src != dst
+    assert os.fspath(dst) == path and pathlib.Path(src).parent == tmp_path / "cache" and src != dst
     assert _files(tmp_path) == [str(tmp_path / "cache"), path]  # no temporary file left behind
     np.testing.assert_array_equal(pca.load(path), np.eye(81, 10))
     assert config_lib.ensure_pca(cfg) == path and len(replaced) == 1  # cached: not fitted again
@@ -108,3 +108,70 @@ def test_ensure_pca_leaves_shipped_and_named_matrices_alone(tmp_path, monkeypatc
     cfg.model.pca_path = str(tmp_path / "mine.npz")
     assert config_lib.ensure_pca(cfg) == str(tmp_path / "mine.npz")
     assert not (tmp_path / "cache").exists()
+
+
+# --------------------------------------------------------------------------- the official convention (issue 37)
+
+def _official_kernels(n, l, rng, iso, sig_min, sig_max, disturb=False):
+    """greatlog/DAN codes/utils/deg_utils.py random_batch_kernel, written from its definition in NumPy:
+    axis np.arange(-l // 2 + 1, l // 2 + 1); isotropic exp(-(x² + y²) / 2σ²); anisotropic
+    exp(-½ pᵀ Σ⁻¹ p), Σ = U diag(σx², σy²) Uᵀ, θ ~ U[-π, π]; tap noise k + U(0, 0.25)·k; k / Σk."""
+    ax = np.arange(-l // 2 + 1.0, l // 2 + 1.0)
+    xx, yy = np.meshgrid(ax, ax)
+    if iso:
+        s = rng.uniform(sig_min, sig_max, (n, 1, 1))
+        k = np.exp(-(xx ** 2 + yy ** 2) / (2.0 * s ** 2))
+    else:
+        sx, sy, th = rng.uniform(sig_min, sig_max, n), rng.uniform(sig_min, sig_max, n), rng.uniform(-np.pi, np.pi, n)
+        u = np.stack([np.stack([np.cos(th), -np.sin(th)], -1), np.stack([np.sin(th), np.cos(th)], -1)], 1)
+        cov = u @ (np.eye(2) * np.stack([sx ** 2, sy ** 2], -1)[:, None, :]) @ u.transpose(0, 2, 1)
+        p = np.stack([xx, yy], -1)
+        k = np.exp(-0.5 * np.einsum("hwi,nij,hwj->nhw", p, np.linalg.inv(cov), p))
+        if disturb:
+            k = k + rng.uniform(0, 0.25, k.shape) * k
+    return k / np.sum(k, (1, 2), keepdims=True)
+
+
+def _official_pca(kernels, k=10):
+    """deg_utils.PCA: X − mean(X), torch.svd(Xᵀ), the first k columns of U; computed here as the
+    eigenvectors of (X − mean)ᵀ(X − mean) with the k largest eigenvalues (the same columns, cheaper)."""
+    x = kernels.reshape(len(kernels), -1)
+    x = x - x.mean(0)
+    w, v = np.linalg.eigh(x.T @ x)
+    return v[:, np.argsort(w)[::-1][:k]]
+
+
+def _cosines(a, b):
+    """Cosines of the principal angles between the column spans of a and b (1 = same direction)."""
+    qa, _ = np.linalg.qr(np.asarray(a, np.float64))
+    qb, _ = np.linalg.qr(np.asarray(b, np.float64))
+    return np.linalg.svd(qa.T @ qb, compute_uv=False)
+
+
+@pytest.mark.parametrize("name, family, size, atol", [
+    ("official_iso_k21", dict(iso=True, sig_min=0.2, sig_max=4.0), 21, 1e-3),
+    ("official_aniso_x2_k11", dict(iso=False, sig_min=0.6, sig_max=5.0, disturb=True), 11, 1e-2),
+])
+def test_centred_fit_spans_the_official_basis(name, family, size, atol):
+    """jaxsr's centred fit (shipped, and fitted afresh on jaxsr's own sampler) spans the basis the
+    official construction gives (all principal angles near 0); the uncentred fit does not."""
+    official = _official_pca(_official_kernels(10000, size, np.random.default_rng(7), **family))
+    shipped = pca.load(pca.official_dan_matrix_path(name))
+    assert shipped.shape == (size * size, 10)
+    assert _cosines(shipped, official).min() > 1 - atol
+    spec = pca.official_dan_specs()[name]
+    kernels = D.sample_kernels(jax.random.key(11), 10000, spec)
+    assert _cosines(pca.fit(kernels, 10, centred=True), official).min() > 1 - atol
+    assert _cosines(pca.fit(kernels, 10), official).min() < 0.5  # jaxsr's default convention: another basis
+
+
+def test_centred_fit_is_numpys_centred_svd():
+    k = D.sample_kernels(jax.random.key(2), 2000, D.setting2(2))
+    m = np.asarray(pca.fit(k, 8, centred=True))
+    np.testing.assert_allclose(m.T @ m, np.eye(8), atol=1e-4)
+    np.testing.assert_allclose(np.abs(m.T @ _official_pca(np.asarray(k, np.float64), 8)), np.eye(8), atol=2e-3)
+
+
+def test_official_matrix_names():
+    with pytest.raises(ValueError, match="official_iso_k21"):
+        pca.official_dan_matrix_path("iso")
