@@ -5,17 +5,16 @@ Nothing here runs under ``jit``: this is the boundary between files and arrays.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+
+from jaxsr.files import atomic_path  # noqa: F401  (io.atomic_path: the one writer, re-exported)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 READ_MODES = ("rgb", "gray", "keep")
@@ -117,27 +116,6 @@ def read_image(path: str | Path, mode: str = "rgb", *, keep_alpha: bool = False)
     if keep_alpha and alpha is not None:
         image = np.concatenate([image, _to_unit_float(alpha, path)], axis=-1)
     return np.ascontiguousarray(image, dtype=np.float32)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
-
-    Whatever is written to the temporary path appears at ``path`` only complete (``os.replace``
-    is atomic on one file system); on an error the temporary file is removed and an existing
-    ``path`` is left as it was. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: the file should get the usual permissions (umask), not 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def check_writable_folder(folder: str | Path, what: str = "output folder") -> Path:

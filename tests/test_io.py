@@ -226,3 +226,37 @@ def test_list_images_errors(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("no images")
     with pytest.raises(ValueError, match="no image files"):
         io.list_images(tmp_path / "empty")
+
+
+def test_atomic_path_is_the_one_writer_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    from jaxsr import files
+    assert io.atomic_path is files.atomic_path
+    synced = []
+    real_fsync = files.os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    target = tmp_path / "sub" / "manifest.json"
+    with files.atomic_path(target, durable=True) as tmp:
+        assert files.is_temporary(tmp.name) and tmp.parent == target.parent
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and len(synced) == 2  # the file, then its folder
+    with pytest.raises(RuntimeError), files.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "whole" and sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]
+    assert not files.is_temporary("manifest.json") and not files.is_temporary("photo.tmp")
+
+
+def test_progress_line_counts_rate_and_time_left(capsys):
+    from jaxsr import progress
+    assert progress.line(25, 100, 5.0, label="prepare", unit="img", note="1 failed", width=4) == \
+        "prepare [#...] 25/100 1 failed, 5.00 img/s, ETA 15 s"
+    assert progress.line(0, 10, 0.0, width=2).endswith("ETA ?")
+    assert "ETA 2.5 min" in progress.line(50, 200, 1.0)
+    bar = progress.Progress(3, label="verify", unit="img", interval=3600)
+    bar.update()  # within the interval: not drawn again
+    bar.update(2, note="2 failed")  # the last one always is
+    bar.close()
+    err = capsys.readouterr().err
+    assert err.count("\r") == 3 and "3/3 2 failed" in err and err.endswith("\n")
+    progress.Progress(5, enabled=False).close()
+    assert capsys.readouterr().err == ""

@@ -67,6 +67,12 @@ def _check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _check_non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def _check_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
     if isinstance(paths, (str, os.PathLike)):
         raise ValueError(f"paths must be a list of image files, got the single value {paths!r}; "
@@ -203,18 +209,12 @@ def make_train_dataset(paths: Sequence[str | os.PathLike], *, patch_size: int,
     patch_size = _check_positive_int("patch_size", patch_size)
     batch_size = _check_positive_int("batch_size", batch_size)
     shard_count = _check_positive_int("shard_count", shard_count)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed, num_threads, num_workers = (_check_non_negative_int(name, value) for name, value in
+                                      (("seed", seed), ("num_threads", num_threads), ("num_workers", num_workers)))
     if (isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer))
             or not 0 <= shard_index < shard_count):
         raise ValueError(f"shard_index must be an integer in [0, {shard_count}), "
                          f"got {shard_index!r}")
-    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) \
-            or num_threads < 0:
-        raise ValueError(f"num_threads must be a non-negative integer, got {num_threads!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) \
-            or num_workers < 0:
-        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
 
     # Every file on every host, so that all hosts of a run fail alike.
     sizes = dict(zip(paths, filecheck.check_training_files(
@@ -242,15 +242,19 @@ def make_train_dataset(paths: Sequence[str | os.PathLike], *, patch_size: int,
         prefetch_batches = 2 * num_threads
     read_options = grain.ReadOptions(num_threads=int(num_threads),
                                      prefetch_buffer_size=int(prefetch_batches))
-    stream = dataset.to_iter_dataset(read_options)
-    if num_workers:
-        from absl import flags  # noqa: PLC0415  grain's workers read absl flags
+    return _in_workers(dataset.to_iter_dataset(read_options), num_workers, prefetch_batches)
 
-        if not flags.FLAGS.is_parsed():  # a script, not `python -m jaxsr.main`
-            flags.FLAGS.mark_as_parsed()
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=int(num_workers), per_worker_buffer_size=max(1, int(prefetch_batches))))
-    return stream
+
+def _in_workers(stream: grain.IterDataset, num_workers: int, prefetch_batches: int) -> grain.IterDataset:
+    """`stream` produced by `num_workers` processes (0: as it is)."""
+    if not num_workers:
+        return stream
+    from absl import flags  # noqa: PLC0415  grain's workers read absl flags
+
+    if not flags.FLAGS.is_parsed():  # a script, not `python -m jaxsr.main`
+        flags.FLAGS.mark_as_parsed()
+    return stream.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(num_workers), per_worker_buffer_size=max(1, int(prefetch_batches))))
 
 
 def save_iterator_state(iterator: grain.DatasetIterator) -> dict:

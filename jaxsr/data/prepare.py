@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,9 @@ from jaxsr import __version__
 from jaxsr.data import store as store_lib
 from jaxsr.data.datasets import read_rgb_uint8, resolve_image_paths
 from jaxsr.data.filecheck import check_image_file
-from jaxsr.data.store import ARRAY_SUFFIX, FORMAT, MANIFEST, TEMP_MARK, VERSION, is_store, read_manifest
+from jaxsr.data.store import ARRAY_SUFFIX, FORMAT, MANIFEST, VERSION, is_store, read_manifest
+from jaxsr.files import atomic_path, is_temporary
+from jaxsr.progress import Progress
 
 _MANIFEST_EVERY_S = 5.0  # how often a running prepare rewrites the manifest
 
@@ -48,41 +49,6 @@ class PrepareResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source path, reason)
     seconds: float = 0.0
     array_bytes: int = 0
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover  (platforms without directory fds)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_name(final: str) -> str:
-    folder, name = os.path.split(final)
-    return os.path.join(folder, f".{name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
-
-
-def _write_atomically(final: str, write: Callable) -> None:
-    """Write through ``write(file)`` to a temporary file, fsync it, rename it to ``final``."""
-    temp = _temp_name(final)
-    try:
-        with open(temp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
 
 
 def _sha256_file(path: str) -> str:
@@ -107,9 +73,8 @@ def _convert_one(source: str, array_path: str) -> dict:
         raise ValueError(reason)
     source_sha = _sha256_file(source)
     image = np.ascontiguousarray(read_rgb_uint8(source))
-    os.makedirs(os.path.dirname(array_path), exist_ok=True)
-    _write_atomically(array_path, lambda f: np.lib.format.write_array(
-        f, image, allow_pickle=False))
+    with atomic_path(array_path, durable=True) as temp, open(temp, "wb") as f:
+        np.lib.format.write_array(f, image, allow_pickle=False)
     return {"height": int(image.shape[0]), "width": int(image.shape[1]),
             "source_bytes": size, "source_mtime_ns": mtime_ns, "source_sha256": source_sha,
             "array_bytes": os.stat(array_path).st_size,
@@ -127,62 +92,6 @@ def _convert_task(source: str, array_path: str) -> tuple[str, dict | None, str |
     except Exception as error:  # noqa: BLE001  every failure is reported, none stops the run
         text = str(error).replace(f"could not read {source} as an image: ", "")
         return source, None, text.replace(f" '{source}'", "") or type(error).__name__
-
-
-class _Progress:
-    """tqdm when it is installed, else one self-rewriting line on stderr."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.failed = total, 0, 0
-        self.enabled = enabled and total > 0
-        self.start = time.time()
-        self._bar = None
-        self._last = 0.0
-        if not self.enabled:
-            return
-        try:
-            from tqdm import tqdm  # noqa: PLC0415
-
-            self._bar = tqdm(total=total, unit="img", desc="prepare", dynamic_ncols=True)
-        except ImportError:
-            self._draw(force=True)
-
-    def update(self, failed: bool) -> None:
-        self.done += 1
-        self.failed += int(failed)
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(1)
-            if failed:
-                self._bar.set_postfix(failed=self.failed)
-        else:
-            self._draw(force=self.done == self.total)
-
-    def _draw(self, force: bool = False) -> None:
-        now = time.time()
-        if not force and now - self._last < 0.5:
-            return
-        self._last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        eta = f"{(self.total - self.done) / rate:.0f} s" if rate > 0 else "?"
-        width = 30
-        filled = int(width * self.done / self.total)
-        failed = f", {self.failed} failed" if self.failed else ""
-        sys.stderr.write(f"\rprepare [{'#' * filled}{'.' * (width - filled)}] {self.done}/"
-                         f"{self.total} images, {rate:.1f} img/s, ETA {eta}{failed}  ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            self._draw(force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _source_groups(inputs: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -244,7 +153,7 @@ def _remove_temp_files(store: str) -> None:
     """Temporary files an interrupted run left behind (never taken for arrays)."""
     for folder, _, files in os.walk(store):
         for name in files:
-            if name.startswith(".") and TEMP_MARK in name:
+            if is_temporary(name):
                 try:
                     os.unlink(os.path.join(folder, name))
                 except OSError:
@@ -258,9 +167,8 @@ def _write_manifest(store: str, inputs, entries: dict[str, dict], failed, comple
         "images": sorted(entries.values(), key=lambda e: e["array"]),
         "failed": [{"source": s, "error": e} for s, e in sorted(failed)],
     }
-    data = json.dumps(manifest, indent=1).encode()
-    _write_atomically(os.path.join(store, MANIFEST), lambda f: f.write(data))
-    _fsync_dir(store)
+    with atomic_path(os.path.join(store, MANIFEST), durable=True) as temp:
+        temp.write_bytes(json.dumps(manifest, indent=1).encode())
 
 
 def _check_arguments(inputs, output, workers) -> tuple[list[str], str, int]:
@@ -381,7 +289,7 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
     if stale:
         log(f"{store}: removed {len(stale)} arrays whose sources are no longer inputs")
 
-    bar = _Progress(len(todo), progress)
+    bar = Progress(len(todo), label="prepare", unit="img", enabled=progress)
     last_save = time.time()
 
     def record(source, fields, error):
@@ -390,7 +298,7 @@ def prepare_store(inputs: Sequence[str | os.PathLike], output: str | os.PathLike
             entries[source] = {"array": names[source], "source": source, **fields}
         else:
             failed.append((source, error))
-        bar.update(error is not None)
+        bar.update(note=f"{len(failed)} failed" if failed else "")
         if time.time() - last_save > _MANIFEST_EVERY_S:
             _write_manifest(store, inputs, entries, failed, complete=False)
             last_save = time.time()
@@ -420,7 +328,7 @@ def verify_store(store: str | os.PathLike, *, sources: bool = False,
     manifest = read_manifest(store)
     problems = [] if manifest.get("complete") else [f"{store}: incomplete (prepare interrupted)"]
     images = manifest.get("images", [])
-    bar = _Progress(len(images), progress)
+    bar = Progress(len(images), label="verify", unit="img", enabled=progress)
     for entry in images:
         path = os.path.join(store, entry["array"])
         try:
@@ -437,7 +345,7 @@ def verify_store(store: str | os.PathLike, *, sources: bool = False,
         if sources and os.path.isfile(entry["source"]) \
                 and _sha256_file(entry["source"]) != entry["source_sha256"]:
             problems.append(f"{entry['source']}: changed since it was prepared")
-        bar.update(False)
+        bar.update()
     bar.close()
     return problems
 

@@ -41,7 +41,6 @@ MANIFEST = "manifest.json"
 FORMAT = "jaxsr-hr-store"
 VERSION = 1
 ARRAY_SUFFIX = ".npy"
-TEMP_MARK = ".tmp-"  # in the names of files prepare has not finished writing
 
 
 def is_store(path: str | os.PathLike) -> bool:

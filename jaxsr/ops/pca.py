@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from importlib import resources
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import cache
+from jaxsr import cache, files
 from jaxsr.ops import _checks
 
 ASSET_PACKAGE = "jaxsr.assets"
@@ -72,8 +71,9 @@ def decode(codes: jax.Array, matrix: jax.Array) -> jax.Array:
 
 
 def save(path: str, matrix, **meta) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, matrix=np.asarray(matrix, np.float32), **{k: np.asarray(v) for k, v in meta.items()})
+    """Write `matrix` (and `meta` arrays) as an .npz that appears only complete."""
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, matrix=np.asarray(matrix, np.float32), **{k: np.asarray(v) for k, v in meta.items()})
 
 
 def load(path: str) -> np.ndarray:
@@ -142,25 +142,13 @@ def default_matrix_path(spec, dim: int = 10) -> str:
 
 def fit_cached(spec, dim: int = 10) -> str:
     """The explicit step behind `default_matrix_path`: when `spec` has no shipped matrix and
-    none is cached yet, fit one and write it atomically (a temporary file in the cache
-    directory, then `os.replace`), so a concurrent reader sees either no file or a whole one.
+    none is cached yet, fit one and write it atomically (`save`: a temporary file in the cache
+    directory, then a rename), so a concurrent reader sees either no file or a whole one.
     Returns the path."""
     path = default_matrix_path(spec, dim)
     if os.path.exists(path):
         return path
-    matrix = fit_for_spec(spec, dim)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, matrix=np.asarray(matrix, np.float32), scale=np.asarray(spec.scale),
-                     kernel_size=np.asarray(spec.kernel_size))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save(path, fit_for_spec(spec, dim), scale=spec.scale, kernel_size=spec.kernel_size)
     return path
 
 

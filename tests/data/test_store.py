@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from jaxsr import files
 from jaxsr.data import (
     make_train_dataset,
     read_rgb_uint8,
@@ -113,7 +114,7 @@ def test_rerun_skips_finished_images_and_redoes_changed_or_missing(source, tmp_p
     (store / "hr" / "b_gray.png.npy").unlink()
     truncated = store / "hr" / "d_rgb.png.npy"
     truncated.write_bytes(truncated.read_bytes()[:100])
-    leftover = store / "hr" / ".e_rgb.png.npy.tmp-123-456"
+    leftover = store / "hr" / ".e_rgb.png.npy.123-4f5e.tmp"  # the name jaxsr.files.atomic_path writes under
     leftover.write_bytes(b"half")
     redo = prepare_lib.prepare_store([source], store, workers=0, progress=False)
     assert (redo.written, redo.skipped) == (3, 2)
@@ -134,16 +135,18 @@ def test_interrupted_prepare_is_refused_then_finished_by_a_rerun(source, tmp_pat
     real_convert, calls = prepare_lib._convert_task, []
 
     def convert_then_interrupt(source_path, array_path):
-        if len(calls) == 2:  # Ctrl-C while the third image is being written
-            with open(prepare_lib._temp_name(array_path), "wb") as f:
-                f.write(b"\x93NUMPY half")
-            raise KeyboardInterrupt
+        if len(calls) == 2:  # killed while the third image is being written: no clean-up runs
+            with monkeypatch.context() as killed, files.atomic_path(array_path) as temp:
+                killed.setattr(files.os, "remove", lambda path: None)
+                temp.write_bytes(b"\x93NUMPY half")
+                raise KeyboardInterrupt
         calls.append(source_path)
         return real_convert(source_path, array_path)
 
     monkeypatch.setattr(prepare_lib, "_convert_task", convert_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare_lib.prepare_store([source], store, workers=0, progress=False)
+    assert len([p for p in (store / "hr").iterdir() if files.is_temporary(p.name)]) == 1
     manifest = json.loads((store / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["images"]) == 2
     with pytest.raises(ValueError, match="incomplete") as error:
