@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.99, weight_decay=0.0, grad_clip=0.0,
         log_every=100, eval_every=5_000, checkpoint_every=5_000, keep_checkpoints=3,
         async_checkpoints=True,
+        nan_rollbacks=3,        # a non-finite step rolls back to the last good checkpoint, this many times
+        profile_steps="",       # "START,COUNT": an XLA profiler trace of those steps in WORKDIR/profile
         require_accelerator=False))  # True for paper-scale runs: training refuses the CPU backend
 
     # protocol: gaussian8 | setting2 | kxnet degrade the HR images of `dirs`; "paired" reads published

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsr import checkpoints, experiment, models, platform, preemption, sharding
+from jaxsr import checkpoints, experiment, models, platform, preemption, progress, sharding
 from jaxsr import io as jio
 from jaxsr.data import datasets, pipeline
 from jaxsr.metric_writer import MetricWriter
@@ -43,7 +43,9 @@ class TrainState(struct.PyTreeNode):
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step  # the first non-finite step
 
 
 def log(message: str, *args) -> None:
@@ -169,14 +171,8 @@ def build_program(exp: experiment.Experiment, devices=None, *, batch: int | None
 
 
 def _progress(step: int, total: int, start_step: int, t0: float, loss: float) -> None:
-    done = step - start_step
-    rate = done / max(time.time() - t0, 1e-9)
-    eta = (total - step) / rate if rate > 0 else float("inf")
-    width = 30
-    filled = int(width * step / total)
-    sys.stdout.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss {loss:.4f} "
-                     f"{rate:.2f} it/s ETA {eta / 60:.1f} min ")
-    sys.stdout.flush()
+    rate = (step - start_step) / max(time.time() - t0, 1e-9)  # steps of this run, not of the resumed ones
+    progress.show(progress.line(step, total, rate, note=f"loss {loss:.4f}"), sys.stdout)
 
 
 class _Metrics:
@@ -195,7 +191,7 @@ class _Metrics:
                 bad = step - len(fetched) + i + 1
                 raise NonFiniteLossError(
                     f"non-finite loss at step {bad} (loss={float(m['loss'])}); training stopped. The last "
-                    f"checkpoint in {self.checkpoint_dir} (step {self.latest_step()}) is intact.")
+                    f"checkpoint in {self.checkpoint_dir} (step {self.latest_step()}) is intact.", bad)
         if not fetched:
             return {}
         mean = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
@@ -242,58 +238,151 @@ def _restore_or_init(program: TrainProgram, ckpt: checkpoints.Checkpointer, data
     return jax.device_put(state, program.state_sharding), int(state.step), meta
 
 
+def profile_window(cfg) -> tuple[int, int] | None:
+    """(first step, step count) of `train.profile_steps` ("START,COUNT", e.g. "10,5"), or None."""
+    value = cfg.train.get("profile_steps") or ""
+    parts = [p for p in str(value).replace(" ", "").split(",") if p]
+    if not parts:
+        return None
+    try:
+        start, count = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"config key train.profile_steps must be 'START,COUNT' (e.g. '10,5'), got {value!r}") from None
+    if start < 0 or count < 1:
+        raise ValueError(f"config key train.profile_steps must have START >= 0 and COUNT >= 1, got {value!r}")
+    return start, count
+
+
+class _Profiler:
+    """An XLA profiler trace of the steps in `train.profile_steps`, into WORKDIR/profile (first host
+    only), for TensorBoard's profile plugin / XProf."""
+
+    def __init__(self, cfg, workdir: str):
+        window = profile_window(cfg) if jax.process_index() == 0 else None
+        self.start, self.stop = (window[0], window[0] + window[1]) if window else (-1, -1)
+        self.directory, self.active = os.path.join(workdir, "profile"), False
+
+    def before(self, step: int) -> None:  # `step` is about to run as step + 1
+        if step == self.start and not self.active:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and (step >= self.stop):
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            log("profile of steps %d-%d written to %s", self.start + 1, step, self.directory)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+class _Loop:
+    """The loop's per-step work: the step, logging, validation, checkpoints, preemption, and the
+    rollback to the last good checkpoint after a non-finite step."""
+
+    def __init__(self, program: TrainProgram, workdir: str, data_iter, validator, ckpt, meta, start_step: int):
+        self.program, self.cfg, self.workdir = program, program.exp.cfg, workdir
+        self.data_iter, self.validator, self.ckpt, self.meta = data_iter, validator, ckpt, meta
+        self.start_step, self.total = start_step, int(self.cfg.train.steps)
+        self.writer = MetricWriter(workdir, start_step)
+        self.interactive = sys.stdout.isatty() and jax.process_index() == 0
+        self.stop = preemption.StopSignal()
+        self.metrics = _Metrics(self.cfg.data.batch_size, ckpt.directory, ckpt.latest_step)
+        self.profiler = _Profiler(self.cfg, workdir)
+        self.rollbacks, self.last_val, self.t0 = 0, {}, time.time()
+
+    def run(self, state: TrainState) -> dict[str, float]:
+        step = self.start_step
+        try:
+            while step < self.total:
+                try:
+                    state, step, stopping = self.step(state, step)
+                except NonFiniteLossError as err:
+                    state, step = self.roll_back(err)
+                    continue
+                if stopping:
+                    break
+        finally:
+            self.close()
+        return self.last_val
+
+    def step(self, state: TrainState, step: int):
+        cfg, total = self.cfg, self.total
+        hr = sharding.host_to_global(next(self.data_iter)["hr"], self.program.batch_sharding)
+        self.profiler.before(step)
+        state, m = self.program.jitted(state, hr)
+        self.metrics.pending.append(m)
+        step += 1
+        self.profiler.after(step, state)
+        if self.interactive and (step % max(1, cfg.train.log_every // 10) == 0 or step == total):
+            _progress(step, total, self.start_step, self.t0, float(m["loss"]))
+        if step % cfg.train.log_every == 0 or step == total:
+            mean = self.metrics.flush(step)
+            self.writer.write(step, mean)
+            if not self.interactive:
+                log("step %d/%d loss %.5f lr %.2e %.2f steps/s", step, total, mean["loss"],
+                    mean["learning_rate"], mean["steps_per_sec"])
+        if step % cfg.train.eval_every == 0 or step == total:
+            self.metrics.flush(step)
+            self.last_val = _validate(self.validator, state, step, self.writer, self.workdir)
+        stopping = self.stop(step)
+        if stopping or step % cfg.train.checkpoint_every == 0 or step == total:
+            if stopping and self.metrics.pending:
+                self.writer.write(step, self.metrics.flush(step))
+            self.metrics.flush(step)  # never checkpoint past a non-finite step
+            # Orbax writes JSON items from the first host only. That suffices: every host's
+            # iterator is at the same position.
+            self.ckpt.save(step, state, self.data_iter.get_state(), self.meta, force=stopping or step == total)
+        if stopping:
+            self.ckpt.wait()
+            log("\nstopped by %s after step %d/%d; checkpoint saved in %s. Run the same command to resume.",
+                self.stop.received, step, total, self.ckpt.directory)
+        return state, step, stopping
+
+    def roll_back(self, err: NonFiniteLossError) -> tuple[TrainState, int]:
+        """Back to the last good checkpoint (or the initial state), the data iterator left where
+        it is so the offending batches are not replayed; past `train.nan_rollbacks` the error
+        stands."""
+        allowed = int(self.cfg.train.get("nan_rollbacks", 0))
+        if self.rollbacks >= allowed:
+            raise NonFiniteLossError(f"{err} ({self.rollbacks} of train.nan_rollbacks={allowed} rollbacks used)",
+                                     err.step) from None
+        self.rollbacks += 1
+        self.metrics.pending = []
+        self.ckpt.wait()
+        restored = self.ckpt.restore_latest(self.program.abstract_state, self.meta, log=log)
+        state = restored[0] if restored is not None else self.program.init_state()
+        state = jax.device_put(state, self.program.state_sharding)
+        good = int(state.step)
+        log("%s Rolled back to step %d (rollback %d of %d); the data moves on past the offending batches.",
+            err, good, self.rollbacks, allowed)
+        self.writer.write(good, {"nan_rollbacks": float(self.rollbacks), "nan_rollback_from_step": float(err.step)})
+        return state, good
+
+    def close(self) -> None:
+        self.profiler.close()
+        self.stop.close()
+        if self.interactive:
+            sys.stdout.write("\n")
+        if hasattr(self.data_iter, "close"):  # stops grain's worker processes, if any
+            self.data_iter.close()
+        self.ckpt.close()
+        self.writer.close()
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Train (resuming from the latest checkpoint in `workdir`), validate periodically, and
     return the last validation metrics."""
     exp = experiment.resolve(cfg, num_devices=jax.device_count(), devices_per_host=jax.local_device_count())
-    cfg, program = exp.cfg, build_program(exp)
+    profile_window(exp.cfg)  # a malformed window fails before anything is compiled
+    program = build_program(exp)
     data_iter, validator, ckpt = _start_run(exp, program, workdir)
     state, start_step, meta = _restore_or_init(program, ckpt, data_iter)
-    writer = MetricWriter(workdir, start_step)
-    interactive = sys.stdout.isatty() and jax.process_index() == 0
-    stop = preemption.StopSignal()
-    metrics = _Metrics(cfg.data.batch_size, ckpt.directory, ckpt.latest_step)
-    last_val: dict[str, float] = {}
-    t0, step, total = time.time(), start_step, int(cfg.train.steps)
-    try:
-        while step < total:
-            hr = sharding.host_to_global(next(data_iter)["hr"], program.batch_sharding)
-            state, m = program.jitted(state, hr)
-            metrics.pending.append(m)
-            step += 1
-            if interactive and (step % max(1, cfg.train.log_every // 10) == 0 or step == total):
-                _progress(step, total, start_step, t0, float(m["loss"]))
-            if step % cfg.train.log_every == 0 or step == total:
-                mean = metrics.flush(step)
-                writer.write(step, mean)
-                if not interactive:
-                    log("step %d/%d loss %.5f lr %.2e %.2f steps/s", step, total, mean["loss"],
-                        mean["learning_rate"], mean["steps_per_sec"])
-            if step % cfg.train.eval_every == 0 or step == total:
-                metrics.flush(step)
-                last_val = _validate(validator, state, step, writer, workdir)
-            stopping = stop(step)
-            if stopping or step % cfg.train.checkpoint_every == 0 or step == total:
-                if stopping and metrics.pending:
-                    writer.write(step, metrics.flush(step))
-                metrics.flush(step)  # never checkpoint past a non-finite step
-                # Orbax writes JSON items from the first host only. That suffices: every host's
-                # iterator is at the same position ({"next_index": step * local_batch}).
-                ckpt.save(step, state, data_iter.get_state(), meta, force=stopping or step == total)
-            if stopping:
-                ckpt.wait()
-                log("\nstopped by %s after step %d/%d; checkpoint saved in %s. Run the same command to resume.",
-                    stop.received, step, total, ckpt.directory)
-                break
-    finally:
-        stop.close()
-        if interactive:
-            sys.stdout.write("\n")
-        if hasattr(data_iter, "close"):  # stops grain's worker processes, if any
-            data_iter.close()
-        ckpt.close()
-        writer.close()
-    return last_val
+    return _Loop(program, workdir, data_iter, validator, ckpt, meta, start_step).run(state)
 
 
 def _validate(validator: Validator, state: TrainState, step: int, writer: MetricWriter, workdir: str) -> dict:
