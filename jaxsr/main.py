@@ -6,6 +6,8 @@ Any config key can be overridden on the command line, e.g. `--config.train.steps
          (protocol "paired": cfg.eval.lr_dir/hr_dir/kernel_dir or DIV2KRK roots in cfg.eval.dirs), with
          a jaxsr checkpoint from DIR or an official PyTorch checkpoint (--official=model.pth); tables in DIR/eval/.
 - infer: super-resolve real LR images (--input=file|folder|glob) into --output.
+Compiled programs are kept in a persistent compilation cache (--compilation_cache), so a restart
+or a second eval loads them instead of compiling again.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "infer"], "What to 
 _OFFICIAL = flags.DEFINE_string("official", None, "eval/infer: an official PyTorch .pth instead of a jaxsr checkpoint.")
 _INPUT = flags.DEFINE_string("input", None, "infer: an LR image, a folder or a glob.")
 _OUTPUT = flags.DEFINE_string("output", None, "infer: output folder (default WORKDIR/infer).")
+_CACHE = flags.DEFINE_string("compilation_cache", None, "Folder of JAX's persistent compilation cache (a path every "
+                             "host can read for multi-host jobs), or 0 for off; default $JAXSR_COMPILATION_CACHE, "
+                             "else a per-user folder in jaxsr's cache directory.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,17 +34,19 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
-    from jaxsr import cli, cpu, platform, sharding  # after flag parsing, so --help stays fast
+    from jaxsr import cache, cli, cpu, platform, sharding  # after flag parsing, so --help stays fast
     # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
     # re-execute the process with allocator settings), never when imported.
     cpu_setup = cpu.setup(accelerator=platform.accelerator_likely()) if __name__ == "__main__" else {}
     platform.skip_absent_tpu()  # no libtpu start-up errors on a machine without a TPU
+    cache_folder = cache.enable_compilation_cache(_CACHE.value)  # before anything is compiled
     sharding.maybe_initialize_distributed()
     import jax
     print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
           f"{jax.process_count()} processes", flush=True)
     cfg, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     cli.check_backend(cfg, _MODE.value)
+    print(f"compilation cache: {cache_folder or 'off'}", flush=True)
     if cpu_setup and jax.default_backend() == "cpu":
         print(f"XLA:CPU settings: {', '.join(k for k, v in cpu_setup.items() if v) or 'none'}", flush=True)
     if _MODE.value == "train":

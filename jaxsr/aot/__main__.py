@@ -13,6 +13,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxsr import cache
 from jaxsr.aot.check import check
 from jaxsr.aot.report import exit_code, format_report
 from jaxsr.aot.targets import TargetUnavailable, parse_target
@@ -81,6 +82,7 @@ def run(argv=None) -> None:
     """Parse flags and exit with main's status."""
     if not os.environ.get("JAX_PLATFORMS"):  # compile-only devices need no backend; never grab a chip
         jax.config.update("jax_platforms", "cpu")
+    cache.enable_compilation_cache()  # a repeated check loads its programs ($JAXSR_COMPILATION_CACHE=0: off)
     if not _FLAGS:
         _FLAGS.update(_define_flags())
     app.run(lambda a: sys.exit(main(a)), argv=argv)

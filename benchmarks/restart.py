@@ -1,0 +1,102 @@
+"""What the persistent compilation cache buys a restart: time to the first training step of the
+README's main job, cold and restarted from its checkpoint, and the time of a repeated
+`--mode=eval`, each with the cache and (as the control) without it.
+
+    python benchmarks/restart.py [--config configs/dan.py:cpu] [--steps 2] [--out FILE.json]
+
+Every run is `python -m jaxsr.main` in a process of its own, as a user (or a preempted job)
+starts it, with a fresh workdir and a fresh cache folder per series:
+
+  cold       first run: nothing cached; trains `--steps` steps and checkpoints
+  restart    the same command with `--steps` more: resumes from the checkpoint
+  eval x2    `--mode=eval` twice on the trained checkpoint
+
+Time to first step = from process start to the trainer's log line of the first step it runs
+(`log_every=1`: that line is printed once the step's metrics are on the host), so it covers
+interpreter start, imports, the config, the data, restoring, and compiling. The series runs once
+with the cache on and once with JAXSR_COMPILATION_CACHE=0; medians of `--repeats` series.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args: list[str], env: dict, first_step: int | None) -> dict:
+    """Run `python -m jaxsr.main ARGS`; seconds to the log line of step `first_step` (None: to the
+    end) and in total."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jaxsr.main", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen, lines = None, []
+    for line in proc.stdout:
+        lines.append(line)
+        if seen is None and first_step is not None and re.match(rf"step {first_step}/\d+ ", line.strip()):
+            seen = time.perf_counter() - t0
+    code = proc.wait()
+    total = time.perf_counter() - t0
+    if code:
+        raise RuntimeError(f"jaxsr.main {' '.join(args)} exited {code}:\n{''.join(lines[-30:])}")
+    return {"first_step_s": seen, "total_s": total}
+
+
+def series(config: str, steps: int, cache: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, JAXSR_COMPILATION_CACHE=os.path.join(tmp, "xla") if cache else "0",
+                   PYTHONUNBUFFERED="1")
+        workdir = os.path.join(tmp, "run")
+        common = [f"--config={config}", f"--workdir={workdir}", "--config.train.log_every=1",
+                  "--config.train.eval_every=100000"]
+        cold = run([*common, f"--config.train.steps={steps}", f"--config.train.checkpoint_every={steps}"], env, 1)
+        restart = run([*common, f"--config.train.steps={2 * steps}"], env, steps + 1)
+        evals = [run([*common, "--mode=eval"], env, None) for _ in range(2)]
+    return {"cold": cold, "restart": restart, "eval_first": evals[0], "eval_second": evals[1]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/dan.py:cpu")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    import platform
+    print(f"# {platform.platform()} | {os.cpu_count()} CPUs | python {platform.python_version()} | {args.config}")
+    results = {}
+    for _ in range(args.repeats):  # interleaved: cache on, then off, per repeat
+        for cache in (True, False):
+            results.setdefault("cache" if cache else "no_cache", []).append(series(args.config, args.steps, cache))
+
+    def median(name, run_name, key):
+        values = [r[run_name][key] for r in results[name]]
+        return statistics.median(values)
+
+    print("| | cache on | cache off |\n|---|---|---|")
+    rows = [("time to first step, cold", "cold", "first_step_s"),
+            ("time to first step, restart", "restart", "first_step_s"),
+            ("--mode=eval, first", "eval_first", "total_s"), ("--mode=eval, second", "eval_second", "total_s")]
+    summary = {}
+    for label, run_name, key in rows:
+        on, off = median("cache", run_name, key), median("no_cache", run_name, key)
+        summary[run_name] = {"cache": on, "no_cache": off}
+        print(f"| {label} | {on:.1f} s | {off:.1f} s |")
+    ratio_restart = summary["restart"]["cache"] / summary["cold"]["cache"]
+    ratio_eval = summary["eval_second"]["cache"] / summary["eval_first"]["cache"]
+    print(f"restart / cold (cache on): {ratio_restart:.2f}; second eval / first eval (cache on): {ratio_eval:.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"config": args.config, "runs": results, "summary": summary,
+                       "restart_over_cold": ratio_restart, "second_eval_over_first": ratio_eval}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
