@@ -233,3 +233,26 @@ def test_round_lr_and_noise_mode_reach_the_spec_from_the_config():
     cfg.degradation.kernel_noise_mode = "both"
     with pytest.raises(ValueError, match="kernel_noise_mode"):
         config_lib.validate(cfg)
+
+
+def test_a_twins_training_batch_is_degraded_as_the_official_code_degrades():
+    """What the training step does with dan.py:setting2_x2_official's resolved spec: 8-bit LR levels,
+    tap noise within k·[1, 1.25] (before renormalising), codes from the official-family matrix."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsr.ops import degrade
+    exp = experiment.resolve(config_lib.load(CONFIGS / "dan.py", "setting2_x2_official"), fit_pca=False)
+    hr = jnp.asarray(np.random.default_rng(0).random((3, 32, 32, 3)), jnp.float32)
+    lr, kernels, _ = degrade.degrade(jax.random.key(1), hr, exp.degradation)
+    lr = np.asarray(lr)
+    np.testing.assert_allclose(lr * 255, np.round(lr * 255), atol=1e-4)
+    clean = np.asarray(degrade.sample_kernels(jax.random.key(0), 3, dataclasses.replace(exp.degradation, kernel_noise=0.0)))
+    noisy = np.asarray(degrade.sample_kernels(jax.random.key(0), 3, exp.degradation))
+    for c, n in zip(clean, noisy):
+        ratio = (n / c)[c > 1e-4]
+        assert ratio.max() / ratio.min() <= 1.25 * (1 + 1e-4)
+    codes = pca.encode(kernels, pca.load(exp.cfg.model.pca_path))
+    assert codes.shape == (3, 10) and np.isfinite(np.asarray(codes)).all()
