@@ -1,8 +1,10 @@
 """Kernel PCA: a linear projection from flattened k×k kernels to a short code (DANv1, IKC).
 
 Convention: `matrix` has shape (k*k, n) with orthonormal columns; code = flat(kernel) @ matrix
-and kernel ≈ code @ matrix.T. As in the official DAN code the kernels are not mean-centred,
-so a code also carries the kernel's overall mass.
+and kernel ≈ code @ matrix.T. As in the official DAN code, encoding projects the raw kernel (no mean
+is subtracted), so a code also carries the kernel's overall mass. The fit itself is uncentred by
+default (jaxsr's shipped per-setting matrices); the official DAN matrices are centred fits
+(`fit(..., centred=True)`, `fit_official_dan`; docs/recipes.md says which variant uses which).
 
 The fitted matrices for the standard settings ship in `jaxsr/assets/`; regenerate them with
 
