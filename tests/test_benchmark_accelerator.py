@@ -3,6 +3,7 @@ then a restart that loads the cached programs), the timings, the FLOP count and 
 and the peak table's device-kind lookup."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -46,8 +47,8 @@ def test_tiny_run_on_cpu(tmp_path):
     out = tmp_path / "accelerator.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--steps", "3", "--warmup", "1",
-                           "--predict-runs", "2", "--eval-size", "16", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=600)
+                           "--predict-runs", "2", "--eval-size", "16", "--child-timeout", "500", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=1100)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "ran on the CPU backend" in done.stdout and "MFU | n/a" in done.stdout
     result = json.loads(out.read_text())
@@ -68,3 +69,19 @@ def test_tiny_run_on_cpu(tmp_path):
     assert s["flops_per_step"] > 1e6 and s["achieved_flops_per_s"] > 0
     assert s["process_start_to_first_step_s"]["cold"] > 0 and s["process_start_to_first_step_s"]["warm"] > 0
     assert s["cache_entries"] >= 2 and not any("process:" in n for n in s["notes"])
+
+
+def test_mfu_against_the_chips_peaks(bench):
+    """The MFU arithmetic on made-up figures of an H100 run (no GPU here)."""
+    device = {"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3", "count": 1}
+    cold = {"role": "cold", "device": device, "step_times_s": [0.02, 0.01, 0.03], "first_step_loss": 0.5,
+            "predict_times_s": [0.1]}
+    warm = {"role": "warm", "device": device, "first_step_loss": 0.5, "flop_count": {"flops": 1e12, "note": ""}}
+    args = argparse.Namespace(flops_per_step=None, config="dan.py:setting1_x4", batch=8, eval_size=256)
+    s = bench.summarize(cold, warm, args)
+    assert s["on_cpu"] is False and s["step_s_median"] == 0.02 and s["patches_per_s"] == 400
+    assert s["achieved_flops_per_s"] == 5e13 and s["peak"]["name"] == "H100 SXM"
+    assert s["mfu"]["bf16"] == pytest.approx(5e13 / 989.5e12) and s["mfu"]["fp32"] == pytest.approx(5e13 / 67e12)
+    assert s["warm_first_loss_equals_cold"] is True and s["notes"] == []
+    unknown = bench.summarize({**cold, "device": {**device, "device_kind": "NVIDIA L4"}}, warm, args)
+    assert unknown["mfu"] is None and "not in the peak table" in unknown["notes"][0]
