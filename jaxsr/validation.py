@@ -7,6 +7,8 @@ program `jaxsr.predict.bind` fixes the parameters of for eval and infer) and sco
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +29,7 @@ class Validator:
                                           max_images=cfg.data.val_images)
         self.scale = cfg.scale
         self.hr = jnp.asarray(hr)
-        val_spec = degrade.DegradationSpec(**{**exp.degradation.__dict__, "quantize": True})
+        val_spec = dataclasses.replace(exp.degradation, quantize=True)
         self.lr, self.kernel, _ = degrade.degrade(jax.random.PRNGKey(cfg.seed + 12345), self.hr, val_spec)
         self.bicubic = jnp.clip(evaluate.bicubic(self.lr, cfg.scale), 0, 1)
         bicubic_psnr, bicubic_ssim = evaluate.scores(self.bicubic, self.hr, cfg.scale)

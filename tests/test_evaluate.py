@@ -1,6 +1,7 @@
 """jaxsr.evaluate with fake predict functions on small synthetic images (and two Set5 crops)."""
 import json
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,12 @@ import pytest
 from scipy import ndimage
 
 import jaxsr.ops.degrade as D
+from jaxsr import config_lib, experiment, io
 from jaxsr import evaluate as E
-from jaxsr import io
 from jaxsr.ops.imresize import imresize
+from jaxsr.validation import Validator
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def smooth_image(rng, h, w, c=3):
@@ -253,3 +257,26 @@ def test_set5_crops(shared_data):
         assert record["psnr"] == pytest.approx(record["bicubic_psnr"], abs=1e-3)
     assert 18.0 < result["mean"]["bicubic_psnr"] < 40.0
     assert 0.3 < result["mean"]["bicubic_ssim"] < 1.0
+
+
+def test_validation_is_an_evaluator_of_the_predict_function_it_is_handed():
+    """The training loop's validation scores whatever predict(params, lr, kernel) it gets with
+    evaluate's own scores: a bicubic "model" scores exactly the bicubic baseline, and returning
+    the true kernels (passed in as the parameters) gives a kernel error of zero."""
+    exp = experiment.resolve(config_lib.load(REPO / "configs" / "dan.py:tiny"))
+    calls = []
+
+    def bicubic_model(params, lr, kernel=None):
+        calls.append((lr.shape, kernel))
+        return E.bicubic(lr, exp.cfg.scale), params
+
+    validator = Validator(exp, bicubic_model)
+    result, grid = validator(validator.kernel)
+    assert calls == [(validator.lr.shape, None)]  # a blind model gets no kernel
+    assert set(result) == {"val_bicubic_psnr", "val_bicubic_ssim", "val_psnr", "val_ssim", "val_kernel_l1"}
+    assert result["val_psnr"] == result["val_bicubic_psnr"] and result["val_ssim"] == result["val_bicubic_ssim"]
+    assert result["val_kernel_l1"] == 0.0
+    psnr, _ = E.scores(np.asarray(validator.bicubic), np.asarray(validator.hr), exp.cfg.scale)
+    assert result["val_bicubic_psnr"] == pytest.approx(float(np.mean(psnr)), abs=1e-6)
+    size = validator.hr.shape[1]
+    assert grid.shape == (validator.hr.shape[0] * size, 6 * size, 3)
