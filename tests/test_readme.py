@@ -3,7 +3,8 @@
 The inference example (the first ```python block after the heading "Super-resolve an array from
 Python") runs as written in a temporary folder holding `configs/` (a link), a tiny DAN checkpoint in
 `runs/dan_cpu` and `photo_lr.png`, with one documented substitution: the variant "cpu" becomes
-"tiny" so that it loads the tiny checkpoint.
+"tiny" so that it loads the tiny checkpoint. The custom training step (the block after "Your own training
+step") runs with the same substitution, and its FLOPs are checked against the trainer's step.
 """
 import importlib.util
 import os
@@ -95,3 +96,47 @@ def test_readme_inference_example_runs(tmp_path, monkeypatch):
     assert sr.shape == (1, 48, 48, 3) and np.isfinite(sr).all()
     assert kernel.ndim == 3 and np.isfinite(kernel).all()
     assert (tmp_path / "photo_sr.png").is_file()
+
+
+STEP_HEADING = "### Your own training step"
+
+
+def _flops(jitted, *args) -> float:
+    """XLA's cost analysis of the program `jitted` lowers to for CPU, traced without the native
+    kernels (XLA does not count custom calls). The lowered module, not the compiled one: the
+    skipped backward pass is absent from it already, and counting it needs no compile."""
+    from jaxsr import cpu
+    with cpu.native_suspended():
+        lowered = jitted.lower(*args)
+    assert 'custom_call_target="jaxsr_' not in lowered.as_text(dialect="hlo")
+    analysis = lowered.cost_analysis()
+    return float((analysis[0] if isinstance(analysis, (list, tuple)) else analysis)["flops"])
+
+
+def test_readme_training_step_runs_and_costs_what_the_trainer_does(tmp_path, monkeypatch):
+    """The README's custom step trains, and its FLOPs are the trainer's step's (`train.build_program`,
+    same batch): the DAN forward it differentiates skips the unweighted iteration. The same step
+    on a plain `model.apply` (every iteration differentiated) costs clearly more, so this can fail."""
+    code = python_block_after(README.read_text(), STEP_HEADING)
+    assert code.count('"cpu"') == 1 and "spec.forward(" in code and "jax.value_and_grad(" in code
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code.replace('"cpu"', '"tiny"'), "README.md", "exec"), scope)
+    assert np.isfinite(float(scope["loss"]))
+    from jaxsr import experiment, train
+    exp, model, hr, params = scope["exp"], scope["model"], scope["hr"], scope["params"]
+    # the loss weights the last of 2 iterations; unrolled (as on any CPU), XLA counts each one
+    assert model.num_iters == 2 and exp.cfg.loss.iter_weights is None and model.scan_unroll == 0
+    cfg = exp.cfg.copy_and_resolve_references()
+    cfg.data.patch_size = hr.shape[1] // cfg.scale  # the trainer's step on the README's batch
+    program = train.build_program(experiment.resolve(cfg), jax.devices("cpu")[:1], batch=hr.shape[0], model=model)
+    assert program.hr_batch.shape == hr.shape
+    trainer = _flops(program.jitted, program.abstract_state, program.hr_batch)
+    state = (params, scope["tx"].init(params), jax.random.key(0), hr)
+    assert _flops(scope["train_step"], *state) == pytest.approx(trainer, rel=0.03)
+    plain = code.replace('spec.forward(model, {"params": params}, batch, cfg)',
+                         'model.apply({"params": params}, batch["lr"])')
+    assert plain != code
+    exec(compile(plain[:plain.index("hr = ")].replace('"cpu"', '"tiny"'), "README.md", "exec"), scope)
+    assert _flops(scope["train_step"], *state) > 1.3 * trainer  # the T=2 model's 1.5x, diluted by the rest
