@@ -45,12 +45,19 @@ def fingerprint(cfg, params) -> dict[str, Any]:
     }
 
 
+# Config keys added after checkpoints were written, with the value that does what a checkpoint
+# without the key did: such a checkpoint matches a config that has that value.
+ADDED_KEYS = {"degradation.round_lr": False, "degradation.kernel_noise_mode": "symmetric"}
+
+
 def _diff(saved: dict, current: dict, prefix="") -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{key}.")
+        elif a == "<absent>" and f"{prefix}{key}" in ADDED_KEYS and ADDED_KEYS[f"{prefix}{key}"] == b:
+            continue
         elif a != b:
             out.append(f"{prefix}{key}: checkpoint has {a!r}, config has {b!r}")
     return out

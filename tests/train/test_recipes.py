@@ -134,10 +134,8 @@ def test_kxnet_twins_are_the_official_recipe(variant):
 
 # --------------------------------------------------------------------------- twin vs paper variant
 # What each twin changes relative to its paper variant: every other key is the paper's.
-_DAN_DIFF_S1 = {"train.learning_rate", "train.lr_milestones", "model.pca_path", "degradation.preset",
-                "degradation.sigma_range"}
-_DAN_DIFF_S2 = {"train.learning_rate", "train.lr_milestones", "model.pca_path", "degradation.preset",
-                "degradation.kernel_noise_mode"}
+_DAN_DIFF_S1 = {"train.learning_rate", "train.lr_milestones", "degradation.preset", "degradation.sigma_range"}
+_DAN_DIFF_S2 = {"train.learning_rate", "train.lr_milestones", "degradation.preset", "degradation.kernel_noise_mode"}
 EXPECTED_DIFF = {
     "dan.py": {"setting1_x4_official": _DAN_DIFF_S1 - {"degradation.sigma_range"},  # x4's paper range is 0.2..4
                "setting1_x2_official": _DAN_DIFF_S1, "setting1_x3_official": _DAN_DIFF_S1,
@@ -213,14 +211,21 @@ def test_paper_variants_keep_the_papers_values(file, variant):
     _check(file, variant, PAPER[(file, variant)], {})
 
 
-def test_paper_variants_keep_jaxsrs_pca_and_twins_the_official_one():
-    """The DAN paper variants keep jaxsr's uncentred per-setting matrices (their code-loss target is
-    unchanged); the twins use the centred fit of the official kernel family."""
-    plain = experiment.resolve(config_lib.load(CONFIGS / "dan.py", "setting1_x2"), fit_pca=False)
-    twin = experiment.resolve(config_lib.load(CONFIGS / "dan.py", "setting1_x2_official"), fit_pca=False)
-    assert pathlib.Path(plain.cfg.model.pca_path).name == "pca_iso_x2_k21_d10.npz"
-    assert pathlib.Path(twin.cfg.model.pca_path).name == "pca_official_iso_k21_d10.npz"
-    assert pathlib.Path(twin.cfg.model.pca_path).is_file()
+@pytest.mark.parametrize("file", ["dan.py", "danv2.py"])
+def test_paper_variants_and_twins_use_the_official_pca_convention(file):
+    """Where the paper is silent the official code is the specification: the DAN paper variants and
+    their twins use the centred fit of the official kernel family (one isotropic matrix for setting 1
+    and setting 2 x4, the anisotropic 11x11 one for setting 2 x2); the small CPU variants keep the
+    default fit of their own family."""
+    for variant, want in (("setting1_x2", "pca_official_iso_k21_d10.npz"), ("setting1_x4", "pca_official_iso_k21_d10.npz"),
+                          ("setting2_x2", "pca_official_aniso_x2_k11_d10.npz"),
+                          ("setting2_x4", "pca_official_iso_k21_d10.npz")):
+        for name in (variant, variant + "_official"):
+            exp = experiment.resolve(config_lib.load(CONFIGS / file, name), fit_pca=False)
+            assert pathlib.Path(exp.cfg.model.pca_path).name == want, name
+            assert pathlib.Path(exp.cfg.model.pca_path).is_file()
+    tiny = experiment.resolve(config_lib.load(CONFIGS / file, "tiny"), fit_pca=False)
+    assert pathlib.Path(tiny.cfg.model.pca_path).name == "pca_iso_x2_k21_d10.npz"
 
 
 def test_round_lr_and_noise_mode_reach_the_spec_from_the_config():

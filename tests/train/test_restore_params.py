@@ -55,3 +55,16 @@ def test_no_checkpoint_says_train_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint found .*train first"):
         predict.restore_params(cfg, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()  # looking created nothing
+
+
+def test_a_checkpoint_from_before_an_added_key_matches_its_old_behaviour():
+    """degradation.round_lr / kernel_noise_mode came after checkpoints were written: a fingerprint
+    without them matches a config with their old behaviour (False / "symmetric"), and only that."""
+    cfg = config_lib.load(REPO / "configs" / "dan.py:tiny")
+    params = {"w": np.zeros((2, 3), np.float32)}
+    old = checkpoints.fingerprint(cfg, params)
+    del old["degradation"]["round_lr"], old["degradation"]["kernel_noise_mode"]
+    checkpoints.check_fingerprint("old", old, checkpoints.fingerprint(cfg, params))
+    cfg.degradation.round_lr = True
+    with pytest.raises(checkpoints.ConfigMismatchError, match="degradation.round_lr: checkpoint has '<absent>'"):
+        checkpoints.check_fingerprint("old", old, checkpoints.fingerprint(cfg, params))
