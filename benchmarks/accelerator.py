@@ -317,7 +317,7 @@ def summarize(cold: dict, warm: dict, args) -> dict:
     mfu, notes = None, []
     if known and flops and step_s:
         mfu = {dtype: flops / step_s / peak for dtype, peak in known[1].items()}
-    elif not known:
+    elif not known and device:
         notes.append("MFU n/a: " + ("a CPU has no entry in the peak table" if on_cpu
                                     else f"device kind {device.get('device_kind')!r} is not in the peak table"))
     if on_cpu:
