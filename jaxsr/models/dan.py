@@ -10,8 +10,11 @@ Both versions condition the Restorer on a PCA code of the kernel (`pca_matrix`, 
 convention and the orientation of the official `encoder` buffer). DANv1's Estimator predicts
 the code; DANv2's predicts the kernel itself (softmax over k*k taps), which is then encoded.
 
-`apply(variables, lr, num_iters=None)` returns a dict with, for every iteration,
-`sr` (T, N, sH, sW, C), `kernel` (T, N, k, k) and `code` (T, N, code_length).
+`apply(variables, lr, num_iters=None, train_from=0)` returns a dict with, for every iteration,
+`sr` (T, N, sH, sW, C), `kernel` (T, N, k, k) and `code` (T, N, code_length). Differentiated as
+it is, every iteration gets a backward pass, whatever the loss weights; a training step should
+differentiate `forward` (the spec's), which passes the first iteration the config's loss weights
+as `train_from` (README, "Your own training step").
 """
 from __future__ import annotations
 
