@@ -53,6 +53,8 @@ def series(config: str, steps: int, cache: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, JAXSR_COMPILATION_CACHE=os.path.join(tmp, "xla") if cache else "0",
                    PYTHONUNBUFFERED="1")
+        # eval's Set5: the benchmark sets beside the checkout unless JAXSR_DATA says otherwise
+        env.setdefault("JAXSR_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
         workdir = os.path.join(tmp, "run")
         common = [f"--config={config}", f"--workdir={workdir}", "--config.train.log_every=1",
                   "--config.train.eval_every=100000"]

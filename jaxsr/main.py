@@ -35,6 +35,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
     from jaxsr import cache, cli, cpu, platform, sharding  # after flag parsing, so --help stays fast
+    from jaxsr import train as train_lib
     # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
     # re-execute the process with allocator settings), never when imported.
     cpu_setup = cpu.setup(accelerator=platform.accelerator_likely()) if __name__ == "__main__" else {}
@@ -49,12 +50,20 @@ def main(argv):
     print(f"compilation cache: {cache_folder or 'off'}", flush=True)
     if cpu_setup and jax.default_backend() == "cpu":
         print(f"XLA:CPU settings: {', '.join(k for k, v in cpu_setup.items() if v) or 'none'}", flush=True)
-    if _MODE.value == "train":
-        cli.train(cfg, workdir)
-    elif _MODE.value == "eval":
-        cli.evaluate(cfg, workdir, official=_OFFICIAL.value)
-    else:
-        cli.infer(cfg, workdir, _INPUT.value, _OUTPUT.value or os.path.join(workdir, "infer"), official=_OFFICIAL.value)
+    try:
+        if _MODE.value == "train":
+            cli.train(cfg, workdir)
+        elif _MODE.value == "eval":
+            cli.evaluate(cfg, workdir, official=_OFFICIAL.value)
+        else:
+            cli.infer(cfg, workdir, _INPUT.value, _OUTPUT.value or os.path.join(workdir, "infer"),
+                      official=_OFFICIAL.value)
+    except (ValueError, OSError, train_lib.NonFiniteLossError) as error:
+        # A bad config, file or folder, or a run that cannot go on: the message names it; the
+        # traceback only on request.
+        if os.environ.get("JAXSR_TRACEBACK") == "1":
+            raise
+        raise SystemExit(f"error: {error}\n(JAXSR_TRACEBACK=1 shows where it was raised)") from None
 
 
 if __name__ == "__main__":

@@ -487,6 +487,7 @@ def test_config_key_with_wrong_type(mode, flag, message, tmp_path):
                          timeout=300)
     assert res.returncode != 0
     assert message in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr, res.stderr[-2000:]  # the message, not where it was raised
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
