@@ -226,6 +226,26 @@ def test_remat_gives_identical_outputs_and_gradients(tiny_vars):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_train_from_changes_no_output_and_no_gradient_the_loss_weights(tiny_vars):
+    """`train_from=t` skips only the backward pass of iterations before t: the outputs and the
+    gradient of a loss on iterations t.. are unchanged; the default (0) differentiates every
+    iteration, so a loss on an earlier one still gets that iteration's gradient."""
+    model, params, lr = tiny("danv1"), tiny_vars["danv1"]["params"], rand((1, 6, 7, 3), 6)
+
+    def grads(train_from, weights):
+        def loss(p):
+            out = model.apply({"params": p}, lr, num_iters=3, train_from=train_from)
+            terms = [jnp.mean(out["sr"][t] ** 2) + jnp.mean(out["code"][t] ** 2) for t in range(3)]
+            return sum(w * term for w, term in zip(weights, terms)), out
+        return jax.jit(jax.grad(loss, has_aux=True))(params)
+
+    last, skipped = grads(0, (0, 0, 1)), grads(2, (0, 0, 1))
+    for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(skipped)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    every, _ = grads(0, (1, 1, 1))
+    assert sq_norm(jax.tree.map(jnp.subtract, every, last[0])) > 1e-6 * sq_norm(every)
+
+
 # ----------------------------------------------------------------------------- training API
 def make_cfg(name, tmp_path, **loss):
     path = tmp_path / "pca.npz"
