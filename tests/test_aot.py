@@ -33,8 +33,8 @@ def _check_program(report: dict, name: str) -> dict:
     p = report["programs"][name]
     assert "error" not in p, p.get("error")
     calls = p["custom_calls"]
-    assert not [c for c in calls if c.startswith("jaxsr_")], f"jaxsr's CPU-only native kernel in a {report['target']} program: {calls}"
-    assert not aot.cpu_only_calls(calls), calls
+    # jaxsr's native kernel (jaxsr_*) is among the CPU-only calls
+    assert not aot.cpu_only_calls(calls), f"CPU-only custom calls in a {report['target']} program: {calls}"
     mem = p["memory"]
     for key in ("argument", "output", "total"):
         assert mem[key] > 0, (key, mem)

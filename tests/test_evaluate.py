@@ -11,18 +11,12 @@ from scipy import ndimage
 
 import jaxsr.ops.degrade as D
 from jaxsr import config_lib, experiment, io
+from helpers import smooth_image
 from jaxsr import evaluate as E
 from jaxsr.ops.imresize import imresize
 from jaxsr.validation import Validator
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def smooth_image(rng, h, w, c=3):
-    """A random smooth image in [0, 1]: a blurred random field, contrast stretched."""
-    field = ndimage.gaussian_filter(rng.random((h, w, c)), sigma=(2.0, 2.0, 0))
-    field = (field - field.min()) / (field.max() - field.min())
-    return (0.1 + 0.8 * field).astype(np.float32)
 
 
 def counting_fake(scale, kernel=None, upsample="bicubic"):

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import ndimage
 
+import helpers
 from jaxsr import infer
 from jaxsr.ops.imresize import imresize
 
@@ -13,9 +13,7 @@ BLUR3 = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
 
 
 def smooth_image(rng, h, w, c=3):
-    field = ndimage.gaussian_filter(rng.random((h, w, c)), sigma=(1.5, 1.5, 0))
-    field = (field - field.min()) / (field.max() - field.min())
-    return (0.05 + 0.9 * field).astype(np.float32)
+    return helpers.smooth_image(rng, h, w, c, sigma=1.5, margin=0.05)  # finer detail than the default
 
 
 def local_fake(scale, kernel_of=None):

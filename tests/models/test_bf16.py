@@ -2,6 +2,7 @@
 (slow there, but the numerics are the same on accelerators) a tiny bf16 DAN trains through
 `jaxsr.train`'s step, and bf16 inference stays within 45 dB PSNR of the float32 output on Set5."""
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxsr import config_lib, experiment, io, models, train
-from jaxsr.models import dan, kxnet, layers
+from jaxsr.models import kxnet, layers
 from jaxsr.ops import imresize, metrics
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -53,7 +54,10 @@ def trained_bf16_dan():
 
 def test_tiny_bf16_run_trains(trained_bf16_dan):
     model, params, losses = trained_bf16_dan
-    assert isinstance(model, dan.DANv1) and model.dtype == "bfloat16"
+    # the activations really are bf16: every convolution of the forward pass yields bf16
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, jnp.zeros((1, 8, 8, 3))))(params))
+    conv_dtypes = re.findall(r":(\w+)\[[^\]]*\] = conv_general_dilated", jaxpr)
+    assert conv_dtypes and set(conv_dtypes) == {"bf16"}, conv_dtypes
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.6 * losses[0], losses

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import rand, torch_like_params
 from jaxsr.models import dan, layers
 
 K = 11  # tiny kernel size for the fast tests
@@ -23,28 +24,6 @@ def random_pca(k=K, n=10, seed=0):
 
 def tiny(name, scale=2, **kw):
     return dan.MODELS[name](scale=scale, pca_matrix=random_pca(), kernel_size=K, **{**TINY[name], **kw})
-
-
-def rand(shape, seed=0):
-    # NumPy, not jax.random: each new shape would compile a threefry kernel (seconds on CPU)
-    return jnp.asarray(np.random.default_rng(seed).random(shape), jnp.float32)
-
-
-def torch_like_params(model, seed=0):
-    """Random parameters with PyTorch's default bounds, made with NumPy from the traced shapes.
-
-    Executing `init` would spend most of this file's time compiling the random-number
-    kernels; the initialisers themselves are checked in `test_conv_init_uses_pytorch_bounds`.
-    """
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 6, 7, 3)), num_iters=1))
-    rng = np.random.default_rng(seed)
-
-    def fill(leaf):
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 100
-        bound = 1 / np.sqrt(fan_in)
-        return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), jnp.float32)
-
-    return jax.tree.map(fill, shapes)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,4 @@
 """DSSR module: parameter count, shapes, the shared-parameter scan, loss, gradients, training."""
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -8,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import count, load_config, rand, torch_like_params
 from jaxsr.models import dssr
 
 TINY = dict(features=8, structure_blocks=2, refine_blocks=1)
@@ -15,28 +14,6 @@ TINY = dict(features=8, structure_blocks=2, refine_blocks=1)
 
 def tiny(scale=2, **kw):
     return dssr.DSSR(scale=scale, **{**TINY, **kw})
-
-
-def rand(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).random(shape), jnp.float32)
-
-
-def count(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def torch_like_params(model, seed=0):
-    """Random parameters with PyTorch-like bounds, filled in NumPy from the traced shapes
-    (running `init` would mostly spend time compiling random-number kernels)."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 6, 7, 3)), num_iters=1))
-    rng = np.random.default_rng(seed)
-
-    def fill(leaf):
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 100
-        bound = 1 / np.sqrt(fan_in)
-        return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), jnp.float32)
-
-    return jax.tree.map(fill, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +194,7 @@ def test_compute_loss_matches_numpy():
 
 def test_create_model_validates_config():
     model = dssr.create_model(loss_cfg(3))
-    assert isinstance(model, dssr.DSSR) and model.scale == 3 and model.features == 8
+    assert model.scale == 3 and model.features == 8
     cfg = loss_cfg()
     cfg.model.kernel_size = 21
     with pytest.raises(ValueError, match="kernel_size"):
@@ -263,16 +240,11 @@ def test_tiny_model_gradients_and_fit_a_fixed_batch():
 
 
 # ----------------------------------------------------------------------------- config
-def load_config(variant):
-    from jaxsr import config_lib
-    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "dssr.py", variant)
-
-
 @pytest.mark.parametrize("variant", ["setting1_x2", "setting1_x3", "setting1_x4", "setting2_x2", "setting2_x4",
                                      "tiny", "cpu"])
 def test_config_variants_validate_and_build(variant):
     from jaxsr import config_lib
-    cfg = load_config(variant)
+    cfg = load_config("dssr", variant)
     config_lib.validate(cfg)
     model = dssr.create_model(cfg)
     assert model.scale == cfg.scale
@@ -280,7 +252,7 @@ def test_config_variants_validate_and_build(variant):
 
 def test_config_paper_settings():
     from jaxsr import config_lib
-    cfg = load_config("setting1_x4")
+    cfg = load_config("dssr", "setting1_x4")
     assert (cfg.data.batch_size, cfg.data.patch_size, cfg.train.steps) == (8, 64, 480_000)
     assert (cfg.train.b1, cfg.train.b2, cfg.train.learning_rate, cfg.train.lr_gamma) == (0.9, 0.99, 2e-4, 0.5)
     assert tuple(cfg.train.lr_milestones) == (80_000, 160_000, 240_000, 320_000, 400_000)
@@ -288,7 +260,7 @@ def test_config_paper_settings():
     model = dssr.create_model(cfg)
     assert (model.features, model.structure_blocks, model.refine_blocks, model.num_iters) == (128, 15, 5, 4)
     assert config_lib.degradation_spec(cfg).sigma_range == (0.2, 4.0)
-    assert config_lib.degradation_spec(load_config("setting1_x3")).sigma_range == (0.2, 3.0)
-    spec2 = config_lib.degradation_spec(load_config("setting2_x2"))
+    assert config_lib.degradation_spec(load_config("dssr", "setting1_x3")).sigma_range == (0.2, 3.0)
+    spec2 = config_lib.degradation_spec(load_config("dssr", "setting2_x2"))
     assert (spec2.kernel_size, spec2.kernel_type, spec2.sigma_range, spec2.kernel_noise) == (11, "aniso", (0.6, 5.0), 0.25)
-    assert config_lib.degradation_spec(load_config("setting2_x4")).kernel_size == 21
+    assert config_lib.degradation_spec(load_config("dssr", "setting2_x4")).kernel_size == 21

@@ -1,8 +1,6 @@
 """KENet: the adaptive attention loss against a NumPy transcription of the paper's formula,
 the estimator's structure and shapes, training, and the KENet -> USRNet pipeline through
 `jaxsr.evaluate` (blind, and with the true kernel as the upper bound)."""
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,6 +9,7 @@ import optax
 import pytest
 from scipy import ndimage
 
+from helpers import count, load_config, smooth_image
 from jaxsr import evaluate as E
 from jaxsr import predict as predict_lib
 from jaxsr.models import kenet as K
@@ -18,10 +17,6 @@ from jaxsr.models import usrnet as U
 from jaxsr.ops import degrade
 
 TINY = dict(features=4, fc_features=16)
-
-
-def count(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def numpy_params(model, shape=(1, 16, 16, 3), seed=0):
@@ -255,11 +250,6 @@ def test_tiny_model_fits_a_fixed_batch_with_finite_nonzero_gradients():
 
 
 # ----------------------------------------------------------------------------- pipeline
-def smooth_image(rng, h, w):
-    field = ndimage.gaussian_filter(rng.random((h, w, 3)), sigma=(2.0, 2.0, 0))
-    return (0.1 + 0.8 * (field - field.min()) / (field.max() - field.min())).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def pipeline():
     kenet = K.KENet(kernel_size=11, **TINY)
@@ -309,11 +299,6 @@ def test_oracle_path_feeds_each_lr_its_own_kernel():
 
 
 # ----------------------------------------------------------------------------- configs
-def load_config(name, variant):
-    from jaxsr import config_lib
-    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.py", variant)
-
-
 @pytest.mark.parametrize("variant", ["x2", "x4", "tiny", "cpu"])
 def test_config_variants_validate(variant):
     from jaxsr import config_lib

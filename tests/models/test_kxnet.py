@@ -1,6 +1,5 @@
 """KXNet: its operators against NumPy definitions, parameter counts, the scanned stages, training."""
 import functools
-import pathlib
 import re
 
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import count, load_config, rand
 from jaxsr import config_lib
 from jaxsr.models import kxnet, layers
 from jaxsr.ops import degrade, unfolding
@@ -21,15 +21,6 @@ TINY = dict(kernel_size=K, num_stages=3, aux_x_features=4, aux_k_features=4, pro
 
 def tiny(scale=2, **kw):
     return kxnet.KXNet(scale=scale, **{**TINY, **kw})
-
-
-def rand(shape, seed=0):
-    # NumPy, not jax.random: every new shape would compile the PRNG kernels again
-    return jnp.asarray(np.random.default_rng(seed).random(shape, np.float32))
-
-
-def n_params(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +199,13 @@ def test_param_count_matches_official_x4():
     # + gamma + eta; the state dict adds the frozen 24x21x21 `kernel_map0` (27,581,798 values)
     model = kxnet.KXNet(scale=4, kernel_size=21)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
-    assert n_params(shapes) == 27_571_214
-    assert n_params(shapes) + 24 * 21 * 21 == 27_581_798
+    assert count(shapes) == 27_571_214
+    assert count(shapes) + 24 * 21 * 21 == 27_581_798
     assert shapes["stages"]["x_prox"]["block0_conv1"]["kernel"].shape == (19, 3, 3, 131, 131)
     assert shapes["stages"]["gamma"].shape == (19, 1)
     # Table 3's 6.50 M is the x2 model (11x11 kernels, 59-channel X prox)
     x2 = jax.eval_shape(kxnet.KXNet(scale=2, kernel_size=11).init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-    assert n_params(x2["params"]) == 6_497_702
+    assert count(x2["params"]) == 6_497_702
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -396,17 +387,15 @@ def test_tiny_model_fits_a_fixed_batch_with_finite_gradients(tiny_vars):
     assert min(losses[-5:]) < 0.6 * losses[0], losses
 
 
-def load_config(variant):
-    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "kxnet.py", variant)
-
-
 @pytest.mark.parametrize("variant", [f"setting{i}_x{s}" for i in (1, 2) for s in (2, 3, 4)] + ["tiny", "cpu"])
 def test_config_variants_validate(variant):
-    cfg = load_config(variant)
+    cfg = load_config("kxnet", variant)
     config_lib.validate(cfg)
     spec = config_lib.degradation_spec(cfg)
     assert spec.downsampler == "sfold" and spec.kernel_size == cfg.model.kernel_size
-    assert isinstance(kxnet.create_model(cfg), kxnet.KXNet)
+    model = kxnet.create_model(cfg)  # built from this config's settings
+    fields = ("kernel_size", "num_stages", "prox_blocks", "aux_x_features", "aux_k_features", "aux_kernel_init")
+    assert (model.scale, *(getattr(model, f) for f in fields)) == (cfg.scale, *(cfg.model[f] for f in fields))
     if variant.startswith("setting"):
         assert cfg.model.num_stages == 19 and cfg.model.prox_blocks == 4
         assert (cfg.data.batch_size, cfg.data.patch_size, cfg.train.learning_rate) == (12, 64, 2e-4)

@@ -1,7 +1,5 @@
 """USRNet: the FFT data step against a dense linear solve, parameter counts, shapes, the shared
 prior, gradients, the training-loop hooks and a short fit."""
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,6 +8,7 @@ import optax
 import pytest
 from scipy import ndimage
 
+from helpers import count, load_config, torch_like_params
 from jaxsr import config_lib
 from jaxsr import predict as predict_lib
 from jaxsr.models import usrnet as U
@@ -31,22 +30,6 @@ def apply(model, variables, lr, kernel=None, sigma=None, num_iters=None):
         _APPLY[model] = jax.jit(model.apply, static_argnames=("num_iters",))
     return _APPLY[model](variables, lr, kernel, sigma, num_iters=num_iters)
 
-
-def count(tree):
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def torch_like_params(model, seed=0):
-    """Random parameters (PyTorch-like bounds) from the traced shapes; avoids compiling `init`."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, model.channels))))
-    rng = np.random.default_rng(seed)
-
-    def fill(leaf):
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) == 4 else 16
-        bound = 1 / np.sqrt(fan_in)
-        return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), jnp.float32)
-
-    return jax.tree.map(fill, shapes)
 
 
 def random_kernels(rng, n, k):
@@ -138,7 +121,9 @@ def test_param_counts_match_official():
 
 @pytest.fixture(scope="module")
 def tiny_vars():
-    return {"params": torch_like_params(tiny())["params"]}
+    model = tiny()
+    params = torch_like_params(model, input_shape=(1, 8, 8, model.channels), other_fan_in=16, num_iters=None)
+    return {"params": params["params"]}
 
 
 @pytest.mark.parametrize("scale,batch,h,w", [(2, 1, 7, 9), (3, 3, 5, 6), (4, 1, 6, 5)])
@@ -274,14 +259,10 @@ def test_oracle_predictor_needs_a_kernel(tiny_vars):
 
 
 # ----------------------------------------------------------------------------- configs
-def load_config(variant):
-    return config_lib.load(pathlib.Path(__file__).resolve().parents[2] / "configs" / "usrnet.py", variant)
-
-
 @pytest.mark.parametrize("variant", ["kenet_x2", "kenet_x4", "kxnet2_x2", "kxnet2_x3", "kxnet2_x4", "tiny", "cpu"])
 def test_config_variants_validate(variant):
     from jaxsr import config_lib
-    cfg = load_config(variant)
+    cfg = load_config("usrnet", variant)
     config_lib.validate(cfg)
     assert config_lib.degradation_spec(cfg).downsampler == "sfold"  # the data step's model
     assert U.create_model(cfg).scale == cfg.scale and cfg.eval.oracle_kernel

@@ -94,7 +94,11 @@ def test_paper_variant_refuses_to_train_on_cpu(name, variant):
 def test_small_variants_train_on_cpu(name):
     from jaxsr import cli
     for variant in ("tiny", "cpu"):
-        cli.check_backend(load(name, variant), "train", backend="cpu")
+        cfg = load(name, variant)
+        cli.check_backend(cfg, "train", backend="cpu")
+        cfg.train.require_accelerator = True  # the same config marked as a paper run is refused
+        with pytest.raises(SystemExit, match="paper-scale run"):
+            cli.check_backend(cfg, "train", backend="cpu")
 
 
 def test_main_stops_a_paper_run_on_cpu_before_any_work(tmp_path):
