@@ -16,7 +16,7 @@ for DANv1/DANv2). The spec is the whole contract between a model and the rest of
 
 `jaxsr.train`, `jaxsr.predict` and the converter read specs through `get(name)` and build
 modules through `create(cfg, platform)`, which settles the one choice that depends on the
-platform a program is compiled for (`scan_unroll`); nothing probes a model module for optional
+platform a program is compiled for (`scan_unroll`, `scan_blocks`); nothing probes a model module for optional
 functions. Model files import only `jaxsr.ops`,
 `jaxsr.losses`, `jaxsr.torch_import` and each other's layers, never the trainer.
 """
@@ -84,12 +84,17 @@ def create(cfg, platform: str, **kwargs):
     """The Flax module of `cfg.model` for programs compiled for `platform` ("cpu", "gpu", "tpu").
 
     `cfg.model.scan_unroll` -1 (or absent: the default) becomes `jaxsr.cpu.scan_unroll(platform)`
-    (unrolled on the CPU, a rolled loop elsewhere); any other value is kept. `kwargs` go to the spec's `create` (e.g. `pca_matrix`)."""
+    (unrolled on the CPU, a rolled loop elsewhere); any other value is kept. Likewise
+    `scan_blocks` (a model's repeated blocks as one scanned body): rolled wherever that rule rolls
+    loops (GPU/TPU), unrolled on the CPU. `kwargs` go to the spec's `create` (e.g. `pca_matrix`)."""
     if platform not in platform_lib.PLATFORMS:
         raise ValueError(f"platform must be one of {platform_lib.PLATFORMS}, got {platform!r}")
     model = get(cfg.model.get("name")).create(cfg, **kwargs)
-    if "scan_unroll" in type(model).__dataclass_fields__ and int(cfg.model.get("scan_unroll", -1)) == -1:
+    fields = type(model).__dataclass_fields__
+    if "scan_unroll" in fields and int(cfg.model.get("scan_unroll", -1)) == -1:
         model = model.clone(scan_unroll=cpu.scan_unroll(platform))
+    if "scan_blocks" in fields and int(cfg.model.get("scan_blocks", -1)) == -1:
+        model = model.clone(scan_blocks=cpu.scan_unroll(platform) != 0)
     return model
 
 

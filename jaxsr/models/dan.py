@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import CRB, DPCG, Upsampler, compute_dtype, conv2d, remat_cell, scan_unroll
+from jaxsr.models.layers import CRB, DPCG, Upsampler, compute_dtype, conv2d, remat_cell, run_blocks, scan_unroll
 from jaxsr.ops import _checks, pca
 from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
 
@@ -76,14 +76,15 @@ class RestorerV1(nn.Module):
     features: int = 64
     num_blocks: int = 40
     reduction: int = 16
+    scan_blocks: bool = False  # the CRBs as one `lax.scan` body (`layers.run_blocks`)
 
     @nn.compact
     def __call__(self, lr: Array, code: Array) -> Array:
         n, h, w, _ = lr.shape
         cond = jnp.broadcast_to(code[:, None, None, :], (n, h, w, code.shape[-1]))
         f = conv2d(lr, self.features, 3, name="head")
-        for i in range(self.num_blocks):
-            f = CRB(self.reduction, name=f"block_{i}")(f, cond)
+        names = [f"block_{i}" for i in range(self.num_blocks)]
+        f = run_blocks(self, functools.partial(CRB, self.reduction), names, f, cond, scan=self.scan_blocks)
         f = conv2d(f, self.features, 3, name="fusion")
         return Upsampler(self.scale, self.channels, shuffle_at_x1=True, name="upsampler")(f)
 
@@ -95,13 +96,14 @@ class EstimatorV1(nn.Module):
     num_blocks: int = 5
     code_length: int = 10
     reduction: int = 16
+    scan_blocks: bool = False
 
     @nn.compact
     def __call__(self, sr: Array, lr: Array) -> Array:
         f = conv2d(lr, self.features, 1, name="head_lr")
         cond = conv2d(sr, self.features, 9, stride=self.scale, padding=4, name="head_hr")
-        for i in range(self.num_blocks):
-            f = CRB(self.reduction, name=f"block_{i}")(f, cond)
+        names = [f"block_{i}" for i in range(self.num_blocks)]
+        f = run_blocks(self, functools.partial(CRB, self.reduction), names, f, cond, scan=self.scan_blocks)
         f = conv2d(f, self.code_length, 3, name="out")
         return jnp.mean(f, axis=(1, 2)).astype(jnp.float32)
 
@@ -115,14 +117,16 @@ class RestorerV2(nn.Module):
     num_blocks: int = 10
     num_groups: int = 5
     group_skip: str = "official"
+    scan_blocks: bool = False  # groups, and the blocks in each, as nested `lax.scan` bodies
 
     @nn.compact
     def __call__(self, lr: Array, code: Array) -> Array:
         f1 = conv2d(lr, self.features, 3, name="head_image")
         # The code stays a 1x1 map; the blocks broadcast it over the LR grid.
         f2 = conv2d(code[:, None, None, :], self.features, 1, name="head_code")
-        for g in range(self.num_groups):
-            f1, f2 = DPCG(self.num_blocks, 3, 1, self.group_skip, name=f"group_{g}")(f1, f2)
+        group = functools.partial(DPCG, self.num_blocks, 3, 1, self.group_skip, self.scan_blocks)
+        names = [f"group_{g}" for g in range(self.num_groups)]
+        f1, f2 = run_blocks(self, group, names, (f1, f2), scan=self.scan_blocks)
         f = conv2d(f1, self.features, 3, name="fusion")
         return Upsampler(self.scale, self.channels, shuffle_at_x1=False, name="upsampler")(f)
 
@@ -134,13 +138,14 @@ class EstimatorV2(nn.Module):
     features: int = 32
     num_blocks: int = 5
     group_skip: str = "official"
+    scan_blocks: bool = False
 
     @nn.compact
     def __call__(self, sr: Array, lr: Array) -> Array:
         s = self.scale
         f = conv2d(lr, self.features, 5, name="head_lr")
         cond = conv2d(sr, self.features, 4 * s + 1, stride=s, padding=2 * s, name="head_hr")
-        f, _ = DPCG(self.num_blocks, 3, 3, self.group_skip, name="body")(f, cond)
+        f, _ = DPCG(self.num_blocks, 3, 3, self.group_skip, self.scan_blocks, name="body")(f, cond)
         f = conv2d(f, 2 * self.features, 3, name="tail_conv")
         f = jnp.mean(f, axis=(1, 2), keepdims=True)
         logits = conv2d(f, self.kernel_size ** 2, 1, name="tail_kernel")[:, 0, 0, :]
@@ -159,6 +164,10 @@ class _DAN(nn.Module):
     num_iters: int = 4
     remat: bool = False
     scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
+    # Repeated blocks (CRBs, DPCBs, DPC groups) as one `lax.scan` body each, over their stacked
+    # parameters (same parameter tree): far less for XLA to compile. Configs: absent or -1 = per
+    # platform (models.create: unrolled for the CPU, scanned for GPU/TPU).
+    scan_blocks: bool = False
     dtype: str = "float32"  # compute dtype ("bfloat16" for accelerators); params and outputs stay float32
 
     def __post_init__(self):
@@ -240,9 +249,9 @@ class DANv1(_DAN):
 
     def setup(self):
         self.restorer = RestorerV1(self.scale, self.channels, self.restorer_features,
-                                   self.restorer_blocks, self.reduction)
+                                   self.restorer_blocks, self.reduction, self.scan_blocks)
         self.estimator = EstimatorV1(self.scale, self.estimator_features, self.estimator_blocks,
-                                     self.code_length, self.reduction)
+                                     self.code_length, self.reduction, self.scan_blocks)
 
     def _estimate(self, sr, lr, matrix):
         code = self.estimator(sr, lr)
@@ -260,9 +269,9 @@ class DANv2(_DAN):
 
     def setup(self):
         self.restorer = RestorerV2(self.scale, self.channels, self.restorer_features,
-                                   self.restorer_blocks, self.restorer_groups, self.group_skip)
+                                   self.restorer_blocks, self.restorer_groups, self.group_skip, self.scan_blocks)
         self.estimator = EstimatorV2(self.scale, self.kernel_size, self.estimator_features,
-                                     self.estimator_blocks, self.group_skip)
+                                     self.estimator_blocks, self.group_skip, self.scan_blocks)
 
     def _estimate(self, sr, lr, matrix):
         kernel = self.estimator(sr, lr)

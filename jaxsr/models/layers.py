@@ -6,6 +6,7 @@ padding, PyTorch's default initialisation, and `pixel_shuffle` in PyTorch's chan
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -94,6 +95,30 @@ def remat_cell(cell, unroll: int):
     """`nn.remat` for an iteration cell. Inside a rolled scan XLA cannot CSE the recomputation
     away, so no barrier is needed; unrolled, it would, undoing the memory saving."""
     return nn.remat(cell, prevent_cse=unroll > 1)
+
+
+def run_blocks(module: nn.Module, make_block: Callable[..., nn.Module], names: Sequence[str], carry,
+               *consts, scan: bool = False):
+    """`carry = block(*carry, *consts)` for `module`'s submodules `names` in order, each built by
+    `make_block(name=...)` (a tuple `carry` is spread; an array is passed as one argument).
+
+    With `scan` (GPU/TPU programs) their parameters are read from `module`, stacked along a new
+    leading axis and applied by one unbound `make_block()` inside a `lax.scan`, so the compiler
+    sees one block body instead of one copy per block; the parameter tree is the same either way
+    and each block's gradient flows back through the stack. Initialisation always unrolls: it
+    is what creates the blocks' parameters."""
+    def call(block, c, params=None):
+        args = (*c, *consts) if isinstance(c, tuple) else (c, *consts)
+        return block(*args) if params is None else block.apply({"params": params}, *args)
+
+    if not scan or module.is_initializing():
+        for name in names:
+            carry = call(make_block(name=name), carry)
+        return carry
+    params = module.variables["params"]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(params[name] for name in names))
+    template = make_block(parent=None)  # unbound: applied to one block's parameters per trip
+    return jax.lax.scan(lambda c, p: (call(template, c, p), None), carry, stacked)[0]
 
 
 def leaky_relu(x: Array) -> Array:
@@ -187,14 +212,15 @@ class DPCG(nn.Module):
     main_kernel: int = 3
     cond_kernel: int = 1
     skip: str = "official"
+    scan_blocks: bool = False  # the blocks as one `lax.scan` body (`run_blocks`)
 
     @nn.compact
     def __call__(self, f1: Array, f2: Array) -> tuple[Array, Array]:
         if self.skip not in ("official", "input"):
             raise ValueError(f"skip must be 'official' or 'input', got {self.skip!r}")
-        y1, y2 = f1, f2
-        for i in range(self.num_blocks):
-            y1, y2 = DPCB(self.main_kernel, self.cond_kernel, name=f"block_{i}")(y1, y2)
+        make = functools.partial(DPCB, self.main_kernel, self.cond_kernel)
+        names = [f"block_{i}" for i in range(self.num_blocks)]
+        y1, y2 = run_blocks(self, make, names, (f1, f2), scan=self.scan_blocks)
         if self.skip == "official":
             return y1 + y1, y2 + y2
         return f1 + y1, f2 + y2

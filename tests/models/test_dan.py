@@ -225,6 +225,66 @@ def test_train_from_changes_no_output_and_no_gradient_the_loss_weights(tiny_vars
     assert sq_norm(jax.tree.map(jnp.subtract, every, last[0])) > 1e-6 * sq_norm(every)
 
 
+# ----------------------------------------------------------------------------- blocks as one scanned body
+DEEPER = {"danv1": dict(restorer_blocks=3, estimator_blocks=2),
+          "danv2": dict(restorer_blocks=2, restorer_groups=3, estimator_blocks=2)}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("remat,train_from", [(False, 0), (True, 1)])
+def test_scanned_blocks_match_the_unrolled_blocks(name, remat, train_from):
+    """`scan_blocks=True` (GPU/TPU programs) applies the same parameter tree in a `lax.scan`:
+    outputs and every parameter's gradient equal the unrolled blocks' (CPU programs)."""
+    unrolled = tiny(name, remat=remat, **DEEPER[name])
+    scanned = unrolled.clone(scan_blocks=True)
+    params = torch_like_params(unrolled, seed=3)["params"]
+    assert jax.tree.structure(torch_like_params(scanned)["params"]) == jax.tree.structure(params)
+    lr = rand((2, 5, 6, 3), 7)
+
+    def run(model):
+        def loss(p):
+            out = model.apply({"params": p}, lr, num_iters=3, train_from=train_from)
+            return sum(jnp.mean(out["sr"][t] ** 2) + jnp.mean(out["kernel"][t] ** 2) for t in (1, 2)), out
+        return jax.jit(jax.grad(loss, has_aux=True))(params)
+
+    (g_unrolled, out_unrolled), (g_scanned, out_scanned) = run(unrolled), run(scanned)
+    assert sq_norm(g_unrolled["restorer"]) > 0 and sq_norm(g_unrolled["estimator"]) > 0
+    for key in out_unrolled:
+        np.testing.assert_allclose(out_scanned[key], out_unrolled[key], rtol=1e-5, atol=1e-6)
+    jax.tree_util.tree_map_with_path(lambda path, a, b: np.testing.assert_allclose(
+        b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path)), g_unrolled, g_scanned)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_create_scans_blocks_for_accelerators_only(name, tmp_path):
+    from jaxsr import models
+    cfg = make_cfg(name, tmp_path)
+    assert not models.create(cfg, "cpu").scan_blocks
+    assert models.create(cfg, "gpu").scan_blocks and models.create(cfg, "tpu").scan_blocks
+    cfg.model.scan_blocks = False  # an explicit choice is kept
+    assert not models.create(cfg, "tpu").scan_blocks
+
+
+@pytest.mark.parametrize("name,blocks", [("dan", dict(restorer_blocks=12, estimator_blocks=4)),
+                                         ("danv2", dict(restorer_groups=3, restorer_blocks=4, estimator_blocks=4))])
+def test_tpu_train_step_holds_one_body_per_block_stack(name, blocks):
+    """The TPU training step (lowered, not compiled) has its blocks as scanned bodies: far fewer
+    convolutions for XLA to compile than with the blocks written out."""
+    from helpers import load_config
+    from jaxsr import aot
+    if not aot.libtpu_installed():
+        pytest.skip("libtpu is not installed: TPU programs cannot be lowered here")
+    devices = aot.target_devices(aot.parse_target("v5e-1"))
+
+    def convolutions(scan_blocks):
+        cfg = load_config(name, "cpu")
+        cfg.model.update(dict(blocks, scan_blocks=scan_blocks))
+        return aot.training_program(cfg, devices).lower().as_text().count("stablehlo.convolution")
+
+    scanned, unrolled = convolutions(-1), convolutions(False)  # -1: the platform's choice
+    assert 3 * scanned < unrolled, (scanned, unrolled)
+
+
 # ----------------------------------------------------------------------------- training API
 def make_cfg(name, tmp_path, **loss):
     path = tmp_path / "pca.npz"
