@@ -84,7 +84,20 @@ def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
             print(f"## {name} ({source})\n")
             print(evaluate_lib.format_markdown(result))
         results[name] = result
+    if jax.process_index() == 0:
+        print(programs_summary(results))
     return results
+
+
+def programs_summary(results: dict) -> str:
+    """One line: how many predict programs the sets needed together (a shape repeated across
+    sets is compiled once) and whether the scores are exact."""
+    shapes = {tuple(s) for r in results.values() for s in r["compiled_shapes"]}
+    modes = sorted({r.get("input_mode", "exact") for r in results.values()})
+    exact = modes == ["exact"]
+    return (f"{len(shapes)} distinct predict program(s) (LR input shapes) over {len(results)} set(s); "
+            + ("exact: every image alone at its own size" if exact else
+               f"{'/'.join(modes)} inputs (eval.bucket / eval.max_batch > 1), not image-by-image scores"))
 
 
 def infer(cfg, workdir: str, inputs: str | None, out_dir: str, official: str | None = None) -> list[str]:

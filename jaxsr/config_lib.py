@@ -63,8 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
     # protocol: gaussian8 | setting2 | kxnet degrade the HR images of `dirs`; "paired" reads published
     # LR files: `lr_dir` + `hr_dir` (+ `kernel_dir`, ground-truth kernels), or else every entry of
     # `dirs` is a root in DIV2KRK's layout (gt/, lr_x<s>/, gt_k_x<s>/). See jaxsr.paired.
+    # bucket=1, max_batch=1: exact, every LR image alone at its own size (one compile per distinct
+    # size). Opt-in, faster, reported as not exact: max_batch > 1 batches images of one size (XLA
+    # may round differently), bucket > 1 mirror-pads each LR to a multiple of it (scores move).
     cfg.eval = ml_collections.ConfigDict(dict(
-        protocol="gaussian8", dirs=("benchmark:Set5",), noise=0.0, bucket=16, max_batch=8,
+        protocol="gaussian8", dirs=("benchmark:Set5",), noise=0.0, bucket=1, max_batch=1,
         num_iters=-1,  # -1: the model's own T
         lr_dir="", hr_dir="", kernel_dir=""))
     cfg.infer = ml_collections.ConfigDict(dict(tile=256, overlap=16))
@@ -305,6 +308,10 @@ def validate_eval(cfg: ml_collections.ConfigDict) -> None:
     protocol = e.get("protocol", "gaussian8")
     if protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"config key eval.protocol must be one of {EVAL_PROTOCOLS}, got {protocol!r}")
+    for key in ("bucket", "max_batch"):
+        if int(e.get(key, 1)) < 1:
+            raise ValueError(f"config key eval.{key} must be >= 1 (1: exact, each image alone at its own size), "
+                             f"got {e.get(key)!r}")
     given = {}
     for key in PAIRED_KEYS:
         value = e.get(key, "")

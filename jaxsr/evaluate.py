@@ -18,10 +18,9 @@ Protocols (`PROTOCOLS`):
 
 `noise` may be given for any protocol; it is added after downsampling, before rounding.
 
-``"paired"`` (`evaluate_paired`) degrades nothing: it reads published LR files beside their HR
-files (and ground-truth kernels when shipped, e.g. DIV2KRK); `jaxsr.paired` finds and matches
-the files. The HR image is mod-cropped to a multiple of s and must then be exactly s times the
-LR size. Its table has one row, "paired"; the scores are the same as below.
+``"paired"`` (`evaluate_paired`) reads published LR files beside their HR files (and kernels
+when shipped, e.g. DIV2KRK; matched by `jaxsr.paired`); the HR, mod-cropped to a multiple of s,
+must be s times the LR. Its table has one row, "paired"; the scores are the same as below.
 
 Scores (per kernel x image): PSNR / SSIM on MATLAB's Y channel with `scale` border pixels
 cropped (`jaxsr.ops.metrics`), for the model and for the bicubic baseline
@@ -40,10 +39,15 @@ smaller one is zero-padded around its centre to the larger size):
 * ``kernel_psnr_max`` = the same after dividing both kernels by max(k) (peak 1 = the true
   kernel's peak); stricter and independent of the kernel size.
 
-Compilation: LR images are mirror-padded on the bottom/right to a multiple of `bucket`
-pixels. All (kernel, image) pairs of one padded size form one group, run in batches of one
-fixed size, and the SR is cropped back, so predict_fn compiles once per distinct padded
-size (`num_compiled_shapes` in the result).
+Inputs and compiles (`input_mode`). The default (bucket=1, max_batch=1) is *exact*: every LR
+reaches predict_fn alone at its own size, so each score is bit for bit that of running the model
+image by image, as the official scripts do. Pairs are grouped by exact LR size (sorted), so
+predict_fn compiles one program per distinct size (`num_compiled_shapes`); a size met before in
+the process or in JAX's persistent compilation cache is not compiled again. Opt-in, and named
+in the result's `deviation`: max_batch > 1 ("batched": the same pixels, but XLA may round
+differently at another batch size) and bucket > 1 ("padded": LR mirror-padded on the
+bottom/right to a multiple of `bucket`, SR cropped back; fewer sizes, but the network and a
+pooling kernel estimator see the padded pixels).
 """
 from __future__ import annotations
 
@@ -51,7 +55,6 @@ import dataclasses
 import functools
 import json
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
@@ -64,7 +67,7 @@ import numpy as np
 from jaxsr import chart, io, paired, platform
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
-from jaxsr.predict import PredictFn, iter_batches, pad_to_multiple
+from jaxsr.predict import PredictFn, group_by_size, iter_batches, pad_to_multiple
 
 Protocol = Literal["gaussian8", "setting2", "kxnet"]
 PROTOCOLS: tuple[str, ...] = ("gaussian8", "setting2", "kxnet")  # degrade HR images (`evaluate`)
@@ -235,15 +238,12 @@ def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], sc
 
 def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int, max_batch: int,
               oracle_kernel: bool = False) -> set[tuple[int, ...]]:
-    """Step 2: the model on every case's LR, one group of equal padded size at a time; fills
-    `case.sr` (cropped back, gray again for gray images) and `case.estimated_kernel`. Returns
-    the set of compiled input shapes."""
-    groups: dict[tuple[int, int], list[Case]] = defaultdict(list)
-    for case in cases:
-        h, w = case.lr.shape[:2]
-        groups[(h + -h % bucket, w + -w % bucket)].append(case)
+    """Step 2: the model on every case's LR, one group of equal (exact, or with bucket > 1
+    padded) LR size at a time, in sorted order; fills `case.sr` (cropped back when padded, gray
+    again for gray images) and `case.estimated_kernel`. Returns the set of compiled input shapes."""
     shapes = set()
-    for group in groups.values():
+    for indices in group_by_size([case.lr.shape[:2] for case in cases], bucket).values():
+        group = [cases[i] for i in indices]
         inputs = np.stack([pad_to_multiple(_to_rgb(case.lr)[None], bucket)[0] for case in group])
         shapes.add((min(max_batch, len(group)), *inputs.shape[1:]))
         true_kernels = None
@@ -300,9 +300,27 @@ def _check_settings(scale, kernel_size, bucket, max_batch, noise) -> int:
     return scale
 
 
+def input_mode(bucket: int, max_batch: int) -> tuple[str, str | None]:
+    """("exact" | "batched" | "padded", how scores may differ from an image-by-image run or None)."""
+    batched = (f"images of one size ran in batches of up to {max_batch} (eval.max_batch): the same pixels, but "
+               f"XLA may round differently at another batch size, so scores can differ in the last digits")
+    if bucket > 1:
+        return "padded", (f"scores from padded inputs: every LR was mirror-padded on the bottom/right to a multiple "
+                          f"of {bucket} (eval.bucket) and the SR cropped back; the network and its kernel estimator "
+                          f"saw padded pixels, so scores differ from each image at its own size"
+                          + ("; " + batched if max_batch > 1 else ""))
+    return ("batched", batched) if max_batch > 1 else ("exact", None)
+
+
+def _run_info(bucket: int, max_batch: int, shapes: set) -> dict:
+    mode, deviation = input_mode(bucket, max_batch)
+    return {"bucket": bucket, "max_batch": max_batch, "input_mode": mode, "deviation": deviation,
+            "num_compiled_shapes": len(shapes), "compiled_shapes": [list(s) for s in sorted(shapes)]}
+
+
 def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]], *, scale: int,
              protocol: Protocol, kernel_size: int | None = None, noise: float = 0.0,
-             bucket: int = 16, max_batch: int = 8, seed: int = 0, oracle_kernel: bool = False) -> dict:
+             bucket: int = 1, max_batch: int = 1, seed: int = 0, oracle_kernel: bool = False) -> dict:
     """Score `predict_fn` on `hr_images` ((name, (H, W, 1 | 3) float [0, 1]) pairs).
 
     kernel_size: None for the protocol's own (21 for gaussian8; 11 at x2 else 21 for
@@ -310,7 +328,9 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     noise:       AWGN level in [0, 255] units added to the LR (fixed seed).
     oracle_kernel: call `predict_fn(lr, kernel)` with the true (N, k, k) kernels, e.g. for the
                  "ground-truth kernel + non-blind model" upper bound.
-    Returns a JSON-ready dict: settings, `num_compiled_shapes`, `compiled_shapes`,
+    bucket, max_batch: 1, 1 (default) is exact; larger values: the faster modes of the module doc.
+    Returns a JSON-ready dict: settings, `input_mode` and `deviation` (None when exact),
+    `num_compiled_shapes` (programs: distinct predict input shapes), `compiled_shapes`,
     `kernels` (one row per test kernel: label, params and mean metrics), `per_image`
     (one record per kernel x image) and `mean` (over all records). Kernel metrics are None
     when predict_fn returns no kernel.
@@ -336,11 +356,9 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
             raise ValueError(f"image {case.image!r} ({case.hr.shape[0]}x{case.hr.shape[1]}): {error}") from error
     return {
         "protocol": protocol, "scale": scale, "kernel_size": setup.spec.kernel_size,
-        "noise": float(noise), "seed": seed, "bucket": bucket, "max_batch": max_batch,
+        "noise": float(noise), "seed": seed, **_run_info(bucket, max_batch, shapes),
         "oracle_kernel": bool(oracle_kernel),
         "images": [name for name, _ in hr_images],
-        "num_compiled_shapes": len(shapes),
-        "compiled_shapes": [list(s) for s in sorted(shapes)],
         "per_image": records,
         **summarize(records, cases, setup.labels, setup.params),
     }
@@ -354,8 +372,8 @@ def paired_cases(pairs: Sequence[paired.Pair], scale: int, label: str = PAIRED) 
     return [Case(0, label, pair.name, *paired.read_pair(pair, scale)) for pair in pairs]
 
 
-def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scale: int, bucket: int = 16,
-                    max_batch: int = 8, oracle_kernel: bool = False) -> dict:
+def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scale: int, bucket: int = 1,
+                    max_batch: int = 1, oracle_kernel: bool = False) -> dict:
     """Score `predict_fn` on published LR files (`pairs` from `jaxsr.paired.find_pairs`).
 
     The same steps and scores as `evaluate` with the paired protocol as step 1: PSNR/SSIM on Y
@@ -363,9 +381,10 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
     the pair's ground-truth kernel when there is one (sizes may differ: the smaller is
     zero-padded). oracle_kernel: feed the ground-truth kernels to predict_fn(lr, kernel); every
     pair must have one. Every size is checked from the file headers before the model runs;
-    the images are then read one group of equal padded LR size at a time.
-    Returns the dict of `evaluate` (protocol "paired", one row "paired") with the folders, the
-    files of every record, and `kernel_size` (None when there are no kernels or several sizes).
+    the images are then read one group of equal LR size at a time (exact by default; bucket and
+    max_batch as in `evaluate`).
+    Returns the dict of `evaluate` (protocol "paired", one row "paired") with the folders, the files
+    of every record, and `kernel_size` (None when there are no kernels or several sizes).
     """
     scale = _check_settings(scale, None, bucket, max_batch, 0.0)
     pairs = list(pairs)
@@ -376,13 +395,11 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
         if missing:
             raise ValueError(f"oracle_kernel=True needs the ground-truth kernel of every image; there is none for "
                              f"{len(missing)} LR file(s): {missing[:20]}")
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (h, w) in enumerate(paired.check_files(pairs, scale)):
-        groups[(h + -h % bucket, w + -w % bucket)].append(i)
     records: list[dict] = [{} for _ in pairs]
     shapes: set[tuple[int, ...]] = set()
     kernel_sizes: set[int] = set()
-    for indices in groups.values():  # one group in memory at a time (DIV2KRK's HR images are 2K)
+    # one group in memory at a time (DIV2KRK's HR images are 2K)
+    for indices in group_by_size(paired.check_files(pairs, scale), bucket).values():
         cases = paired_cases([pairs[i] for i in indices], scale)
         shapes |= run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
         for i, case in zip(indices, cases):
@@ -398,12 +415,10 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
     return {
         "protocol": PAIRED, "scale": scale,
         "kernel_size": next(iter(kernel_sizes)) if len(kernel_sizes) == 1 else None,
-        "kernel_sizes": sorted(kernel_sizes), "bucket": bucket, "max_batch": max_batch,
+        "kernel_sizes": sorted(kernel_sizes), **_run_info(bucket, max_batch, shapes),
         "oracle_kernel": bool(oracle_kernel),
         "hr_dirs": folders("hr"), "lr_dirs": folders("lr"), "kernel_dirs": folders("kernel"),
         "images": [p.name for p in pairs],
-        "num_compiled_shapes": len(shapes),
-        "compiled_shapes": [list(s) for s in sorted(shapes)],
         "per_image": records,
         "kernels": [{"label": PAIRED, "params": {}, **means}],
         "mean": dict(means),
@@ -413,10 +428,8 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
 # --------------------------------------------------------------------------- reports
 
 def _cell(value: float | None, digits: int, scientific: bool = False) -> str:
-    if value is None:
-        return "–"
-    if math.isinf(value):
-        return "inf"
+    if value is None or math.isinf(value):
+        return "–" if value is None else "inf"
     return f"{value:.{digits}e}" if scientific else f"{value:.{digits}f}"
 
 
@@ -433,7 +446,9 @@ def format_markdown(result: dict) -> str:
     else:
         title = (f"**{result['protocol']}** x{result['scale']}, kernel {result['kernel_size']}x"
                  f"{result['kernel_size']}, noise {result['noise']:g}, {len(result['images'])} image(s)")
-    title += (f", {result['num_compiled_shapes']} compiled shape(s)"
+    mode = result.get("input_mode", "exact")
+    title += (f", {result['num_compiled_shapes']} predict program(s) (one per LR input shape), {mode}"
+              + (": every image alone at its own size" if mode == "exact" else "")
               + (", true kernel given to the model" if result.get("oracle_kernel") else ""))
     header = ("| kernel | bicubic PSNR | bicubic SSIM | PSNR | SSIM | kernel MAE | kernel PSNR |\n"
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -449,6 +464,8 @@ def format_markdown(result: dict) -> str:
     lines.append(row("**mean**", result["mean"]))
     lines += ["", "PSNR/SSIM on the Y channel, border = scale. Kernel MAE and PSNR compare the "
               "estimated with the true sum-to-one kernel; kernel PSNR = 10 log10(1 / MSE)."]
+    if result.get("deviation"):
+        lines += ["", f"**Not image by image:** {result['deviation']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -16,8 +16,9 @@ Given a kernel, the function restores with it (the "true kernel" bound of
 training loop's validation calls it with the current parameters, `bind` fixes them for eval and
 infer, so both run one compiled program per input shape.
 
-`iter_batches` and `pad_to_multiple` feed a predict function a few fixed shapes (one compile
-per shape); evaluate and infer batch through them.
+`iter_batches` runs a predict function over a stack of equal-shape inputs in batches of one size
+(one compile per shape); `group_by_size` sorts images into such stacks, by exact size or (opted
+into) by size padded up to a multiple (`pad_to_multiple`); evaluate and infer batch through them.
 
 This layer sits above the models and the checkpoints; it does not call into the trainer.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import jax
@@ -198,6 +199,21 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
     if not pad_h and not pad_w:
         return images
     return np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of `multiple` (1: unchanged)."""
+    return height + -height % multiple, width + -width % multiple
+
+
+def group_by_size(sizes: Sequence[tuple[int, int]], multiple: int = 1) -> dict[tuple[int, int], list[int]]:
+    """{(h, w): indices of the `sizes` that run at that size}, sorted by size. With multiple=1
+    each image keeps its own size, so a predict function compiles once per distinct size and
+    sees no padded pixel; a larger multiple merges sizes (fewer compiles, padded inputs)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (h, w) in enumerate(sizes):
+        groups.setdefault(padded_size(h, w, multiple), []).append(index)
+    return dict(sorted(groups.items()))
 
 
 def _fill(chunk: np.ndarray, size: int) -> np.ndarray:

@@ -94,10 +94,38 @@ def test_eval_lr_size(tmp_path):
     (h, w), why = aot.eval_lr_size(cfg)
     assert (h, w) == (128, 128) and "ceil(512/4)" in why
     from PIL import Image
+    assert "the number of eval programs is unknown" in why
     Image.new("RGB", (330, 200)).save(tmp_path / "wide.png")  # w x h
     cfg.eval.dirs = (str(tmp_path),)
     (h, w), why = aot.eval_lr_size(cfg)
-    assert (h, w) == (64, 96) and "wide.png" in why  # 50x82 padded to a multiple of 16
+    assert (h, w) == (50, 82) and "wide.png" in why  # exact by default: the LR at its own size
+    assert "compiles 1 predict program(s)" in why
+    from jaxsr.aot.report import _program_header
+    header = _program_header({"batch": {}, "num_devices": 1}, "predict", {"lr_shape": [1, h, w, 3], "lr_choice": why})
+    assert header.splitlines()[1] == "  a configured evaluation compiles 1 predict program(s): 1 image(s) in 1 set(s), " \
+                                     "1 distinct LR size(s); exact: each image alone at its own size"
+    cfg.eval.bucket = 16  # the opt-in padding (once the default, which this test pinned)
+    (h, w), why = aot.eval_lr_size(cfg)
+    assert (h, w) == (64, 96) and "padded to a multiple of eval.bucket=16" in why
+
+
+def test_count_eval_programs(tmp_path):
+    """Programs = distinct (batch, LR size) over all sets: exact sizes by default, merged by the
+    opt-in bucket; batches of eight Gaussian8 kernels with eval.max_batch=8."""
+    from PIL import Image
+    from jaxsr.aot.evalsize import count_programs
+    for folder, sizes in (("one", [(200, 330), (201, 331), (96, 96)]), ("two", [(200, 330), (120, 64)])):
+        (tmp_path / folder).mkdir()
+        for i, (h, w) in enumerate(sizes):
+            Image.new("RGB", (w, h)).save(tmp_path / folder / f"{i}.png")
+    cfg = _config("dan.py:setting1_x4")
+    cfg.eval.dirs = (str(tmp_path / "one"), str(tmp_path / "two"))
+    # LR at x4: 50x82 (three images over both sets), 24x24, 30x16
+    assert count_programs(cfg) == {"programs": 3, "lr_sizes": 3, "images": 5, "sets": 2, "bucket": 1, "max_batch": 1}
+    cfg.eval.bucket = 32  # 64x96, 32x32, 32x32
+    assert count_programs(cfg)["programs"] == 2
+    cfg.eval.update(bucket=1, max_batch=8, protocol="setting2")  # one LR per image: batch 2 and batch 1 of 50x82
+    assert count_programs(cfg)["programs"] == 4
 
 
 # ----------------------------------------------------------------------------- TPU compiles (libtpu, no chips)

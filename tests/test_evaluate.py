@@ -1,7 +1,7 @@
 """jaxsr.evaluate with fake predict functions on small synthetic images (and two Set5 crops)."""
+import dataclasses
 import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,13 +10,11 @@ import pytest
 from scipy import ndimage
 
 import jaxsr.ops.degrade as D
-from jaxsr import config_lib, experiment, io
-from helpers import smooth_image
+from helpers import load_config, smooth_image
 from jaxsr import evaluate as E
+from jaxsr import experiment, io
 from jaxsr.ops.imresize import imresize
 from jaxsr.validation import Validator
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def counting_fake(scale, kernel=None, upsample="bicubic"):
@@ -66,7 +64,7 @@ def np_sfold_lr(hr, kernel, scale):
 @pytest.fixture(scope="module")
 def images():
     rng = np.random.default_rng(0)
-    # LR at x2: 20x18 and 22x20 share the 32x32 bucket; 35x33 falls in 48x48.
+    # LR at x2: 20x18, 22x20 and 35x33 (with the opt-in eval.bucket=16: 32x32, 32x32 and 48x48).
     return [("a", smooth_image(rng, 40, 36)), ("b", smooth_image(rng, 44, 40)),
             ("c", smooth_image(rng, 70, 66))]
 
@@ -84,8 +82,8 @@ def test_bicubic_model_equals_bicubic_baseline(bicubic_run):
     result, _ = bicubic_run
     assert len(result["per_image"]) == 8 * 3 and len(result["kernels"]) == 8
     for record in result["per_image"]:
-        # Same LR, same upsampler: only the bucket padding differs, and it only touches the
-        # cropped border, so the scores agree (up to float rounding at a quantisation step).
+        # Same LR, same upsampler (the model's in batches of 8, the baseline one at a time), so
+        # the scores agree up to float rounding at a quantisation step.
         assert record["psnr"] == pytest.approx(record["bicubic_psnr"], abs=1e-3)
         assert record["ssim"] == pytest.approx(record["bicubic_ssim"], abs=1e-4)
         assert 20.0 < record["psnr"] < 60.0 and 0.5 < record["ssim"] <= 1.0
@@ -98,14 +96,27 @@ def test_bicubic_model_equals_bicubic_baseline(bicubic_run):
     assert result["kernels"][0]["params"] == {"sigma": pytest.approx(0.8)}
 
 
-def test_compiles_once_per_bucket(bicubic_run, images):
+def test_compiles_once_per_exact_size_and_padding_is_opt_in(bicubic_run, images):
     result, traces = bicubic_run
-    # Pairs: 8 kernels x {a, b} in the 32x32 bucket (16 pairs, batches of 8), 8 x {c} in 48x48.
-    assert result["num_compiled_shapes"] == 2 == len(traces)
-    assert sorted(map(tuple, result["compiled_shapes"])) == [(8, 32, 32, 3), (8, 48, 48, 3)]
+    # Exact sizes: 8 kernels x each image, one program per distinct LR size, batches of 8.
+    assert result["num_compiled_shapes"] == 3 == len(traces) and result["bucket"] == 1
+    assert sorted(map(tuple, result["compiled_shapes"])) == [(8, 20, 18, 3), (8, 22, 20, 3), (8, 35, 33, 3)]
+    assert result["input_mode"] == "batched" and "batches of up to 8" in result["deviation"]
+    # The padded mode (the default before evaluation became exact; these counts pinned it) is
+    # still there when asked for: a and b share the 32x32 bucket, c is alone in 48x48.
     predict, traces = counting_fake(2)
-    two = E.evaluate(predict, images[:2], scale=2, protocol="gaussian8", max_batch=5)
+    padded = E.evaluate(predict, images, scale=2, protocol="gaussian8", max_batch=8, bucket=16)
+    assert padded["num_compiled_shapes"] == 2 == len(traces)
+    assert sorted(map(tuple, padded["compiled_shapes"])) == [(8, 32, 32, 3), (8, 48, 48, 3)]
+    assert padded["input_mode"] == "padded" and "scores from padded inputs" in E.format_markdown(padded)
+    predict, traces = counting_fake(2)
+    two = E.evaluate(predict, images[:2], scale=2, protocol="gaussian8", max_batch=5, bucket=16)
     assert two["num_compiled_shapes"] == 1 == len(traces)  # 16 pairs in batches of 5 (+ filler)
+    predict, traces = counting_fake(2)
+    exact = E.evaluate(predict, images[:2], scale=2, protocol="gaussian8")  # the defaults: exact
+    assert exact["input_mode"] == "exact" and exact["deviation"] is None
+    assert sorted(traces) == [(1, 20, 18, 3), (1, 22, 20, 3)]
+    assert "2 predict program(s) (one per LR input shape), exact" in E.format_markdown(exact)
 
 
 def test_psnr_matches_numpy_definition_sfold():
@@ -219,7 +230,7 @@ def test_save_results_writes_markdown_json_and_chart(bicubic_run, tmp_path):
     assert f"{result['mean']['psnr']:.2f}" in rows[-1]
     loaded = json.loads(json_path.read_text(encoding="utf-8"))  # strict JSON: inf as a string
     assert loaded["mean"]["kernel_psnr"] == "inf"
-    assert loaded["num_compiled_shapes"] == 2
+    assert loaded["num_compiled_shapes"] == 3  # one per exact LR size (2 when this fixture padded to 16)
     assert loaded["per_image"][0]["psnr"] == pytest.approx(result["per_image"][0]["psnr"])
 
 
@@ -246,7 +257,7 @@ def test_set5_crops(shared_data):
     assert [name for name, _ in crops] == [p.stem for p in io.list_images(folder)[:2]]
     predict, traces = counting_fake(4)
     result = E.evaluate(predict, crops, scale=4, protocol="gaussian8")
-    assert result["num_compiled_shapes"] == 1 == len(traces)  # LR 24x24 -> one 32x32 bucket
+    assert result["num_compiled_shapes"] == 1 == len(traces)  # both LRs 24x24: one exact size
     for record in result["per_image"]:
         assert record["psnr"] == pytest.approx(record["bicubic_psnr"], abs=1e-3)
     assert 18.0 < result["mean"]["bicubic_psnr"] < 40.0
@@ -257,7 +268,7 @@ def test_validation_is_an_evaluator_of_the_predict_function_it_is_handed():
     """The training loop's validation scores whatever predict(params, lr, kernel) it gets with
     evaluate's own scores: a bicubic "model" scores exactly the bicubic baseline, and returning
     the true kernels (passed in as the parameters) gives a kernel error of zero."""
-    exp = experiment.resolve(config_lib.load(REPO / "configs" / "dan.py:tiny"))
+    exp = experiment.resolve(load_config("dan", "tiny"))
     calls = []
 
     def bicubic_model(params, lr, kernel=None):
@@ -274,3 +285,92 @@ def test_validation_is_an_evaluator_of_the_predict_function_it_is_handed():
     assert result["val_bicubic_psnr"] == pytest.approx(float(np.mean(psnr)), abs=1e-6)
     size = validator.hr.shape[1]
     assert grid.shape == (validator.hr.shape[0] * size, 6 * size, 3)
+
+
+# ----------------------------------------------------------------- exact by default
+
+@pytest.fixture(scope="module")
+def tiny_dan():
+    """(spec, model, params) of a tiny DANv1 with random weights: its kernel estimator pools over
+    the whole image, so a single padded pixel would move every output."""
+    from helpers import torch_like_params
+    from jaxsr import platform
+    exp = experiment.resolve(load_config("dan", "tiny"))
+    model = exp.model(platform.default_platform())
+    return exp.model_spec, model, torch_like_params(model, seed=3)["params"]
+
+
+def counting_bind(spec, model, params):
+    """`jaxsr.predict.bind` of the model with a fresh jit, and the input shape of every trace
+    (= every compiled predict program)."""
+    from jaxsr import predict as predict_lib
+    traces = []
+
+    def traced_predict(module, variables, lr, **kwargs):
+        traces.append(tuple(lr.shape))
+        return spec.predict(module, variables, lr, **kwargs)
+
+    return predict_lib.bind(dataclasses.replace(spec, predict=traced_predict), model, params), traces
+
+
+def one_at_a_time(predict_fn, cases, scale):
+    """The reference: each case's LR alone through predict_fn at its own size, then scored."""
+    records = {}
+    for case in cases:
+        sr, kernel = predict_fn(jnp.asarray(np.repeat(case.lr, 3 // case.lr.shape[-1], axis=-1)[None]))
+        sr = np.asarray(sr)[0]
+        done = dataclasses.replace(case, sr=sr.mean(axis=-1, keepdims=True) if case.lr.shape[-1] == 1 else sr,
+                                   estimated_kernel=np.asarray(kernel)[0])
+        records[(case.label, case.image)] = E.score_case(done, scale)
+    return records
+
+
+def test_default_evaluation_equals_image_by_image_with_a_pooling_estimator(tiny_dan):
+    """The defaults run every LR at its own size: each score (kernel PSNR included) is the same
+    float as the model run image by image, and there is one predict program per distinct LR
+    size. The opt-in padding changes the scores of the images it pads, and only those."""
+    rng = np.random.default_rng(7)
+    # LR at x2: 20x18, 23x19 (twice), 17x25 (gray, HR mod-cropped), 32x32 (a multiple of 16).
+    hrs = [("a", smooth_image(rng, 40, 36, sigma=1.0)), ("b", smooth_image(rng, 46, 38, sigma=1.0)),
+           ("c", smooth_image(rng, 46, 38, sigma=1.0)), ("d", smooth_image(rng, 35, 51, c=1, sigma=1.0)),
+           ("e", smooth_image(rng, 64, 64, sigma=1.0))]
+    predict_fn, traces = counting_bind(*tiny_dan)
+    result = E.evaluate(predict_fn, hrs, scale=2, protocol="gaussian8")
+    assert result["input_mode"] == "exact" and result["deviation"] is None
+    assert sorted(traces) == [(1, 17, 25, 3), (1, 20, 18, 3), (1, 23, 19, 3), (1, 32, 32, 3)]
+    assert result["num_compiled_shapes"] == 4 == len(traces)
+    cases = E.degrade_cases(E._setup("gaussian8", 2, None, 0), hrs, 2)
+    reference = one_at_a_time(predict_fn, cases, 2)
+    assert len(traces) == 4  # the reference ran the same four programs
+    got = {(r["kernel"], r["image"]): r for r in result["per_image"]}
+    assert got == reference  # exactly: the same floats
+    assert all(math.isfinite(r["kernel_psnr"]) for r in got.values())
+    padded = E.evaluate(predict_fn, hrs, scale=2, protocol="gaussian8", bucket=16)
+    for record in padded["per_image"]:
+        same = reference[(record["kernel"], record["image"])]
+        if record["image"] == "e":  # 32x32: nothing to pad
+            assert record == same
+        else:
+            assert record["kernel_psnr"] != same["kernel_psnr"]
+
+
+def test_paired_default_equals_image_by_image(tiny_dan, tmp_path):
+    """The paired protocol: published LR files of several sizes, each scored as if run alone."""
+    from jaxsr import paired
+    rng = np.random.default_rng(8)
+    kernel = np.asarray(D.gaussian8_kernels(2))[3]
+    for i, (h, w) in enumerate([(13, 21), (16, 16), (13, 21), (9, 30)], start=1):
+        io.write_image(tmp_path / "hr" / f"img_{i}.png", smooth_image(rng, 2 * h + i % 2, 2 * w, sigma=1.0))
+        io.write_image(tmp_path / "lr" / f"img_{i}.png", smooth_image(rng, h, w, sigma=1.0))
+        (tmp_path / "k").mkdir(exist_ok=True)
+        np.save(tmp_path / "k" / f"img_{i}.npy", kernel)
+    pairs = paired.find_pairs(tmp_path / "hr", tmp_path / "lr", tmp_path / "k")
+    predict_fn, traces = counting_bind(*tiny_dan)
+    result = E.evaluate_paired(predict_fn, pairs, scale=2)
+    assert result["input_mode"] == "exact" and result["num_compiled_shapes"] == 3 == len(traces)
+    assert sorted(traces) == [(1, 9, 30, 3), (1, 13, 21, 3), (1, 16, 16, 3)]
+    cases = [E.Case(0, "paired", p.name, *paired.read_pair(p, 2)) for p in pairs]
+    reference = one_at_a_time(predict_fn, cases, 2)
+    files = ("hr_file", "lr_file", "kernel_file")
+    got = {("paired", r["image"]): {k: v for k, v in r.items() if k not in files} for r in result["per_image"]}
+    assert got == reference and len(traces) == 3
