@@ -118,15 +118,7 @@ def run_blocks(module: nn.Module, make_block: Callable[..., nn.Module], names: S
     params = module.variables["params"]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(params[name] for name in names))
     template = make_block(parent=None)  # unbound: applied to one block's parameters per trip
-    # A scan keeps every intermediate of its body for the backward pass, where the unrolled
-    # program lets XLA fuse the elementwise ones away: keep only the convolutions' outputs.
-    body = jax.checkpoint(lambda c, p: (call(template, c, p), None), prevent_cse=False,
-                          policy=_save_convolutions)
-    return jax.lax.scan(body, carry, stacked)[0]
-
-
-def _save_convolutions(primitive, *_, **__) -> bool:
-    return primitive.name == "conv_general_dilated"
+    return jax.lax.scan(lambda c, p: (call(template, c, p), None), carry, stacked)[0]
 
 
 def leaky_relu(x: Array) -> Array:
