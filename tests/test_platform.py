@@ -105,7 +105,9 @@ def test_start_without_tpu_is_quiet(tmp_path):
     import os
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    # without what an earlier in-process AOT compile set for libtpu (jaxsr.aot.prepare_libtpu)
+    env = {k: v for k, v in os.environ.items()
+           if k != "JAX_PLATFORMS" and not k.startswith("TPU_") and k != "ALLOW_MULTIPLE_LIBTPU_LOAD"}
     ours = subprocess.run([sys.executable, "-c", QUIET_START], env=env, capture_output=True, text=True, timeout=300)
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert ours.stdout.split() == ["cpu", "cpu"]
