@@ -81,7 +81,7 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 import jaxsr  # noqa: E402
-from jaxsr import models, platform, torch_import  # noqa: E402
+from jaxsr import models, platform as jaxsr_platform, torch_import  # noqa: E402
 from jaxsr.cpu import native, process  # noqa: E402 - each setting on its own flag
 from jaxsr.models import dan, dssr, kxnet, usrnet  # noqa: E402
 
@@ -559,7 +559,7 @@ def main(argv=None) -> None:
           f"PyTorch {'in this process' if args.torch_in_process else 'in a worker process of its own'}")
     # The figures depend on the CPU: the native kernels (stride-1 forward and kernel gradient) need AVX-512.
     print(f"# {describe_cpu(cpu)}")
-    options = {} if args.xla_defaults else platform.compiler_options("cpu")
+    options = {} if args.xla_defaults else jaxsr_platform.compiler_options("cpu")
     print(f"# jaxsr compile options: {options or 'XLA defaults'}; "
           f"large buffers from the heap: {heap}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}; CPU executions "
