@@ -137,9 +137,6 @@ class _Jit:
     def lower(self, *args, **kwargs):
         return self.jitted(self.platform((args, kwargs))).lower(*args, **kwargs)
 
-    def eval_shape(self, *args, **kwargs):
-        return self._nested.eval_shape(*args, **kwargs)
-
 
 def jit(fun: Callable | None = None, **kwargs) -> Callable:
     """`jax.jit` (also as `@jit(static_argnames=...)`) that compiles with the options of the

@@ -195,10 +195,10 @@ def pad_to_multiple(images: np.ndarray, multiple: int) -> np.ndarray:
     NumPy applies it for any pad length, even one longer than the image.
     """
     _, h, w, _ = images.shape
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if not pad_h and not pad_w:
+    padded_h, padded_w = padded_size(h, w, multiple)
+    if (padded_h, padded_w) == (h, w):
         return images
-    return np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+    return np.pad(images, ((0, 0), (0, padded_h - h), (0, padded_w - w), (0, 0)), mode="symmetric")
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:

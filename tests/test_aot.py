@@ -91,17 +91,20 @@ def test_custom_call_scan():
 def test_eval_lr_size(tmp_path):
     cfg = _config("dan.py:setting1_x4")
     cfg.eval.dirs = (str(tmp_path / "missing"),)
+    from jaxsr.aot.evalsize import count_programs, programs_line
     (h, w), why = aot.eval_lr_size(cfg)
     assert (h, w) == (128, 128) and "ceil(512/4)" in why
     from PIL import Image
-    assert "the number of eval programs is unknown" in why
+    assert "the number of eval programs is unknown" in programs_line(count_programs(cfg))
     Image.new("RGB", (330, 200)).save(tmp_path / "wide.png")  # w x h
     cfg.eval.dirs = (str(tmp_path),)
     (h, w), why = aot.eval_lr_size(cfg)
     assert (h, w) == (50, 82) and "wide.png" in why  # exact by default: the LR at its own size
-    assert "compiles 1 predict program(s)" in why
+    programs = programs_line(count_programs(cfg))
+    assert "compiles 1 predict program(s)" in programs
     from jaxsr.aot.report import _program_header
-    header = _program_header({"batch": {}, "num_devices": 1}, "predict", {"lr_shape": [1, h, w, 3], "lr_choice": why})
+    header = _program_header({"batch": {}, "num_devices": 1}, "predict",
+                             {"lr_shape": [1, h, w, 3], "lr_choice": why, "eval_programs": programs})
     assert header.splitlines()[1] == "  a configured evaluation compiles 1 predict program(s): 1 image(s) in 1 set(s), " \
                                      "1 distinct LR size(s); exact: each image alone at its own size"
     cfg.eval.bucket = 16  # the opt-in padding (once the default, which this test pinned)

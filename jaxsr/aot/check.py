@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from jaxsr import experiment, sharding, train
-from jaxsr.aot.evalsize import eval_lr_size
+from jaxsr.aot.evalsize import count_programs, eval_lr_size, programs_line
 from jaxsr.aot.measure import compile_program, count_flops_cpu, lower_predict
 from jaxsr.aot.targets import Target, parse_target, target_devices
 
@@ -71,7 +71,8 @@ def check(cfg, target: Target | str, *, predict: bool = True, count_flops: bool 
         pred = compile_program(lowered, target.memory_bytes, target.platform)
         pred["lr_shape"] = [eval_per_device * len(devices), *eval_lr, 3]
         pred["lr_choice"] = why
-        pred["eval_max_batch"] = int(exp.cfg.eval.get("max_batch", 8))
+        pred["eval_programs"] = programs_line(count_programs(exp.cfg))
+        pred["eval_max_batch"] = int(exp.cfg.eval.get("max_batch", 1))
         report["programs"]["predict"] = pred
     if step.get("fits") is False:
         report["advice"] = advice(exp.cfg, target)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from jaxsr import paired
 from jaxsr.data import datasets
-from jaxsr.predict import group_by_size
+from jaxsr.predict import group_by_size, padded_size
 
 DEFAULT_EVAL_HR = 512  # HR side of the fallback evaluation image (Set5's largest, baby, is 512x512)
 CASES_PER_IMAGE = {"gaussian8": 8, "kxnet": 8, "setting2": 1, "paired": 1}  # LR inputs one image makes
@@ -86,18 +86,14 @@ def eval_lr_size(cfg) -> tuple[tuple[int, int], str]:
     """((h, w), why): the largest LR image the config's evaluation feeds the model (padded to a
     multiple of cfg.eval.bucket when that opt-in is set, as `jaxsr.evaluate` pads it), from the
     images of `eval_lr_sizes`; without them an HR image of 512x512 (Set5's largest) is assumed,
-    i.e. an LR of ceil(512 / scale) on each side.
-    The reason ends with a second line, `programs_line`: how many predict programs the
-    evaluation compiles."""
+    i.e. an LR of ceil(512 / scale) on each side."""
     bucket, _ = _settings(cfg)
     padding = f", padded to a multiple of eval.bucket={bucket}" if bucket > 1 else ", its own size"
-    pad = lambda n: n + -n % bucket
-    sets = eval_lr_sizes(cfg)
-    programs = "\n" + programs_line(count_programs(cfg, sets))
-    candidates = [c for images in sets for c in images]
+    candidates = [c for images in eval_lr_sizes(cfg) for c in images]
     if candidates:
-        h, w, path = max(candidates, key=lambda c: (pad(c[0]) * pad(c[1]), c[0], c[1]))
-        return (pad(h), pad(w)), f"largest evaluation LR: {os.path.basename(path)} ({h}x{w}{padding}){programs}"
+        h, w, path = max(candidates, key=lambda c: (math.prod(padded_size(c[0], c[1], bucket)), c[0], c[1]))
+        return padded_size(h, w, bucket), f"largest evaluation LR: {os.path.basename(path)} ({h}x{w}{padding})"
     side = math.ceil(DEFAULT_EVAL_HR / int(cfg.scale))
-    return (pad(side), pad(side)), (f"evaluation images not found here: LR ceil({DEFAULT_EVAL_HR}/{cfg.scale})={side} "
-                                    f"(a {DEFAULT_EVAL_HR}x{DEFAULT_EVAL_HR} HR image, Set5's largest{padding}){programs}")
+    return padded_size(side, side, bucket), (
+        f"evaluation images not found here: LR ceil({DEFAULT_EVAL_HR}/{cfg.scale})={side} "
+        f"(a {DEFAULT_EVAL_HR}x{DEFAULT_EVAL_HR} HR image, Set5's largest{padding})")

@@ -17,9 +17,9 @@ def _program_header(report: dict, key: str, p: dict) -> str:
     b, n = report["batch"], report["num_devices"]
     if key == "predict":
         per_device = p["lr_shape"][0] // n
-        choice, *more = p["lr_choice"].split("\n")  # more: evalsize's count of eval programs
-        header = f"predict: LR {'x'.join(map(str, p['lr_shape']))} ({per_device} per device); {choice}"
-        header += "".join(f"\n  {line}" for line in more)
+        header = f"predict: LR {'x'.join(map(str, p['lr_shape']))} ({per_device} per device); {p['lr_choice']}"
+        if p.get("eval_programs"):
+            header += f"\n  {p['eval_programs']}"
         if per_device < p.get("eval_max_batch", 0):
             header += (f"\n  (jaxsr.evaluate runs batches of up to eval.max_batch={p['eval_max_batch']} on one "
                        f"device: --eval_per_device={p['eval_max_batch']} checks that)")
