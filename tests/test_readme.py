@@ -106,8 +106,7 @@ def _flops(jitted, *args) -> float:
     kernels (XLA does not count custom calls). The lowered module, not the compiled one: the
     skipped backward pass is absent from it already, and counting it needs no compile."""
     from jaxsr import cpu
-    with cpu.native_suspended():
-        jax.clear_caches()  # a trace made earlier, with the native kernels on, would be reused
+    with cpu.native_suspended():  # also drops a trace made earlier with the native kernels on
         lowered = jitted.lower(*args)
     assert 'custom_call_target="jaxsr_' not in lowered.as_text(dialect="hlo")
     analysis = lowered.cost_analysis()

@@ -19,8 +19,9 @@ program runs the CPU branches' Python too, and that Python is kept pure and chea
                (`jaxsr.cpu.degrade`; the larger ones cached per shape).
 None of it starts a backend, compiles, or reads a file or the environment. The one process-wide
 value read is `native.in_use()` (which native kernels CPU programs use): `jaxsr.cpu.setup()` sets
-it once at start-up and `native_suspended()` clears it inside a block. JAX's jit cache does not
-see it, so a function traced before `setup()` keeps its program without the kernels. The
+it once at start-up and `native_suspended()` clears it inside a block (and JAX's trace caches on
+the way in and out). JAX's jit cache does not see it otherwise, so a function traced before
+`setup()` keeps its program without the kernels. The
 equations the CPU branches add are dropped when a program is lowered for a GPU or TPU.
 
 The degradation's CPU formulations (`jaxsr.cpu.degrade`: FFT blur, blur+downsample at the kept

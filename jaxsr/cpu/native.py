@@ -147,13 +147,19 @@ def in_use() -> Kernels:
 @contextlib.contextmanager
 def suspended():
     """Trace without the kernels inside this block (they stay registered with XLA): for programs
-    whose FLOPs XLA's cost analysis must see whole, e.g. benchmarks/models.py's work count."""
+    whose FLOPs XLA's cost analysis must see whole, e.g. benchmarks/models.py's work count.
+    JAX's trace caches do not see this switch, so they are cleared on the way in and out (where
+    kernels are registered): a function traced before the block is traced again inside it, and
+    one traced inside it again after. Compiled executables already held are unaffected."""
     lib = _state.pop("library", None)
+    if lib is not None:
+        jax.clear_caches()
     try:
         yield
     finally:
         if lib is not None:
             _state["library"] = lib
+            jax.clear_caches()
 
 
 @contextlib.contextmanager

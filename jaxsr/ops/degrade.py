@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import platform
-from jaxsr import cpu
+from jaxsr import cpu, platform
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import _matlab_matrix, imresize
 
