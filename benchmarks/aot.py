@@ -60,6 +60,7 @@ def run_one(variant: str, target: str, args, count_flops: bool) -> dict:
         cmd += [f"--config.{kv}" for kv in args.override]
         env = dict(os.environ)
         env.setdefault("JAX_PLATFORMS", "cpu")
+        env.setdefault("JAXSR_COMPILATION_CACHE", "0")  # the table's compile times are compiles, not cache loads
         t0 = time.time()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=args.timeout)

@@ -139,3 +139,25 @@ def test_an_installed_plugin_without_an_accelerator_is_not_one(monkeypatch):
     monkeypatch.setattr(platform.importlib.metadata, "entry_points", lambda group: [])
     monkeypatch.setattr(platform.importlib.util, "find_spec", lambda name: None)
     assert not platform.accelerator_likely()
+
+
+def test_aot_says_when_a_program_came_from_the_compilation_cache():
+    """A compile answered by the persistent cache is reported as a load, not as a compile time."""
+    from jaxsr import aot
+    from jaxsr.aot import measure, report
+
+    class Fresh(Lowered):
+        def compile(self, compiler_options=None):
+            return COMPILED
+
+    class Cached(Lowered):
+        def compile(self, compiler_options=None):
+            jax.monitoring.record_event(measure.CACHE_HIT_EVENT)
+            return COMPILED
+
+    fresh, cached = (aot.compile_program(lowered, 1 << 30, "tpu") for lowered in (Fresh(None), Cached(None)))
+    assert fresh["from_cache"] is False and cached["from_cache"] is True
+    lines = {name: report._program_lines({"memory_bytes": 1 << 30, "platform": "tpu", "target": "v5e-1",
+                                          "batch": {}, "num_devices": 1}, "train_step_remat", p)[1]
+             for name, p in (("fresh", fresh), ("cached", cached))}
+    assert "persistent compilation cache" in lines["cached"] and "cache" not in lines["fresh"]

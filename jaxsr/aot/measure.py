@@ -106,10 +106,25 @@ def host_peak_rss() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+_cache_hits: list[int] = []  # a counter, with its listener registered on first use
+
+
+def _cache_hit_count() -> int:
+    if not _cache_hits:
+        _cache_hits.append(0)
+        jax.monitoring.register_event_listener(
+            lambda event, **_: _cache_hits.__setitem__(0, _cache_hits[0] + (event == CACHE_HIT_EVENT)))
+    return _cache_hits[0]
+
+
 def compile_program(lowered, budget: int, platform_name: str) -> dict:
-    """Compile `lowered` as jaxsr compiles for `platform` (`jaxsr.platform.compile_lowered`: the
-    GPU fallback included) for the platform named `platform_name`; memory, XLA FLOPs, compile seconds, custom calls and the verdict."""
+    """Compile `lowered` as jaxsr compiles for the platform named `platform_name`
+    (`jaxsr.platform.compile_lowered`: the GPU fallback included); memory, XLA FLOPs, compile
+    seconds (`from_cache`: loaded from the persistent compilation cache instead, so the seconds
+    are not a compile time), custom calls and the verdict."""
     result: dict[str, Any] = {"custom_calls": custom_call_targets(lowered.as_text())}
+    hits = _cache_hit_count()
     t0 = time.perf_counter()
     try:
         compiled, fallback = platform.compile_lowered(lowered, platform_name)
@@ -129,6 +144,7 @@ def compile_program(lowered, budget: int, platform_name: str) -> dict:
         result["note"] = (f"compiled with {fallback}: XLA:GPU could not tile a fused matmul; jaxsr.jit compiles "
                           "the training step the same way on a GPU")
     result["compile_s"] = time.perf_counter() - t0
+    result["from_cache"] = _cache_hit_count() > hits
     result["host_peak_rss"] = host_peak_rss()
     result["memory"] = memory_figures(compiled)
     flops, why = xla_flops(compiled)

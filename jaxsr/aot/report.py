@@ -74,7 +74,9 @@ def _flop_lines(report: dict, p: dict) -> list[str]:
 
 
 def _program_lines(report: dict, key: str, p: dict) -> list[str]:
-    lines = [_program_header(report, key, p), f"  compile time        {p.get('compile_s', 0):.1f} s"]
+    cached = " (loaded from the persistent compilation cache, not compiled; JAXSR_COMPILATION_CACHE=0 times a compile)"
+    lines = [_program_header(report, key, p),
+             f"  compile time        {p.get('compile_s', 0):.1f} s{cached if p.get('from_cache') else ''}"]
     if p.get("host_peak_rss"):
         lines.append(f"  host memory         {_gib(p['host_peak_rss'])} (this process's peak RSS after the compile)")
     if p.get("error"):
