@@ -33,8 +33,8 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, scan_unroll, Upsampler, compute_dtype, conv2d,
-                                 leaky_relu, pixel_shuffle, torch_default_bias_init)
+from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, run_blocks, scan_unroll, Upsampler, compute_dtype,
+                                 conv2d, leaky_relu, pixel_shuffle, torch_default_bias_init)
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import resize_bicubic_torch
 from jaxsr.torch_import import KeyMap, OfficialMap, conv_keys
@@ -59,13 +59,12 @@ class ResBlock(nn.Module):
 class CascadedResBlocks(nn.Module):
     """`num_blocks` ResBlocks in series with one skip around the whole chain."""
     num_blocks: int
+    scan_blocks: bool = False  # the blocks as one `lax.scan` body (`layers.run_blocks`)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        y = x
-        for i in range(self.num_blocks):
-            y = ResBlock(name=f"block_{i}")(y)
-        return y + x
+        names = [f"block_{i}" for i in range(self.num_blocks)]
+        return run_blocks(self, ResBlock, names, x, scan=self.scan_blocks) + x
 
 
 class AffineFromDetail(nn.Module):
@@ -134,6 +133,7 @@ class RecurrentStep(nn.Module):
     features: int = 128
     structure_blocks: int = 15
     refine_blocks: int = 5
+    scan_blocks: bool = False
 
     @nn.compact
     def __call__(self, carry: tuple[Array, Array], bicubic: Array) -> tuple[tuple[Array, Array], dict[str, Array]]:
@@ -143,7 +143,7 @@ class RecurrentStep(nn.Module):
         lr_hw = x.shape[1:3]
 
         x = conv2d(jnp.concatenate([x, hidden], axis=-1), f, 1, name="compress")
-        feat = CascadedResBlocks(self.structure_blocks, name="structure")(x)
+        feat = CascadedResBlocks(self.structure_blocks, self.scan_blocks, name="structure")(x)
         up = ConvTranspose(f, k, s, pad, name="up")(feat)
         detail = conv2d(up, self.channels, 3, name="hr_image") - bicubic.astype(up.dtype)
         detail_feat = conv2d(detail, f, 3, name="detail_embed")
@@ -154,7 +154,7 @@ class RecurrentStep(nn.Module):
         gamma_lr, beta_lr = AffineFromDetail(name="affine_lr")(detail_lr)
         hidden = conv2d(up, f, k, stride=s, padding=pad, name="down") * gamma_lr + beta_lr + feat
 
-        y = CascadedResBlocks(self.refine_blocks, name="refine")(hidden)
+        y = CascadedResBlocks(self.refine_blocks, self.scan_blocks, name="refine")(hidden)
         sr = Upsampler(s, self.channels, name="upsampler")(y).astype(bicubic.dtype) + bicubic
         return (x, hidden), {"sr": sr, "detail": detail.astype(bicubic.dtype)}
 
@@ -171,6 +171,8 @@ class DSSR(nn.Module):
     remat: bool = False
     # Steps per compiled loop iteration (results unchanged).
     scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
+    # The residual blocks of each cascade as one `lax.scan` body (GPU/TPU programs; models.create).
+    scan_blocks: bool = False
     dtype: str = "float32"  # compute dtype of the features; the bicubic skip and the outputs stay float32
 
     @nn.compact
@@ -191,7 +193,7 @@ class DSSR(nn.Module):
         loop = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=nn.broadcast, length=int(iters), unroll=unroll)
         _, outputs = loop(self.scale, self.channels, self.features, self.structure_blocks,
-                          self.refine_blocks, name="step")((x, x), bicubic)
+                          self.refine_blocks, self.scan_blocks, name="step")((x, x), bicubic)
         outputs["sr_mean"] = jnp.mean(outputs["sr"], axis=0)
         return outputs
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import compute_dtype, conv2d, remat_cell, scan_unroll
+from jaxsr.models.layers import compute_dtype, conv2d, remat_cell, run_blocks, scan_unroll
 from jaxsr.ops import _checks
 from jaxsr.ops.unfolding import data_precompute, data_step
 from jaxsr.torch_import import OfficialMap
@@ -101,6 +101,7 @@ class ResUNet(nn.Module):
     out_channels: int = 3
     features: Sequence[int] = (64, 128, 256, 512)
     num_blocks: int = 2
+    scan_blocks: bool = False  # each level's blocks as one `lax.scan` body (`layers.run_blocks`)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -111,9 +112,7 @@ class ResUNet(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, -h % 8), (0, -w % 8), (0, 0)), mode="edge")
 
         def blocks(y, prefix):
-            for i in range(nb):
-                y = ResBlock(name=f"{prefix}_block_{i}")(y)
-            return y
+            return run_blocks(self, ResBlock, [f"{prefix}_block_{i}" for i in range(nb)], y, scan=self.scan_blocks)
 
         x1 = conv_nobias(x, nc[0], 3, name="head")
         x2 = conv_nobias(blocks(x1, "down1"), nc[1], 2, stride=2, padding=0, name="down1_conv")
@@ -153,13 +152,14 @@ class USRNet(nn.Module):
     hyper_features: int = 64
     remat: bool = False
     scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
+    scan_blocks: bool = False  # the ResUNet's blocks per level as one scanned body (GPU/TPU; models.create)
     dtype: str = "float32"  # compute dtype of the ResUNet prior; the FFT data step stays float32
 
     def setup(self):
         _checks.check_scale("scale", self.scale)
         if not isinstance(self.num_iters, (int, np.integer)) or self.num_iters < 1:
             raise ValueError(f"num_iters must be a positive int, got {self.num_iters!r}")
-        self.prior = ResUNet(self.channels, tuple(self.features), self.num_blocks)
+        self.prior = ResUNet(self.channels, tuple(self.features), self.num_blocks, self.scan_blocks)
         self.hyper = HyperNet(2 * self.num_iters, self.hyper_features)
 
     def __call__(self, lr: Array, kernel: Array | None = None, noise_sigma: Array | float | None = None,
