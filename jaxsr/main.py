@@ -34,11 +34,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
-    from jaxsr import cache, cli, cpu, platform, sharding  # after flag parsing, so --help stays fast
-    from jaxsr import train as train_lib
-    # Before any device or thread starts; only when started as `python -m jaxsr.main` (it may
-    # re-execute the process with allocator settings), never when imported.
+    from jaxsr import cpu, platform  # after flag parsing, so --help stays fast
+    # Before any device or thread starts, and before the heavy imports below: it may re-execute
+    # the process with allocator settings, and whatever was imported by then is imported twice.
+    # Only when started as `python -m jaxsr.main`, never when imported.
     cpu_setup = cpu.setup(accelerator=platform.accelerator_likely()) if __name__ == "__main__" else {}
+    from jaxsr import cache, cli, sharding
+    from jaxsr import train as train_lib
     platform.skip_absent_tpu()  # no libtpu start-up errors on a machine without a TPU
     cache_folder = cache.enable_compilation_cache(_CACHE.value)  # before anything is compiled
     sharding.maybe_initialize_distributed()

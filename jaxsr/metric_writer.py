@@ -10,9 +10,19 @@ from __future__ import annotations
 import json
 import os
 
+import sys
+
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
+
+if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+else:  # tensorboardX imports PyTorch where it is installed only to accept its tensors (~1 s of every start)
+    sys.modules["torch"] = None  # makes `import torch` fail: tensorboardX then takes NumPy arrays only
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
 
 
 def _step(line: str) -> int | None:

@@ -227,14 +227,15 @@ def _start_run(exp: experiment.Experiment, program: TrainProgram, workdir: str):
 def _restore_or_init(program: TrainProgram, ckpt: checkpoints.Checkpointer, data_iter):
     """(state on the mesh, its step, checkpoint fingerprint): the latest good checkpoint's state
     and data position, else a fresh state."""
-    state = program.init_state()
-    meta = checkpoints.fingerprint(program.exp.cfg, state.params)
+    meta = checkpoints.fingerprint(program.exp.cfg, program.abstract_state.params)  # shapes only
     log("model %s: %d parameters", program.exp.name, meta["num_params"])
     restored = ckpt.restore_latest(program.abstract_state, meta, log=log)
-    if restored is not None:
+    if restored is not None:  # a restart initialises nothing: the checkpoint has every value
         state, data_state, _, _ = restored
         pipeline.restore_iterator_state(data_iter, data_state)  # any data.num_workers
         log("resumed from %s at step %d", ckpt.directory, int(state.step))
+    else:
+        state = program.init_state()
     return jax.device_put(state, program.state_sharding), int(state.step), meta
 
 
