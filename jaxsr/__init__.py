@@ -3,6 +3,7 @@
 Layers, bottom to top (each imports only from its own layer, without a cycle, and those below;
 tests/test_architecture.py checks the same list, `LAYERS`):
   cache, files, progress    the cache directory ($JAXSR_CACHE_DIR), file writing, progress lines
+  hardware                  accelerator plugins and device files, judged without importing JAX
   cpu/                      XLA:CPU tuning behind one door: only the names in `jaxsr.cpu.__all__`
   platform                  platform detection, compile options per platform, jaxsr.jit, the GPU fallback
   ops/                      pure array functions (degradations, resizing, PCA, metrics, unfolding steps)

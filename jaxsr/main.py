@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import os
 
+if __name__ == "__main__":  # first of all: the allocator restart re-executes the process, and
+    # whatever is imported before it is imported twice (JAX, with the config file: ~2 s a start)
+    from jaxsr import cpu, hardware
+    cpu.restart_with_malloc_tuning(hardware.accelerator_likely())
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -34,13 +39,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save at INFO
-    from jaxsr import cpu, platform  # after flag parsing, so --help stays fast
-    # Before any device or thread starts, and before the heavy imports below: it may re-execute
-    # the process with allocator settings, and whatever was imported by then is imported twice.
-    # Only when started as `python -m jaxsr.main`, never when imported.
-    cpu_setup = cpu.setup(accelerator=platform.accelerator_likely()) if __name__ == "__main__" else {}
-    from jaxsr import cache, cli, sharding
+    from jaxsr import cache, cli, cpu, hardware, platform, sharding  # after flag parsing, so --help stays fast
     from jaxsr import train as train_lib
+    # Before any device or thread starts; only when started as `python -m jaxsr.main`, never when
+    # imported (the allocator restart, if still needed, happened at the top of this file).
+    cpu_setup = cpu.setup(accelerator=hardware.accelerator_likely()) if __name__ == "__main__" else {}
     platform.skip_absent_tpu()  # no libtpu start-up errors on a machine without a TPU
     cache_folder = cache.enable_compilation_cache(_CACHE.value)  # before anything is compiled
     sharding.maybe_initialize_distributed()

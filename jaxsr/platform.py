@@ -6,7 +6,7 @@
   compile_lowered(l, p)     `l.compile()`, again without Triton GEMMs after XLA:GPU's tiling failure
   jit(fun, **kw)            `jax.jit` with those options and that fallback (also `jaxsr.jit`)
   libtpu_installed(), cuda_plugin_installed(), tpu_attached(), gpu_attached(), accelerator_likely()
-                            what this machine can compile for and run on (no backend is started)
+                            what this machine can compile for and run on (`jaxsr.hardware`, here too)
   skip_absent_tpu()         a quiet CPU start where libtpu is installed but no TPU is attached
 
 The training step, evaluation, prediction and `jaxsr.aot` all compile through `jit` /
@@ -15,9 +15,6 @@ The training step, evaluation, prediction and `jaxsr.aot` all compile through `j
 from __future__ import annotations
 
 import functools
-import glob
-import importlib.metadata
-import importlib.util
 import logging
 import os
 from typing import Any, Callable
@@ -25,6 +22,8 @@ from typing import Any, Callable
 import jax
 
 from jaxsr import cpu
+from jaxsr.hardware import (  # noqa: F401 - part of this module's interface
+    accelerator_likely, cuda_plugin_installed, gpu_attached, libtpu_installed, tpu_attached)
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 
@@ -146,50 +145,6 @@ def jit(fun: Callable | None = None, **kwargs) -> Callable:
     if fun is None:
         return lambda f: _Jit(f, kwargs)
     return _Jit(fun, kwargs)
-
-
-def libtpu_installed() -> bool:
-    return importlib.util.find_spec("libtpu") is not None
-
-
-def cuda_plugin_installed() -> bool:
-    """Whether JAX's CUDA plugin (jax[cuda12]) is installed; no GPU or driver is needed to compile."""
-    for name in ("jax_cuda12_plugin", "jax_plugins.xla_cuda12"):
-        try:
-            if importlib.util.find_spec(name) is not None:
-                return True
-        except ImportError:
-            continue
-    return False
-
-
-def tpu_attached() -> bool:
-    """Whether a TPU chip is attached to this machine (its device files), without starting libtpu."""
-    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
-
-
-def gpu_attached() -> bool:
-    """Whether an NVIDIA or AMD GPU shows its device files here."""
-    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/kfd")
-
-
-def accelerator_likely() -> bool:
-    """Whether JAX will likely run on a GPU/TPU here, judged without starting a backend:
-    JAX_PLATFORMS names another platform, or a PJRT plugin (libtpu, the `jax_plugins` namespace or
-    entry points) is installed and the machine shows an accelerator's device files. A plugin alone
-    (the `tpu` extra installed for ahead-of-time compiles on a CPU machine) does not count."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
-    if platforms:
-        return any(p.strip() not in ("cpu", "") for p in platforms.split(","))
-    plugin = libtpu_installed()
-    if not plugin:
-        try:
-            plugin = bool(importlib.metadata.entry_points(group="jax_plugins"))
-        except Exception:  # noqa: BLE001 - a broken metadata entry is not a plugin
-            plugin = False
-    if not plugin:
-        plugin = importlib.util.find_spec("jax_plugins") is not None  # the CUDA/ROCm plugins' namespace
-    return plugin and (tpu_attached() or gpu_attached())
 
 
 def skip_absent_tpu() -> str | None:

@@ -5,7 +5,7 @@ dependency) is read with `ast`, without importing anything. The graph must have 
 every module imports only from its own layer or those below it (`LAYERS`, bottom to top; the
 same list as `jaxsr/__init__.py`'s docstring):
 
-    cache, files, progress  <  cpu  <  platform  <  ops  <  torch_import, losses  <  models
+    cache, files, progress, hardware  <  cpu  <  platform  <  ops  <  torch_import, losses  <  models
       <  io, sharding, checkpoints, ...  <  data, config_lib  <  paired, experiment  <  predict
       <  evaluate, infer  <  validation  <  train  <  aot  <  cli, convert  <  main
 
@@ -38,7 +38,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxsr"
 # Bottom to top: a module imports only from its own layer (without a cycle) or the layers below.
 # A name covers the module and everything under it (`jaxsr.models` is the package and its files).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("jaxsr.cache", "jaxsr.files", "jaxsr.progress", "jaxsr.assets"),  # leaves: cache folder, files, progress
+    ("jaxsr.cache", "jaxsr.files", "jaxsr.progress", "jaxsr.assets", "jaxsr.hardware"),  # leaves
     ("jaxsr.cpu",),               # XLA:CPU tuning behind one door
     ("jaxsr.platform", "jaxsr"),  # platform detection, compile options, jit; the package's `jaxsr.jit`
     ("jaxsr.ops",),               # pure array functions

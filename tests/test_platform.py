@@ -2,12 +2,15 @@
 that training (`jaxsr.jit`) and `jaxsr.aot` share."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsr import platform
+from jaxsr import hardware, platform
 
 
 class Compiled:
@@ -129,16 +132,28 @@ def test_an_installed_plugin_without_an_accelerator_is_not_one(monkeypatch):
     """The `tpu` extra (libtpu, for ahead-of-time compiles) on a CPU-only machine: no device files,
     so the CPU settings stay (`jaxsr.cpu.setup(accelerator=...)`)."""
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-    monkeypatch.setattr(platform, "libtpu_installed", lambda: True)
-    monkeypatch.setattr(platform, "tpu_attached", lambda: False)
-    monkeypatch.setattr(platform, "gpu_attached", lambda: False)
-    assert not platform.accelerator_likely()
-    monkeypatch.setattr(platform, "tpu_attached", lambda: True)
-    assert platform.accelerator_likely()
-    monkeypatch.setattr(platform, "libtpu_installed", lambda: False)  # device files, but no plugin at all
-    monkeypatch.setattr(platform.importlib.metadata, "entry_points", lambda group: [])
-    monkeypatch.setattr(platform.importlib.util, "find_spec", lambda name: None)
-    assert not platform.accelerator_likely()
+    monkeypatch.setattr(hardware, "libtpu_installed", lambda: True)
+    monkeypatch.setattr(hardware, "tpu_attached", lambda: False)
+    monkeypatch.setattr(hardware, "gpu_attached", lambda: False)
+    assert not hardware.accelerator_likely()
+    assert platform.accelerator_likely is hardware.accelerator_likely  # platform re-exports it
+    monkeypatch.setattr(hardware, "tpu_attached", lambda: True)
+    assert hardware.accelerator_likely()
+    monkeypatch.setattr(hardware, "libtpu_installed", lambda: False)  # device files, but no plugin at all
+    monkeypatch.setattr(hardware.importlib.metadata, "entry_points", lambda group: [])
+    monkeypatch.setattr(hardware.importlib.util, "find_spec", lambda name: None)
+    assert not hardware.accelerator_likely()
+
+
+def test_the_allocator_restart_comes_before_jax_loads():
+    """`python -m jaxsr.main` re-executes itself for its allocator settings in its first lines:
+    what it needs for that (`jaxsr.cpu.restart_with_malloc_tuning`, `jaxsr.hardware`) imports no
+    JAX, so nothing heavy is imported twice; the rest of `jaxsr.cpu` loads JAX when first used."""
+    code = ("import sys; from jaxsr import cpu, hardware; hardware.accelerator_likely(); "
+            "print('jax' in sys.modules, callable(cpu.restart_with_malloc_tuning)); cpu.on_cpu; "
+            "print('jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr
 
 
 def test_aot_says_when_a_program_came_from_the_compilation_cache():

@@ -19,6 +19,9 @@ For the platform-neutral layer above (`jaxsr.platform`, `jaxsr.models`, `jaxsr.a
   native_suspended()        trace without the native kernels (so XLA counts every FLOP)
 For entry points:
   setup()                   process settings and the native kernels, once at start-up
+  restart_with_malloc_tuning(accelerator)
+                            the allocator restart alone, for the first lines of an entry point
+                            (this package imports JAX only when a name below needs it)
 
 Inside: `hook` (the platform choices), `conv` (matmul-shaped convolution gradients), `degrade`
 (FFT and kept-pixel formulations of the degradation), `native` (C++ AVX-512 kernels as XLA FFI
@@ -27,19 +30,34 @@ custom calls, built once per machine), `compile` (the CPU compile options), `pro
 """
 from __future__ import annotations
 
-from jaxsr.cpu import native, process
-from jaxsr.cpu.compile import compiler_options  # noqa: F401
-from jaxsr.cpu.hook import (  # noqa: F401
-    add_bias, blur_downsample, conv2d, correlate_fft, kernel_gradient_fft, on_cpu, separable_blur_downsample,
-    separable_factors, sfold_blur_fft, transposed_blur_fft)
-from jaxsr.cpu.native import suspended as native_suspended  # noqa: F401
+import importlib
+
+from jaxsr.cpu import process  # imports no JAX: `restart_with_malloc_tuning` runs before JAX loads
 
 # The door: what code outside this package may use (tests/test_architecture.py reads this list).
 __all__ = [
     "on_cpu", "conv2d", "add_bias", "blur_downsample", "correlate_fft", "kernel_gradient_fft",
     "separable_blur_downsample", "separable_factors", "sfold_blur_fft", "transposed_blur_fft",
     "compiler_options", "scan_unroll", "ONLY_CALL_PREFIXES", "native_suspended", "setup",
+    "restart_with_malloc_tuning",
 ]
+restart_with_malloc_tuning = process.restart_with_malloc_tuning
+
+# The rest of the door imports JAX: each name is loaded from its submodule on first use, so
+# `from jaxsr import cpu` stays light for `python -m jaxsr.main`'s first lines.
+_FROM_SUBMODULE = {name: ("hook", name) for name in (
+    "on_cpu", "conv2d", "add_bias", "blur_downsample", "correlate_fft", "kernel_gradient_fft",
+    "separable_blur_downsample", "separable_factors", "sfold_blur_fft", "transposed_blur_fft")}
+_FROM_SUBMODULE |= {"compiler_options": ("compile", "compiler_options"), "native_suspended": ("native", "suspended")}
+
+
+def __getattr__(name: str):
+    if name not in _FROM_SUBMODULE:
+        raise AttributeError(f"module 'jaxsr.cpu' has no attribute {name!r}")
+    module, attr = _FROM_SUBMODULE[name]
+    value = getattr(importlib.import_module(f"jaxsr.cpu.{module}"), attr)
+    globals()[name] = value  # looked up once
+    return value
 
 # Custom calls that only a CPU program can run: jaxsr's native kernels and jaxlib's CPU libraries.
 ONLY_CALL_PREFIXES = ("jaxsr_", "lapack_", "ducc_", "cpu_")
@@ -58,8 +76,9 @@ def setup(restart: bool = True, native_kernel: bool = True, accelerator: bool = 
     (`process.setup`; with `restart` it may re-execute the process, so call it first thing) and,
     with `native_kernel`, the native convolution kernels (built once per machine, then registered;
     CPU programs traced after this call use it). `accelerator`: the caller expects JAX to run on a
-    GPU/TPU (`jaxsr.platform.accelerator_likely()`); then only what is harmless there is set
+    GPU/TPU (`jaxsr.hardware.accelerator_likely()`); then only what is harmless there is set
     (`process.setup`) and no native kernel is built. Returns what took effect."""
+    from jaxsr.cpu import native
     done = process.setup(restart=restart, accelerator=accelerator)
     done["native_kernel"] = native.load(build_missing=True) if native_kernel and not accelerator else False
     return done

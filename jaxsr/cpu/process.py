@@ -11,8 +11,6 @@ import ctypes
 import os
 import sys
 
-import jax
-
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_KEEP_BYTES = 1 << 30  # mallopt takes an int: at most 2 GiB at run time
@@ -139,6 +137,7 @@ def run_cpu_executions_inline() -> bool:
     Process-wide and read when the CPU backend starts, so call it before anything touches a device;
     `python -m jaxsr.main` does. Returns False (and changes nothing) once a backend is running.
     """
+    import jax  # here, not at import: `restart_with_malloc_tuning` runs before JAX loads
     try:
         from jax._src import xla_bridge
         if xla_bridge.backends_are_initialized():
@@ -157,7 +156,7 @@ def setup(restart: bool = True, accelerator: bool = False) -> dict[str, bool]:
     allocator restart (`restart_with_malloc_tuning`, unless `restart=False`; it re-executes the
     process, so call this first thing), inline dispatch, and the heap thresholds. With
     `accelerator` (the caller's judgement: `jaxsr.cpu.setup` takes it from
-    `jaxsr.platform.accelerator_likely()`), only what is harmless there. Returns what took effect."""
+    `jaxsr.hardware.accelerator_likely()`), only what is harmless there. Returns what took effect."""
     if restart:
         restart_with_malloc_tuning(accelerator)
     inline = run_cpu_executions_inline()
