@@ -86,44 +86,18 @@ def auxiliary_kernel_map(size: int, kind: str = "aniso") -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- modules
-def prox_block(y: Array, prefix: str = "") -> Array:
-    """relu(y + 0.1·conv(relu(conv(y)))), its convs named `{prefix}conv1`, `{prefix}conv2` in the
-    calling module."""
-    width = y.shape[-1]
-    r = nn.relu(conv2d(y, width, 3, name=f"{prefix}conv1"))
-    return nn.relu(y + 0.1 * conv2d(r, width, 3, name=f"{prefix}conv2"))
-
-
-class ProxBlock(nn.Module):
-    """One `prox_block` as a module of its own: the body `ProxResNet` scans."""
-
-    @nn.compact
-    def __call__(self, y: Array) -> Array:
-        return prox_block(y)
-
-
 class ProxResNet(nn.Module):
-    """The learned proximal operator: `num_blocks` prox blocks, then relu(input + 0.1·conv(y)).
-    Width = the input's channel count. The blocks' convs sit in this module (`block{i}_conv1`,
-    the official layout); with `scan_blocks` (GPU/TPU programs) they are stacked and applied as
-    one `lax.scan` body, the parameter tree unchanged."""
+    """The learned proximal operator: `num_blocks` blocks relu(y + 0.1·conv(relu(conv(y)))),
+    then relu(input + 0.1·conv(y)). Width = the input's channel count."""
     num_blocks: int = 4
-    scan_blocks: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         width = x.shape[-1]
         y = x
-        if self.scan_blocks and not self.is_initializing():
-            params = self.variables["params"]
-            stacked = {conv: jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                                          *(params[f"block{i}_{conv}"] for i in range(self.num_blocks)))
-                       for conv in ("conv1", "conv2")}
-            body = ProxBlock(parent=None)
-            y = jax.lax.scan(lambda c, p: (body.apply({"params": p}, c), None), y, stacked)[0]
-        else:
-            for i in range(self.num_blocks):
-                y = prox_block(y, f"block{i}_")
+        for i in range(self.num_blocks):
+            r = nn.relu(conv2d(y, width, 3, name=f"block{i}_conv1"))
+            y = nn.relu(y + 0.1 * conv2d(r, width, 3, name=f"block{i}_conv2"))
         return nn.relu(x + 0.1 * conv2d(y, width, 3, name="out"))
 
 
@@ -134,7 +108,6 @@ class KXStage(nn.Module):
     kernel_replicas: int = 3
     prox_blocks: int = 4
     dtype: str = "float32"  # of the prox nets and the auxiliary variables; X, K and the data terms stay float32
-    scan_blocks: bool = False
 
     @nn.compact
     def __call__(self, carry: tuple[Array, ...], lr: Array) -> tuple[tuple[Array, ...], dict[str, Array]]:
@@ -148,7 +121,7 @@ class KXStage(nn.Module):
         grad_k = kernel_gradient(x, blur_down(x, k, s) - lr, self.kernel_size, s)
         z = k - gamma[0] / 10.0 * grad_k
         z = jnp.repeat(z[..., None], self.kernel_replicas, axis=-1)
-        out = ProxResNet(self.prox_blocks, self.scan_blocks, name="k_prox")(jnp.concatenate([z, aux_k], axis=-1).astype(dtype))
+        out = ProxResNet(self.prox_blocks, name="k_prox")(jnp.concatenate([z, aux_k], axis=-1).astype(dtype))
         k = nn.relu(jnp.mean(out[..., :self.kernel_replicas].astype(k.dtype), axis=-1) + 1e-5)
         k = k / jnp.sum(k, axis=(1, 2), keepdims=True)
         aux_k = out[..., self.kernel_replicas:]
@@ -158,7 +131,7 @@ class KXStage(nn.Module):
         overlap = transposed_blur(jnp.ones(lr.shape[:3] + (1,), lr.dtype), k, s)
         grad_x = grad_x / (overlap + 1e-10)
         feats = jnp.concatenate([space_to_depth(x, s), space_to_depth(grad_x, s), lr, aux_x], axis=-1)
-        out = ProxResNet(self.prox_blocks, self.scan_blocks, name="x_prox")(feats.astype(dtype))
+        out = ProxResNet(self.prox_blocks, name="x_prox")(feats.astype(dtype))
         image = c * s * s
         x = pixel_shuffle(out[..., :image].astype(x.dtype), s)
         aux_x = out[..., 2 * image + c:]
@@ -188,7 +161,6 @@ class KXNet(nn.Module):
     aux_kernel_init: str = "aniso"
     remat: bool = False
     scan_unroll: int = 1  # iterations per loop trip; 0 = all (unrolled). Configs: -1 = per platform (models.create)
-    scan_blocks: bool = False  # each prox net's blocks as one scanned body (GPU/TPU; models.create)
     dtype: str = "float32"  # compute dtype of the prox nets ("bfloat16" for accelerators); see KXStage
 
     def _check(self, lr: Array, num_iters) -> int:
@@ -237,7 +209,7 @@ class KXNet(nn.Module):
                        in_axes=nn.broadcast, length=iters, unroll=unroll)
         if iters < self.num_stages:  # run the first `iters` stages with their own parameters
             loop = nn.map_variables(loop, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:iters], v))
-        stages = loop(s, size, self.kernel_replicas, self.prox_blocks, self.dtype, self.scan_blocks, name="stages")
+        stages = loop(s, size, self.kernel_replicas, self.prox_blocks, self.dtype, name="stages")
         _, outputs = stages((x0, k0, aux_x0, aux_k0), lr)
         return outputs
 
