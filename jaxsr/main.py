@@ -42,8 +42,8 @@ def main(argv):
     from jaxsr import cache, cli, cpu, hardware, platform, sharding  # after flag parsing, so --help stays fast
     from jaxsr import train as train_lib
     # Before any device or thread starts; only when started as `python -m jaxsr.main`, never when
-    # imported (the allocator restart, if still needed, happened at the top of this file).
-    cpu_setup = cpu.setup(accelerator=hardware.accelerator_likely()) if __name__ == "__main__" else {}
+    # imported. The allocator restart already happened at the top of this file.
+    cpu_setup = cpu.setup(restart=False, accelerator=hardware.accelerator_likely()) if __name__ == "__main__" else {}
     platform.skip_absent_tpu()  # no libtpu start-up errors on a machine without a TPU
     cache_folder = cache.enable_compilation_cache(_CACHE.value)  # before anything is compiled
     sharding.maybe_initialize_distributed()

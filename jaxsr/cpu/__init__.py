@@ -43,18 +43,16 @@ __all__ = [
 ]
 restart_with_malloc_tuning = process.restart_with_malloc_tuning
 
-# The rest of the door imports JAX: each name is loaded from its submodule on first use, so
-# `from jaxsr import cpu` stays light for `python -m jaxsr.main`'s first lines.
-_FROM_SUBMODULE = {name: ("hook", name) for name in (
-    "on_cpu", "conv2d", "add_bias", "blur_downsample", "correlate_fft", "kernel_gradient_fft",
-    "separable_blur_downsample", "separable_factors", "sfold_blur_fft", "transposed_blur_fft")}
-_FROM_SUBMODULE |= {"compiler_options": ("compile", "compiler_options"), "native_suspended": ("native", "suspended")}
+# The rest of the door imports JAX: a name of `__all__` not defined here is loaded on first use from
+# `hook` (or from the submodule named below), so `from jaxsr import cpu` stays light for
+# `python -m jaxsr.main`'s first lines.
+_NOT_FROM_HOOK = {"compiler_options": ("compile", "compiler_options"), "native_suspended": ("native", "suspended")}
 
 
 def __getattr__(name: str):
-    if name not in _FROM_SUBMODULE:
+    if name not in __all__:
         raise AttributeError(f"module 'jaxsr.cpu' has no attribute {name!r}")
-    module, attr = _FROM_SUBMODULE[name]
+    module, attr = _NOT_FROM_HOOK.get(name, ("hook", name))
     value = getattr(importlib.import_module(f"jaxsr.cpu.{module}"), attr)
     globals()[name] = value  # looked up once
     return value

@@ -23,7 +23,7 @@ def model_pair(name):
     cfg = load_config(name, "tiny")
     cfg.model.update(CASES[name])
     unrolled = models.create(cfg, "cpu")
-    return cfg, unrolled, unrolled.clone(scan_blocks=True)
+    return unrolled, unrolled.clone(scan_blocks=True)
 
 
 def outputs(name, model, params, lr):
@@ -35,7 +35,7 @@ def outputs(name, model, params, lr):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_scanned_blocks_match_the_unrolled_blocks(name):
-    cfg, unrolled, scanned = model_pair(name)
+    unrolled, scanned = model_pair(name)
     assert not unrolled.scan_blocks
     params = torch_like_params(unrolled, seed=3, input_shape=(1, 8, 8, 3), num_iters=None)["params"]
     assert jax.tree.structure(torch_like_params(scanned, input_shape=(1, 8, 8, 3), num_iters=None)["params"]) \
