@@ -52,10 +52,12 @@ def _benchmark_sets(cfg) -> list[tuple[str, tuple[str, str]]]:
     return [(paired.set_name(entry, folder), (entry, folder)) for entry, folder in zip(entries, folders)]
 
 
-def _evaluate_set(predict, item, exp: experiment.Experiment, oracle: bool) -> dict:
-    """One set's result under cfg.eval's protocol: published LR files (paired) or degraded HR images."""
+def _evaluate_set(predict, item, exp: experiment.Experiment, oracle: bool, label: str | None) -> dict:
+    """One set's result under cfg.eval's protocol: published LR files (paired) or degraded HR
+    images; with a `label`, a progress line of its SR images."""
     cfg = exp.cfg
-    settings = dict(scale=cfg.scale, bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch, oracle_kernel=oracle)
+    settings = dict(scale=cfg.scale, bucket=cfg.eval.bucket, max_batch=cfg.eval.max_batch, oracle_kernel=oracle,
+                    progress_label=label)
     if cfg.eval.protocol == evaluate_lib.PAIRED:
         return evaluate_lib.evaluate_paired(predict, item, **settings)
     entry, folder = item
@@ -76,7 +78,7 @@ def evaluate(cfg, workdir: str, official: str | None = None) -> dict:
     predict, source = predict_lib.build(exp, workdir, official)
     results = {}
     for base_name, item in sets:
-        result = _evaluate_set(predict, item, exp, oracle)
+        result = _evaluate_set(predict, item, exp, oracle, base_name if jax.process_index() == 0 else None)
         name = f"{base_name}_{protocol}_x{cfg.scale}" + ("_gt_kernel" if oracle else "")
         result["source"] = source
         if jax.process_index() == 0:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Sequence
 from numbers import Real
@@ -64,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsr import chart, io, paired, platform
+from jaxsr import chart, io, paired, platform, progress
 from jaxsr.ops import _checks, degrade, metrics
 from jaxsr.ops.imresize import imresize
 from jaxsr.predict import PredictFn, group_by_size, iter_batches, pad_to_multiple
@@ -237,10 +236,11 @@ def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], sc
 
 
 def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int, max_batch: int,
-              oracle_kernel: bool = False) -> set[tuple[int, ...]]:
+              oracle_kernel: bool = False, bar: progress.Progress | None = None) -> set[tuple[int, ...]]:
     """Step 2: the model on every case's LR, one group of equal (exact, or with bucket > 1
     padded) LR size at a time, in sorted order; fills `case.sr` (cropped back when padded, gray
-    again for gray images) and `case.estimated_kernel`. Returns the set of compiled input shapes."""
+    again for gray images) and `case.estimated_kernel`, counting each SR image on `bar`. Returns
+    the set of compiled input shapes."""
     shapes = set()
     for indices in group_by_size([case.lr.shape[:2] for case in cases], bucket).values():
         group = [cases[i] for i in indices]
@@ -262,6 +262,8 @@ def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int,
                 sr = sr[:scale * h, :scale * w]
                 case.sr = sr.mean(axis=-1, keepdims=True) if channels == 1 else sr
                 case.estimated_kernel = None if kernel_batch is None else kernel_batch[j]
+            if bar is not None:
+                bar.update(len(sr_batch))
     return shapes
 
 
@@ -320,7 +322,8 @@ def _run_info(bucket: int, max_batch: int, shapes: set) -> dict:
 
 def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]], *, scale: int,
              protocol: Protocol, kernel_size: int | None = None, noise: float = 0.0,
-             bucket: int = 1, max_batch: int = 1, seed: int = 0, oracle_kernel: bool = False) -> dict:
+             bucket: int = 1, max_batch: int = 1, seed: int = 0, oracle_kernel: bool = False,
+             progress_label: str | None = None) -> dict:
     """Score `predict_fn` on `hr_images` ((name, (H, W, 1 | 3) float [0, 1]) pairs).
 
     kernel_size: None for the protocol's own (21 for gaussian8; 11 at x2 else 21 for
@@ -329,6 +332,7 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     oracle_kernel: call `predict_fn(lr, kernel)` with the true (N, k, k) kernels, e.g. for the
                  "ground-truth kernel + non-blind model" upper bound.
     bucket, max_batch: 1, 1 (default) is exact; larger values: the faster modes of the module doc.
+    progress_label: with a label, a progress line of the SR images done on stderr (`jaxsr.progress`).
     Returns a JSON-ready dict: settings, `input_mode` and `deviation` (None when exact),
     `num_compiled_shapes` (programs: distinct predict input shapes), `compiled_shapes`,
     `kernels` (one row per test kernel: label, params and mean metrics), `per_image`
@@ -345,7 +349,9 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
         raise ValueError("hr_images is empty")
     setup = _setup(protocol, scale, kernel_size, seed)
     cases = degrade_cases(setup, hr_images, scale, noise, seed)
-    shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
+    bar = progress.Progress(len(cases), label=progress_label or "", unit="img", enabled=progress_label is not None)
+    shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel, bar)
+    bar.close()
     order = sorted(range(len(cases)), key=lambda n: (cases[n].row, n))  # kernel-major, as the tables read
     cases = [cases[n] for n in order]
     records = []
@@ -373,7 +379,7 @@ def paired_cases(pairs: Sequence[paired.Pair], scale: int, label: str = PAIRED) 
 
 
 def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scale: int, bucket: int = 1,
-                    max_batch: int = 1, oracle_kernel: bool = False) -> dict:
+                    max_batch: int = 1, oracle_kernel: bool = False, progress_label: str | None = None) -> dict:
     """Score `predict_fn` on published LR files (`pairs` from `jaxsr.paired.find_pairs`).
 
     The same steps and scores as `evaluate` with the paired protocol as step 1: PSNR/SSIM on Y
@@ -382,7 +388,7 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
     zero-padded). oracle_kernel: feed the ground-truth kernels to predict_fn(lr, kernel); every
     pair must have one. Every size is checked from the file headers before the model runs;
     the images are then read one group of equal LR size at a time (exact by default; bucket and
-    max_batch as in `evaluate`).
+    max_batch and progress_label as in `evaluate`).
     Returns the dict of `evaluate` (protocol "paired", one row "paired") with the folders, the files
     of every record, and `kernel_size` (None when there are no kernels or several sizes).
     """
@@ -398,16 +404,19 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
     records: list[dict] = [{} for _ in pairs]
     shapes: set[tuple[int, ...]] = set()
     kernel_sizes: set[int] = set()
+    bar = progress.Progress(len(pairs), label=progress_label or "", unit="img", enabled=progress_label is not None)
     # one group in memory at a time (DIV2KRK's HR images are 2K)
     for indices in group_by_size(paired.check_files(pairs, scale), bucket).values():
         cases = paired_cases([pairs[i] for i in indices], scale)
-        shapes |= run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel)
+        shapes |= run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel, bar)
         for i, case in zip(indices, cases):
             pair = pairs[i]
             records[i] = {**score_case(case, scale), "hr_file": str(pair.hr), "lr_file": str(pair.lr),
                           "kernel_file": None if pair.kernel is None else str(pair.kernel)}
             if case.kernel is not None:
                 kernel_sizes.add(int(case.kernel.shape[0]))
+    bar.close()
+
     def folders(attr: str) -> list[str]:
         return sorted({str(getattr(p, attr).parent) for p in pairs if getattr(p, attr) is not None})
 
@@ -469,17 +478,6 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(value):
-    """Strict JSON has no Infinity/NaN: write them as the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def chart_title(result: dict, name: str) -> str:
     return (f"{name}: {result['protocol']} x{result['scale']}, {len(result['images'])} image(s)"
             + (", true kernel given" if result.get("oracle_kernel") else ""))
@@ -491,10 +489,8 @@ def save_results(result: dict, workdir: str | Path, name: str) -> tuple[Path, Pa
     appears only complete."""
     workdir = Path(workdir)
     md_path, json_path, png_path = (workdir / f"{name}{ext}" for ext in (".md", ".json", ".png"))
-    texts = {md_path: format_markdown(result),
-             json_path: json.dumps(_json_safe(result), indent=2, ensure_ascii=False) + "\n"}
-    for path, text in texts.items():
-        with io.atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+    with io.atomic_path(md_path) as tmp:
+        tmp.write_text(format_markdown(result), encoding="utf-8")
+    io.write_json(json_path, result)
     io.write_image(png_path, chart.psnr_chart(result, chart_title(result, name)))
     return md_path, json_path, png_path

@@ -5,6 +5,8 @@ Nothing here runs under ``jit``: this is the boundary between files and arrays.
 """
 from __future__ import annotations
 
+import json
+import math
 import struct
 import tempfile
 import zlib
@@ -249,3 +251,21 @@ def list_images(folder: str | Path) -> list[Path]:
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
+
+
+def _strict_json(value):
+    """Strict JSON has no Infinity/NaN: they become the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, value) -> Path:
+    """`value` as indented strict JSON (non-finite floats as strings), the file appearing only complete."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_strict_json(value), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(path)

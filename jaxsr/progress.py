@@ -44,10 +44,12 @@ class Progress:
             self._draw()
 
     def update(self, count: int = 1, note: str | None = None) -> None:
-        """`count` more units done; `note` (e.g. "3 failed") replaces the previous one."""
+        """`count` more units done; `note` (e.g. "3 failed") replaces the previous one. The first
+        units and the last are always drawn (the first: the moment work starts to come out)."""
+        first = self.done == 0
         self.done += count
         self.note = self.note if note is None else note
-        if self.enabled and (self.done >= self.total or time.time() - self._drawn_at >= self.interval):
+        if self.enabled and (first or self.done >= self.total or time.time() - self._drawn_at >= self.interval):
             self._draw()
 
     def _draw(self) -> None:

@@ -206,6 +206,16 @@ def _bar_groups(chart, color):
     return int(np.sum(hit[1:] & ~hit[:-1]) + hit[0])
 
 
+def test_progress_line_counts_the_sr_images(images, capsys):
+    predict, _ = counting_fake(2)
+    E.evaluate(predict, images[:2], scale=2, protocol="gaussian8", max_batch=3)
+    assert capsys.readouterr().err == ""  # quiet unless asked (a library call)
+    E.evaluate(predict, images[:2], scale=2, protocol="gaussian8", max_batch=3, progress_label="Set")
+    err = capsys.readouterr().err
+    # 16 SR images in batches of 3: the first batch is drawn as it comes out, the last always
+    assert "Set [" in err and " 3/16," in err and " 16/16," in err and err.endswith("\n")
+
+
 def test_save_results_writes_markdown_json_and_chart(bicubic_run, tmp_path):
     from jaxsr import chart
     result, _ = bicubic_run
@@ -276,12 +286,14 @@ def test_validation_is_an_evaluator_of_the_predict_function_it_is_handed():
         return E.bicubic(lr, exp.cfg.scale), params
 
     validator = Validator(exp, bicubic_model)
-    result, grid = validator(validator.kernel)
-    assert calls == [(validator.lr.shape, None)]  # a blind model gets no kernel
+    assert "held_out" not in vars(validator)  # degraded at the first validation, not before training
+    data = validator.held_out
+    result, grid = validator(data.kernel)
+    assert calls == [(data.lr.shape, None)]  # a blind model gets no kernel
     assert set(result) == {"val_bicubic_psnr", "val_bicubic_ssim", "val_psnr", "val_ssim", "val_kernel_l1"}
     assert result["val_psnr"] == result["val_bicubic_psnr"] and result["val_ssim"] == result["val_bicubic_ssim"]
     assert result["val_kernel_l1"] == 0.0
-    psnr, _ = E.scores(np.asarray(validator.bicubic), np.asarray(validator.hr), exp.cfg.scale)
+    psnr, _ = E.scores(np.asarray(data.bicubic), np.asarray(data.hr), exp.cfg.scale)
     assert result["val_bicubic_psnr"] == pytest.approx(float(np.mean(psnr)), abs=1e-6)
     size = validator.hr.shape[1]
     assert grid.shape == (validator.hr.shape[0] * size, 6 * size, 3)

@@ -252,11 +252,13 @@ def test_progress_line_counts_rate_and_time_left(capsys):
         "prepare [#...] 25/100 1 failed, 5.00 img/s, ETA 15 s"
     assert progress.line(0, 10, 0.0, width=2).endswith("ETA ?")
     assert "ETA 2.5 min" in progress.line(50, 200, 1.0)
-    bar = progress.Progress(3, label="verify", unit="img", interval=3600)
+    bar = progress.Progress(4, label="verify", unit="img", interval=3600)
+    bar.update()  # the first unit is always drawn
     bar.update()  # within the interval: not drawn again
     bar.update(2, note="2 failed")  # the last one always is
     bar.close()
     err = capsys.readouterr().err
-    assert err.count("\r") == 3 and "3/3 2 failed" in err and err.endswith("\n")
+    assert err.count("\r") == 4 and "1/4" in err and "2/4" not in err and "4/4 2 failed" in err
+    assert err.endswith("\n")
     progress.Progress(5, enabled=False).close()
     assert capsys.readouterr().err == ""
