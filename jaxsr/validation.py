@@ -47,6 +47,7 @@ class Validator:
 
     @functools.cached_property
     def held_out(self) -> HeldOut:
+        """The degraded set, made at the first use and kept (the same LR every validation)."""
         hr = jnp.asarray(self.hr)
         lr, kernel, _ = degrade.degrade(jax.random.PRNGKey(self.seed), hr, self.spec)
         bicubic = jnp.clip(evaluate.bicubic(lr, self.scale), 0, 1)
