@@ -106,9 +106,9 @@ def main() -> None:
     summary = {}
     for label, run_name, key in rows:
         on = median("cache", run_name, key)
-        off = median("no_cache", run_name, key) if args.control else float("nan")
+        off = median("no_cache", run_name, key) if args.control else None
         summary.setdefault(run_name, {})[key] = {"cache": on, "no_cache": off}
-        print(f"| {label} | {on:.1f} s | {off:.1f} s |")
+        print(f"| {label} | {on:.1f} s | {'not run' if off is None else f'{off:.1f} s'} |")
     ratio_restart = summary["restart"]["first_s"]["cache"] / summary["cold"]["first_s"]["cache"]
     ratio_eval = summary["eval_second"]["first_s"]["cache"] / summary["eval_first"]["first_s"]["cache"]
     ratio_eval_total = summary["eval_second"]["total_s"]["cache"] / summary["eval_first"]["total_s"]["cache"]

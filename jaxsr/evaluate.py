@@ -267,6 +267,10 @@ def run_cases(predict_fn: PredictFn, cases: list[Case], scale: int, bucket: int,
     return shapes
 
 
+def _image_bar(total: int, label: str | None) -> progress.Progress:  # drawn only with a label
+    return progress.Progress(total, label=label or "", unit="img", enabled=label is not None)
+
+
 def score_case(case: Case, scale: int) -> dict:
     """Step 3: PSNR/SSIM of the model and of bicubic on Y (border = scale), and the kernel error."""
     baseline = np.asarray(bicubic(case.lr[None], scale))[0]
@@ -349,7 +353,7 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
         raise ValueError("hr_images is empty")
     setup = _setup(protocol, scale, kernel_size, seed)
     cases = degrade_cases(setup, hr_images, scale, noise, seed)
-    bar = progress.Progress(len(cases), label=progress_label or "", unit="img", enabled=progress_label is not None)
+    bar = _image_bar(len(cases), progress_label)
     shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel, bar)
     bar.close()
     order = sorted(range(len(cases)), key=lambda n: (cases[n].row, n))  # kernel-major, as the tables read
@@ -404,7 +408,7 @@ def evaluate_paired(predict_fn: PredictFn, pairs: Sequence[paired.Pair], *, scal
     records: list[dict] = [{} for _ in pairs]
     shapes: set[tuple[int, ...]] = set()
     kernel_sizes: set[int] = set()
-    bar = progress.Progress(len(pairs), label=progress_label or "", unit="img", enabled=progress_label is not None)
+    bar = _image_bar(len(pairs), progress_label)
     # one group in memory at a time (DIV2KRK's HR images are 2K)
     for indices in group_by_size(paired.check_files(pairs, scale), bucket).values():
         cases = paired_cases([pairs[i] for i in indices], scale)
