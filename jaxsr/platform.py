@@ -4,7 +4,9 @@
   compiler_options(p)       the options jaxsr compiles with for p: the CPU's from `jaxsr.cpu`,
                             none for GPUs and TPUs
   compile_lowered(l, p)     `l.compile()`, again without Triton GEMMs after XLA:GPU's tiling failure
-  jit(fun, **kw)            `jax.jit` with those options and that fallback (also `jaxsr.jit`)
+  jit(fun, **kw)            `jax.jit` with those options and that fallback (also `jaxsr.jit`),
+                            tracing only the platform's branches of `jaxsr.cpu`'s choices
+  eval_shape(fun, p)        `jax.eval_shape`, traced for p as `jit` traces
   libtpu_installed(), cuda_plugin_installed(), tpu_attached(), gpu_attached(), accelerator_likely()
                             what this machine can compile for and run on (`jaxsr.hardware`, here too)
   skip_absent_tpu()         a quiet CPU start where libtpu is installed but no TPU is attached
@@ -87,7 +89,8 @@ def _tracing() -> bool:
 
 
 class _Jit:
-    """`jax.jit(fun, **kwargs)` compiled with `compiler_options(platform)`. The platform is that of
+    """`jax.jit(fun, **kwargs)` compiled with `compiler_options(platform)` and traced for that
+    platform only (`jaxsr.cpu.tracing_for`). The platform is that of
     the `in_shardings` when given, else of the arguments' shardings (abstract arguments for an
     ahead-of-time lowering carry the target's), else of the default device, read at each call or
     lowering (never at import: multi-host runs call `jax.distributed.initialize` first)."""
@@ -112,7 +115,14 @@ class _Jit:
     def jitted(self, platform: str):
         if platform not in self._jitted:
             options = (self._fallback if platform == "gpu" else None) or compiler_options(platform)
-            self._jitted[platform] = jax.jit(self._fun, compiler_options=options or None, **self._kwargs)
+            fun = self._fun
+
+            @functools.wraps(fun)
+            def traced_for_platform(*args, **kwargs):  # traces only `platform`'s branches (`jaxsr.cpu.hook`)
+                with cpu.tracing_for(platform):
+                    return fun(*args, **kwargs)
+
+            self._jitted[platform] = jax.jit(traced_for_platform, compiler_options=options or None, **self._kwargs)
         return self._jitted[platform]
 
     def __call__(self, *args, **kwargs):
@@ -135,6 +145,12 @@ class _Jit:
 
     def lower(self, *args, **kwargs):
         return self.jitted(self.platform((args, kwargs))).lower(*args, **kwargs)
+
+
+def eval_shape(fun: Callable, platform: str):
+    """`jax.eval_shape(fun)` (no arguments) traced for `platform`'s branches only, as `jit` traces."""
+    with cpu.tracing_for(platform):
+        return jax.eval_shape(fun)
 
 
 def jit(fun: Callable | None = None, **kwargs) -> Callable:

@@ -79,9 +79,10 @@ def restore_params(exp, workdir: str, step: int | None = None) -> tuple[Any, Any
     checkpoint's. No optimizer is built. `exp`: an Experiment, or a config to resolve."""
     exp = _experiment(exp)
     cfg, spec = exp.cfg, exp.model_spec
-    model = exp.model(platform_lib.default_platform())
+    platform = platform_lib.default_platform()
+    model = exp.model(platform)
     lr = jnp.zeros((1, cfg.data.patch_size, cfg.data.patch_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"])
+    abstract = platform_lib.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"], platform)
     directory = os.path.join(workdir, "checkpoints")
     try:
         params, step = checkpoints.restore_params(directory, abstract, checkpoints.fingerprint(cfg, abstract), step)

@@ -7,12 +7,13 @@ the folder imports `jaxsr.cpu` and uses only the names below; no module outside 
 submodule (tests/test_architecture.py checks).
 
 For models and ops (each computes one thing, in XLA's plain formulation for GPU/TPU programs and
-in this package's formulation for CPU programs, chosen by `jax.lax.platform_dependent` for the
-platform the program is compiled for; `hook` says what their CPU branches do while tracing):
+in this package's formulation for CPU programs, chosen for the platform the program is compiled
+for; `hook` says how, and what their CPU branches do while tracing):
   on_cpu, conv2d, add_bias, and the degradation's CPU formulations (blur_downsample,
   correlate_fft, kernel_gradient_fft, separable_blur_downsample, separable_factors,
   sfold_blur_fft, transposed_blur_fft)
 For the platform-neutral layer above (`jaxsr.platform`, `jaxsr.models`, `jaxsr.aot`):
+  tracing_for(platform)     trace only that platform's branches of the choices (`jaxsr.platform.jit`)
   compiler_options()        the CPU compile options (YNNPACK fusions off)
   scan_unroll(platform)     the iteration loop's unroll for programs compiled for `platform`
   ONLY_CALL_PREFIXES        custom-call names only a CPU program can run
@@ -36,7 +37,7 @@ from jaxsr.cpu import process  # imports no JAX: `restart_with_malloc_tuning` ru
 
 # The door: what code outside this package may use (tests/test_architecture.py reads this list).
 __all__ = [
-    "on_cpu", "conv2d", "add_bias", "blur_downsample", "correlate_fft", "kernel_gradient_fft",
+    "on_cpu", "tracing_for", "conv2d", "add_bias", "blur_downsample", "correlate_fft", "kernel_gradient_fft",
     "separable_blur_downsample", "separable_factors", "sfold_blur_fft", "transposed_blur_fft",
     "compiler_options", "scan_unroll", "ONLY_CALL_PREFIXES", "native_suspended", "setup",
     "restart_with_malloc_tuning",

@@ -2,16 +2,16 @@
 in XLA's plain formulation in programs compiled for a GPU or TPU and in `jaxsr.cpu`'s
 formulation in programs compiled for the CPU.
 
-The choice is `jax.lax.platform_dependent`, made when the program is lowered for its platform:
-only that platform's branch is emitted. So a function traced on a CPU host for a TPU target
-(`python -m jaxsr.aot`) is the program a TPU host would build, with no CPU custom call in it, and
-no choice depends on the host's default backend. Both formulations compute the same values up to
-float rounding.
-
-What runs while tracing. Inside a trace (jit, grad, vmap, an ahead-of-time lowering) JAX traces
-every branch of a `platform_dependent`, whatever platform the program is for, and nothing can
-skip one; only an eager call runs just the default device's branch. So tracing a GPU or TPU
-program runs the CPU branches' Python too, and that Python is kept pure and cheap:
+Two ways to choose, both by the platform the program is compiled for, never by the host's
+default backend:
+  declared     `jaxsr.platform.jit` (the training step, evaluation, prediction, `jaxsr.aot`) knows
+               that platform before it traces, and declares it (`tracing_for`): only that
+               platform's branch is traced. A conv's gradient traces about 4x faster so, which is
+               most of the time a CPU restart spends before its first step.
+  undeclared   anything else (a user's own `jax.jit`, `jax.grad` eagerly, `jax.export`): the choice
+               is `jax.lax.platform_dependent`, made when the program is lowered, so a function
+               traced on a CPU host for a TPU is still the program a TPU host would build. JAX
+               traces every branch then, and the CPU branches' Python is kept pure and cheap:
   conv2d       `conv.plan` (integer arithmetic on the operands' shapes, dtypes, strides and
                padding) and one call of `native.in_use()` per traced CPU branch;
   add_bias     nothing beyond building its matmul;
@@ -21,8 +21,9 @@ None of it starts a backend, compiles, or reads a file or the environment. The o
 value read is `native.in_use()` (which native kernels CPU programs use): `jaxsr.cpu.setup()` sets
 it once at start-up and `native_suspended()` clears it inside a block (and JAX's trace caches on
 the way in and out). JAX's jit cache does not see it otherwise, so a function traced before
-`setup()` keeps its program without the kernels. The
-equations the CPU branches add are dropped when a program is lowered for a GPU or TPU.
+`setup()` keeps its program without the kernels. The declared platform is a JAX config state in
+JAX's jit and trace cache keys, so a function traced for one platform is never reused for another;
+both ways lower to the same program (tests/cpu/test_conv.py compares them).
 
 The degradation's CPU formulations (`jaxsr.cpu.degrade`: FFT blur, blur+downsample at the kept
 pixels, separable kernels, KXNet's FFT gradients) are named here too: their plain formulations live
@@ -31,6 +32,7 @@ where a caller names them (`method="fft"`, `blur_method="fused"`) on any platfor
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
@@ -45,9 +47,47 @@ from jaxsr.cpu.degrade import (  # noqa: F401 - the degradation's CPU formulatio
 Array = jax.Array
 
 
+def _declared_state():
+    """The JAX config state that holds the declared platform, or None where this JAX lacks the
+    (private) API to define one: then every choice stays `platform_dependent`."""
+    try:
+        from jax._src import config as jax_config
+        existing = jax_config.config_states.get("jaxsr_trace_platform")
+        if existing is not None:
+            return existing
+        return jax_config.optional_enum_state(
+            "jaxsr_trace_platform", ["cpu", "gpu", "tpu"], None,
+            "The platform jaxsr is tracing a program for (set by jaxsr.platform.jit; None: undeclared).",
+            include_in_jit_key=True, include_in_trace_context=True)
+    except Exception:  # noqa: BLE001 - any failure only costs tracing time
+        return None
+
+
+_DECLARED = _declared_state()
+
+
+@contextlib.contextmanager
+def tracing_for(platform: str | None):
+    """Within the block, programs traced are for `platform` ("cpu", "gpu", "tpu"; None:
+    undeclared): each choice below traces only that platform's branch."""
+    if _DECLARED is None or platform is None:
+        yield
+        return
+    with _DECLARED(platform):
+        yield
+
+
+def declared_platform() -> str | None:
+    """The platform declared by the innermost `tracing_for`, else None."""
+    return None if _DECLARED is None else _DECLARED.value
+
+
 def on_cpu(*args, cpu: Callable, default: Callable):
     """`cpu(*args)` in programs compiled for the CPU, `default(*args)` on every other platform."""
-    return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
+    declared = declared_platform()
+    if declared is None:
+        return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
+    return cpu(*args) if declared == "cpu" else default(*args)
 
 
 def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]) -> Array:

@@ -3,6 +3,8 @@ selects them (`jaxsr.cpu.hook`): custom VJPs with matmul kernel gradients, cotan
 narrow outputs, native forward and kernel-gradient kernels; forward and gradients must match the plain
 `lax.conv_general_dilated` and its `jax.grad`, and a definition in float64. Tests that need the native
 kernels ask for the `native_kernels` fixture (tests/cpu/conftest.py), which builds them on first use."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -344,6 +346,74 @@ def test_the_hook_reads_the_native_kernels_once_per_cpu_branch_and_lowers_none_f
     assert "jaxsr_" not in tpu and "convolution" in tpu
     assert "jaxsr_conv_forward" in grad().lower(lowering_platforms=("cpu",)).as_text()
     assert len(reads) == 4
+
+
+# the optimized HLO without what differs between two traces of one program: names' numbers, debug data
+HLO_NAME_SUFFIX = re.compile(r"(?<=[A-Za-z])(?:[._]\d+)+(?:\.clone)?(?:[._]\d+)*|, metadata=\{[^}]*\}")
+STACK_FRAME_TABLE_ROW = re.compile(r"^\s*\d+ \{")
+
+
+def _crb_gradient_text(monkeypatch, declared: bool) -> str:
+    """The optimized CPU HLO of a DANv1 block's and a degradation's gradient, compiled by
+    `jaxsr.platform.jit` with the platform declared or (as JAX's other entry points trace) not."""
+    from jaxsr import platform
+    from jaxsr.ops import degrade
+    monkeypatch.setattr(hook, "_DECLARED", hook._declared_state() if declared else None)
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, 8)), jnp.float32)
+    cond = jnp.asarray(rng.standard_normal((2, 12, 12, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.random((2, 7, 7)), jnp.float32)
+    block = layers.CRB(4)
+    variables = block.init(jax.random.key(0), x, cond)
+
+    def loss(v, x):
+        y = block.apply(v, x, cond)
+        return jnp.sum(y ** 2) + jnp.sum(degrade.blur(y[..., :3], kernel / jnp.sum(kernel, (1, 2), keepdims=True)) ** 2)
+
+    grad = platform.jit(jax.grad(loss, argnums=(0, 1)))  # a fresh function: traced afresh
+    text = grad.lower(variables, x).compile().as_text()
+    return HLO_NAME_SUFFIX.sub("", "\n".join(line for line in text.splitlines()
+                                            if not STACK_FRAME_TABLE_ROW.match(line)))
+
+
+def test_a_declared_platform_traces_one_branch_and_compiles_the_same_program(monkeypatch):
+    """`jaxsr.platform.jit` declares the platform it compiles for, so only that platform's branch
+    of each choice is traced; the compiled program is the one `platform_dependent` gives, instruction
+    for instruction (names and debug locations aside)."""
+    traced = {"cpu": 0, "default": 0}
+    real_on_cpu = hook.on_cpu
+
+    def counting_on_cpu(*args, cpu, default):
+        def count(name, f):
+            return lambda *a: traced.__setitem__(name, traced[name] + 1) or f(*a)
+        return real_on_cpu(*args, cpu=count("cpu", cpu), default=count("default", default))
+
+    monkeypatch.setattr(hook, "on_cpu", counting_on_cpu)
+    declared = _crb_gradient_text(monkeypatch, True)
+    assert traced["cpu"] > 0 and traced["default"] == 0, traced
+    traced.update(cpu=0, default=0)
+    undeclared = _crb_gradient_text(monkeypatch, False)
+    assert traced["cpu"] > 0 and traced["default"] > 0, traced  # platform_dependent traces both
+    assert " dot(" in declared and declared.count("\n") > 200
+    assert declared == undeclared
+
+
+def test_a_declared_platform_is_part_of_jaxs_trace_cache_key():
+    """One jitted function traced for the CPU, then for a TPU (as `jaxsr.aot` does in one
+    process): the TPU program holds XLA's convolutions and no CPU formulation, so no trace made
+    for one platform is reused for another."""
+    if hook._DECLARED is None:
+        pytest.skip("this JAX has no config state API: every choice is platform_dependent")
+    x, w = jnp.ones((1, 6, 6, 16)), jnp.ones((3, 3, 16, 3))  # a narrow output: CPU gradient = matmuls
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(hook.conv2d(x, w, (1, 1), ((1, 1), (1, 1))) ** 2), argnums=(0, 1)))
+    with hook.tracing_for("cpu"):
+        cpu_text = grad.trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+    with hook.tracing_for("tpu"):
+        tpu_text = grad.trace(x, w).lower(lowering_platforms=("tpu",)).as_text()
+    assert cpu_text.count("stablehlo.convolution") <= 1  # at most the forward; the gradients are matmuls
+    assert tpu_text.count("stablehlo.convolution") == 3  # forward, input and kernel gradients
+    assert "jaxsr_" not in tpu_text
+    assert hook.declared_platform() is None  # only inside the blocks
 
 
 def test_the_hooked_conv_has_the_plain_convs_values_and_gradients():
