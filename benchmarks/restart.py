@@ -2,7 +2,7 @@
 README's main job, cold and restarted from its checkpoint, and time to the first SR image of a
 repeated `--mode=eval`, each with the cache and (as the control) without it.
 
-    python benchmarks/restart.py [--config configs/dan.py:cpu] [--set KEY=VALUE ...] [--steps 2] [--out FILE.json]
+    python benchmarks/restart.py [--config configs/dan.py:cpu] [--set KEY=VALUE ...] [--steps 2] [--no-eval] [--out FILE.json]
 
 `--set` adds `--config.KEY=VALUE` to every run, e.g. a paper variant on the CPU at batch 1:
 `--config configs/dan.py:setting1_x4 --set train.require_accelerator=False --set data.batch_size=1
@@ -58,7 +58,7 @@ def run(args: list[str], env: dict, first: str) -> dict:
     return {"first_s": seen, "total_s": total}
 
 
-def series(config: str, overrides: list[str], steps: int, cache: bool) -> dict:
+def series(config: str, overrides: list[str], steps: int, cache: bool, evals: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, JAXSR_COMPILATION_CACHE=os.path.join(tmp, "xla") if cache else "0",
                    PYTHONUNBUFFERED="1")
@@ -70,8 +70,10 @@ def series(config: str, overrides: list[str], steps: int, cache: bool) -> dict:
         cold = run([*common, f"--config.train.steps={steps}", f"--config.train.checkpoint_every={steps}"], env,
                    r"^step 1/\d+ ")
         restart = run([*common, f"--config.train.steps={2 * steps}"], env, rf"^step {steps + 1}/\d+ ")
-        evals = [run([*common, "--mode=eval"], env, r"\] [1-9]\d*/\d+, ") for _ in range(2)]
-    return {"cold": cold, "restart": restart, "eval_first": evals[0], "eval_second": evals[1]}
+        if not evals:
+            return {"cold": cold, "restart": restart}
+        runs = [run([*common, "--mode=eval"], env, r"\] [1-9]\d*/\d+, ") for _ in range(2)]
+    return {"cold": cold, "restart": restart, "eval_first": runs[0], "eval_second": runs[1]}
 
 
 def main() -> None:
@@ -81,6 +83,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--no-control", dest="control", action="store_false",
                    help="skip the series with the cache off (halves the time of a long-compiling config)")
+    p.add_argument("--no-eval", dest="evals", action="store_false",
+                   help="time the training restart only (a paper variant's eval of Set5 takes minutes on a CPU)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -90,7 +94,7 @@ def main() -> None:
     results = {}
     for _ in range(args.repeats):  # interleaved: cache on, then off, per repeat
         for cache in (True, False) if args.control else (True,):
-            results.setdefault("cache" if cache else "no_cache", []).append(series(args.config, args.set, args.steps, cache))
+            results.setdefault("cache" if cache else "no_cache", []).append(series(args.config, args.set, args.steps, cache, args.evals))
 
     def median(name, run_name, key):
         values = [r[run_name][key] for r in results[name]]
@@ -98,11 +102,11 @@ def main() -> None:
 
     print("| | cache on | cache off |\n|---|---|---|")
     rows = [("time to first step, cold", "cold", "first_s"),
-            ("time to first step, restart", "restart", "first_s"),
-            ("--mode=eval, first: time to first image", "eval_first", "first_s"),
-            ("--mode=eval, second: time to first image", "eval_second", "first_s"),
-            ("--mode=eval, first: whole run", "eval_first", "total_s"),
-            ("--mode=eval, second: whole run", "eval_second", "total_s")]
+            ("time to first step, restart", "restart", "first_s")]
+    rows += [("--mode=eval, first: time to first image", "eval_first", "first_s"),
+             ("--mode=eval, second: time to first image", "eval_second", "first_s"),
+             ("--mode=eval, first: whole run", "eval_first", "total_s"),
+             ("--mode=eval, second: whole run", "eval_second", "total_s")] if args.evals else []
     summary = {}
     for label, run_name, key in rows:
         on = median("cache", run_name, key)
@@ -110,16 +114,19 @@ def main() -> None:
         summary.setdefault(run_name, {})[key] = {"cache": on, "no_cache": off}
         print(f"| {label} | {on:.1f} s | {'not run' if off is None else f'{off:.1f} s'} |")
     ratio_restart = summary["restart"]["first_s"]["cache"] / summary["cold"]["first_s"]["cache"]
-    ratio_eval = summary["eval_second"]["first_s"]["cache"] / summary["eval_first"]["first_s"]["cache"]
-    ratio_eval_total = summary["eval_second"]["total_s"]["cache"] / summary["eval_first"]["total_s"]["cache"]
-    print(f"cache on: restart / cold (first step) {ratio_restart:.2f}; second / first eval: first image "
-          f"{ratio_eval:.2f}, whole run {ratio_eval_total:.2f}")
+    ratios = {"restart_over_cold": ratio_restart}
+    if args.evals:
+        ratios["second_eval_over_first_image"] = (summary["eval_second"]["first_s"]["cache"]
+                                                  / summary["eval_first"]["first_s"]["cache"])
+        ratios["second_eval_over_first_whole"] = (summary["eval_second"]["total_s"]["cache"]
+                                                  / summary["eval_first"]["total_s"]["cache"])
+    print(f"cache on: restart / cold (first step) {ratio_restart:.2f}" + (
+        f"; second / first eval: first image {ratios['second_eval_over_first_image']:.2f}, whole run "
+        f"{ratios['second_eval_over_first_whole']:.2f}" if args.evals else ""))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"config": args.config, "overrides": args.set, "runs": results, "summary": summary,
-                       "restart_over_cold": ratio_restart, "second_eval_over_first_image": ratio_eval,
-                       "second_eval_over_first_whole": ratio_eval_total}, f, indent=2)
-
+            json.dump({"config": args.config, "overrides": args.set, "runs": results, "summary": summary, **ratios},
+                      f, indent=2)
 
 if __name__ == "__main__":
     main()

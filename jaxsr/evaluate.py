@@ -65,6 +65,7 @@ import numpy as np
 
 from jaxsr import chart, io, paired, platform, progress
 from jaxsr.ops import _checks, degrade, metrics
+from jaxsr.ops.metrics import kernel_errors  # noqa: F401 - the kernel error, part of this module's interface
 from jaxsr.ops.imresize import imresize
 from jaxsr.predict import PredictFn, group_by_size, iter_batches, pad_to_multiple
 
@@ -148,24 +149,6 @@ def bicubic(lr, scale: int) -> jax.Array:
 
 # --------------------------------------------------------------------------- kernel error
 
-def kernel_errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """kernel_mae, kernel_psnr (peak 1) and kernel_psnr_max (both / max(truth)); see module doc."""
-    estimate, truth = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
-    for name, k in (("estimate", estimate), ("truth", truth)):
-        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
-            raise ValueError(f"{name} kernel must be square with an odd size, got {k.shape}")
-    size = max(estimate.shape[0], truth.shape[0])
-    estimate, truth = (np.pad(k, (size - k.shape[0]) // 2) for k in (estimate, truth))
-
-    def psnr(mse: float) -> float:
-        return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-    diff = estimate - truth
-    return {"kernel_mae": float(np.mean(np.abs(diff))),
-            "kernel_psnr": psnr(float(np.mean(diff ** 2))),
-            "kernel_psnr_max": psnr(float(np.mean((diff / truth.max()) ** 2)))}
-
-
 # --------------------------------------------------------------------------- evaluation
 
 def load_hr_images(folder: str | Path, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
@@ -213,11 +196,13 @@ def _check_hr(i: int, name: str, image) -> np.ndarray:
 
 
 def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], scale: int,
-                  noise: float = 0.0, seed: int = 0) -> list[Case]:
-    """Step 1: every image degraded with every test kernel of the protocol."""
+                  noise: float = 0.0, seed: int = 0, only: Sequence[int] | None = None) -> list[Case]:
+    """Step 1: every image (or the images at the indices `only`) degraded with every test kernel
+    of the protocol; an image's kernels and noise depend on its index alone."""
     cases = []
     noise_key = jax.random.fold_in(jax.random.key(seed), 1)
-    for i, (name, image) in enumerate(hr_images):
+    for i in range(len(hr_images)) if only is None else only:
+        name, image = hr_images[i]
         image = _check_hr(i, name, image)
         kernels = setup.kernels_for(i)
         try:
@@ -352,10 +337,18 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     if len(hr_images) == 0:
         raise ValueError("hr_images is empty")
     setup = _setup(protocol, scale, kernel_size, seed)
-    cases = degrade_cases(setup, hr_images, scale, noise, seed)
-    bar = _image_bar(len(cases), progress_label)
-    shapes = run_cases(predict_fn, cases, scale, bucket, max_batch, oracle_kernel, bar)
+    hr_images = [(name, _check_hr(i, name, image)) for i, (name, image) in enumerate(hr_images)]
+    per_image = 1 if setup.fixed_kernels is None else len(setup.fixed_kernels)
+    bar = _image_bar(per_image * len(hr_images), progress_label)
+    # Degraded one LR size group at a time, just before the model runs on it: the first SR
+    # images come after one group's degradation, not the whole set's. Same cases, same batches.
+    by_image, shapes = {}, set()
+    for indices in group_by_size([(im.shape[0] // scale, im.shape[1] // scale) for _, im in hr_images], bucket).values():
+        group = degrade_cases(setup, hr_images, scale, noise, seed, only=indices)
+        shapes |= run_cases(predict_fn, group, scale, bucket, max_batch, oracle_kernel, bar)
+        by_image.update((i, group[j * per_image:(j + 1) * per_image]) for j, i in enumerate(indices))
     bar.close()
+    cases = [case for i in sorted(by_image) for case in by_image[i]]
     order = sorted(range(len(cases)), key=lambda n: (cases[n].row, n))  # kernel-major, as the tables read
     cases = [cases[n] for n in order]
     records = []

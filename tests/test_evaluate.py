@@ -216,6 +216,23 @@ def test_progress_line_counts_the_sr_images(images, capsys):
     assert "Set [" in err and " 3/16," in err and " 16/16," in err and err.endswith("\n")
 
 
+def test_each_size_group_is_degraded_just_before_the_model_runs_on_it(images, monkeypatch):
+    """The first SR images come after one group's degradation, not the whole set's; the records
+    still read kernel-major in the order the images were given, whatever their sizes."""
+    events = []
+    degrade_clean = E._degrade_clean
+    monkeypatch.setattr(E, "_degrade_clean", lambda hr, *a, **k: events.append(("degrade", hr.shape[1:3]))
+                        or degrade_clean(hr, *a, **k))
+    predict, _ = counting_fake(2)
+    given = [images[2], images[0], images[1]]  # c (LR 35x33) first, the smallest last
+    result = E.evaluate(lambda lr: events.append(("predict", lr.shape[1:3])) or predict(lr), given,
+                        scale=2, protocol="gaussian8", max_batch=8)
+    assert events == [("degrade", (40, 36)), ("predict", (20, 18)), ("degrade", (44, 40)), ("predict", (22, 20)),
+                      ("degrade", (70, 66)), ("predict", (35, 33))]
+    assert [(r["kernel"], r["image"]) for r in result["per_image"]] == [
+        (label, name) for label in [row["label"] for row in result["kernels"]] for name in ("c", "a", "b")]
+
+
 def test_save_results_writes_markdown_json_and_chart(bicubic_run, tmp_path):
     from jaxsr import chart
     result, _ = bicubic_run

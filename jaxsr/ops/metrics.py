@@ -12,9 +12,12 @@ The protocol (as in the DAN / IKC / BasicSR evaluation scripts):
    averaged over the map (and over channels when scoring several).
 
 Everything is pure ``jax.numpy``; ``crop_border``, ``y_only`` and ``quantize_inputs`` are
-Python values (mark them static when jitting).
+Python values (mark them static when jitting). Also ``kernel_errors``: an estimated blur kernel
+against the true one, in NumPy float64.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -150,3 +153,23 @@ def ssim(sr: jax.Array, hr: jax.Array, crop_border: int = 0, y_only: bool = True
         (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     value = jnp.mean(ssim_map, axis=(1, 2, 3))
     return value[0] if single else value
+
+
+def kernel_errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """kernel_mae (mean |k_est - k|), kernel_psnr (10 log10(1 / MSE) on the sum-to-one kernels,
+    peak 1: FKP's and KENet's kernel PSNR) and kernel_psnr_max (the same after dividing both by
+    max(truth)) of two (k, k) kernels; the smaller is zero-padded around its centre (`jaxsr.evaluate`)."""
+    estimate, truth = np.asarray(estimate, np.float64), np.asarray(truth, np.float64)
+    for name, k in (("estimate", estimate), ("truth", truth)):
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0:
+            raise ValueError(f"{name} kernel must be square with an odd size, got {k.shape}")
+    size = max(estimate.shape[0], truth.shape[0])
+    estimate, truth = (np.pad(k, (size - k.shape[0]) // 2) for k in (estimate, truth))
+
+    def psnr(mse: float) -> float:
+        return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+    diff = estimate - truth
+    return {"kernel_mae": float(np.mean(np.abs(diff))),
+            "kernel_psnr": psnr(float(np.mean(diff ** 2))),
+            "kernel_psnr_max": psnr(float(np.mean((diff / truth.max()) ** 2)))}
