@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import (TORCH_KERNEL_INIT, remat_cell, run_blocks, scan_unroll, Upsampler, compute_dtype,
+from jaxsr.models.layers import (TORCH_KERNEL_INIT, param, remat_cell, run_blocks, scan_unroll, Upsampler, compute_dtype,
                                  conv2d, leaky_relu, pixel_shuffle, torch_default_bias_init)
 from jaxsr.ops import _checks
 from jaxsr.ops.imresize import resize_bicubic_torch
@@ -112,8 +112,8 @@ class ConvTranspose(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         k, s, cin = self.kernel_size, self.stride, x.shape[-1]
-        kernel = self.param("kernel", TORCH_KERNEL_INIT, (k, k, self.features, cin))
-        bias = self.param("bias", torch_default_bias_init(self.features * k * k), (self.features,))
+        kernel = param(self, "kernel", TORCH_KERNEL_INIT, (k, k, self.features, cin))
+        bias = param(self, "bias", torch_default_bias_init(self.features * k * k), (self.features,))
         taps, valid, e_lo, e_hi = _phase_taps(k, s, self.padding)
         d = taps.shape[0]
         # (D, D, s, s, out, in): phase (ry, rx) weights at input offset (ey, ex); zero where no tap

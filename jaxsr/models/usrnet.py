@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxsr import losses
 from jaxsr.models import ModelSpec, module_from_config
-from jaxsr.models.layers import compute_dtype, conv2d, remat_cell, run_blocks, scan_unroll
+from jaxsr.models.layers import compute_dtype, conv2d, param, remat_cell, run_blocks, scan_unroll
 from jaxsr.ops import _checks
 from jaxsr.ops.unfolding import data_precompute, data_step
 from jaxsr.torch_import import OfficialMap
@@ -67,8 +67,8 @@ class ConvTranspose2x2(nn.Module):
     def __call__(self, x: Array) -> Array:
         fan_in = self.features * 4  # what PyTorch's init computes from the (in, out, 2, 2) weight
         bound = 1.0 / math.sqrt(fan_in)
-        kernel = self.param("kernel", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
-                            (2, 2, self.features, x.shape[-1]))
+        kernel = param(self, "kernel", lambda k, s: jax.random.uniform(k, s, jnp.float32, -bound, bound),
+                       (2, 2, self.features, x.shape[-1]))
         return transposed_conv_2x2(x, kernel.astype(x.dtype))
 
 

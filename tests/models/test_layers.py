@@ -1,7 +1,9 @@
 """`layers.Conv` against PyTorch's Conv2d as defined (cross-correlation, zero padding, bias)."""
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxsr.models import layers
 
@@ -19,3 +21,15 @@ def test_conv_module_matches_torch_conv2d_definition():
     for i, j in np.ndindex(5, 4):
         want[:, i, j] = np.einsum("nabc,abco->no", xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3], w) + b
     np.testing.assert_allclose(module.apply(variables, jnp.asarray(x)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_parameter_of_the_wrong_shape_is_named_at_apply():
+    """`layers.param` checks an existing parameter's shape itself (Flax's `param` would trace the
+    initialiser again for it), with Flax's error naming the parameter and both shapes."""
+    x = jnp.ones((1, 5, 5, 4))
+    conv = layers.Conv(6, 3, padding=1)
+    variables = conv.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].shape == (3, 3, 4, 6)
+    wrong = {"params": {**variables["params"], "kernel": jnp.ones((3, 3, 4, 5))}}
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=r"kernel.*expected.*\(3, 3, 4, 6\).*existing.*\(3, 3, 4, 5\)"):
+        conv.apply(wrong, x)
