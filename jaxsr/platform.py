@@ -6,7 +6,7 @@
   compile_lowered(l, p)     `l.compile()`, again without Triton GEMMs after XLA:GPU's tiling failure
   jit(fun, **kw)            `jax.jit` with those options and that fallback (also `jaxsr.jit`),
                             tracing only the platform's branches of `jaxsr.cpu`'s choices
-  eval_shape(fun, p)        `jax.eval_shape`, traced for p as `jit` traces
+  eval_shape(fun)           `jax.eval_shape`, tracing the cheapest branch of those choices
   libtpu_installed(), cuda_plugin_installed(), tpu_attached(), gpu_attached(), accelerator_likely()
                             what this machine can compile for and run on (`jaxsr.hardware`, here too)
   skip_absent_tpu()         a quiet CPU start where libtpu is installed but no TPU is attached
@@ -147,9 +147,10 @@ class _Jit:
         return self.jitted(self.platform((args, kwargs))).lower(*args, **kwargs)
 
 
-def eval_shape(fun: Callable, platform: str):
-    """`jax.eval_shape(fun)` (no arguments) traced for `platform`'s branches only, as `jit` traces."""
-    with cpu.tracing_for(platform):
+def eval_shape(fun: Callable):
+    """`jax.eval_shape(fun)` (no arguments), tracing the plain branch of each of `jaxsr.cpu`'s
+    choices: the shapes are the same on every platform, and that branch traces fastest."""
+    with cpu.tracing_for("shapes"):
         return jax.eval_shape(fun)
 
 

@@ -79,10 +79,9 @@ def restore_params(exp, workdir: str, step: int | None = None) -> tuple[Any, Any
     checkpoint's. No optimizer is built. `exp`: an Experiment, or a config to resolve."""
     exp = _experiment(exp)
     cfg, spec = exp.cfg, exp.model_spec
-    platform = platform_lib.default_platform()
-    model = exp.model(platform)
+    model = exp.model(platform_lib.default_platform())
     lr = jnp.zeros((1, cfg.data.patch_size, cfg.data.patch_size, 3), jnp.float32)
-    abstract = platform_lib.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"], platform)
+    abstract = platform_lib.eval_shape(lambda: spec.init(model, jax.random.PRNGKey(0), lr)["params"])
     directory = os.path.join(workdir, "checkpoints")
     try:
         params, step = checkpoints.restore_params(directory, abstract, checkpoints.fingerprint(cfg, abstract), step)

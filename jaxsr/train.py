@@ -162,8 +162,7 @@ def build_program(exp: experiment.Experiment, devices=None, *, batch: int | None
     tx, schedule = make_optimizer(cfg)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     step = make_train_step(cfg, exp.model_spec, model, tx, schedule, exp.degradation)
-    abstract = platform.eval_shape(lambda: create_train_state(cfg, exp.model_spec, model, tx),
-                                   platform.platform_of(mesh))
+    abstract = platform.eval_shape(lambda: create_train_state(cfg, exp.model_spec, model, tx))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
     jitted = platform.jit(step, in_shardings=(repl, batch_sh), out_shardings=(repl, repl), donate_argnums=0)
     return TrainProgram(exp=exp, mesh=mesh, model=model, tx=tx, schedule=schedule, step=step,

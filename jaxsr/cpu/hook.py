@@ -6,8 +6,9 @@ Two ways to choose, both by the platform the program is compiled for, never by t
 default backend:
   declared     `jaxsr.platform.jit` (the training step, evaluation, prediction, `jaxsr.aot`) knows
                that platform before it traces, and declares it (`tracing_for`): only that
-               platform's branch is traced. A conv's gradient traces about 4x faster so, which is
-               most of the time a CPU restart spends before its first step.
+               platform's branch is traced (a conv's gradient traces about 4x faster).
+               `jaxsr.platform.eval_shape` declares "shapes": the shapes are the same on every
+               platform, so the conv and bias add are XLA's plain ones, without custom VJPs.
   undeclared   anything else (a user's own `jax.jit`, `jax.grad` eagerly, `jax.export`): the choice
                is `jax.lax.platform_dependent`, made when the program is lowered, so a function
                traced on a CPU host for a TPU is still the program a TPU host would build. JAX
@@ -56,7 +57,7 @@ def _declared_state():
         if existing is not None:
             return existing
         return jax_config.optional_enum_state(
-            "jaxsr_trace_platform", ["cpu", "gpu", "tpu"], None,
+            "jaxsr_trace_platform", ["cpu", "gpu", "tpu", "shapes"], None,
             "The platform jaxsr is tracing a program for (set by jaxsr.platform.jit; None: undeclared).",
             include_in_jit_key=True, include_in_trace_context=True)
     except Exception:  # noqa: BLE001 - any failure only costs tracing time
@@ -69,7 +70,8 @@ _DECLARED = _declared_state()
 @contextlib.contextmanager
 def tracing_for(platform: str | None):
     """Within the block, programs traced are for `platform` ("cpu", "gpu", "tpu"; None:
-    undeclared): each choice below traces only that platform's branch."""
+    undeclared; "shapes": for their output shapes only, which no choice changes, so the cheapest
+    branch, the plain one, is traced): each choice below traces only that platform's branch."""
     if _DECLARED is None or platform is None:
         yield
         return
@@ -101,6 +103,8 @@ def conv2d(x: Array, w: Array, strides: tuple[int, int], padding: tuple[tuple[in
     convs support reverse-mode differentiation only (no `jax.jvp`)."""
     strides = tuple(int(s) for s in strides)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if declared_platform() == "shapes":  # no gradient will be taken: the cheapest trace
+        return _conv.plain_conv(x, w, strides, padding)
     return _conv2d(x, w, strides, padding)
 
 
@@ -132,10 +136,16 @@ def _conv2d_bwd(strides, padding, residuals, g):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-@jax.custom_vjp
 def add_bias(y: Array, bias: Array) -> Array:
     """y + bias over the last axis. On the CPU its bias gradient is a matmul with ones
     (`jaxsr.cpu.conv.bias_gradient`); elsewhere XLA's reduction."""
+    if declared_platform() == "shapes":
+        return y + bias
+    return _add_bias(y, bias)
+
+
+@jax.custom_vjp
+def _add_bias(y: Array, bias: Array) -> Array:
     return y + bias
 
 
@@ -149,4 +159,4 @@ def _add_bias_bwd(_, g):
     return g, db
 
 
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
