@@ -14,14 +14,23 @@ import sys
 import jax
 import numpy as np
 
-if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
-else:  # tensorboardX imports PyTorch where it is installed only to accept its tensors (~1 s of every start)
-    sys.modules["torch"] = None  # makes `import torch` fail: tensorboardX then takes NumPy arrays only
+
+def _summary_writer_class(logdir: str):
+    """tensorboardX's SummaryWriter, imported on first use (`--mode=eval` never needs it) without
+    what jaxsr does not use. tensorboardX imports PyTorch where it is installed, only to accept its
+    tensors (~1 s), and boto3, only for s3:// log folders (~0.2 s); each is hidden from that import
+    unless already loaded (or, for boto3, the folder is on S3), so tensorboardX takes NumPy arrays
+    and local or gs:// folders."""
+    hidden = [name for name in ("torch", "boto3") if name not in sys.modules
+              and not (name == "boto3" and logdir.startswith("s3://"))]
+    for name in hidden:
+        sys.modules[name] = None  # makes `import name` fail inside tensorboardX
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        for name in hidden:
+            del sys.modules[name]
+    return SummaryWriter
 
 
 def _step(line: str) -> int | None:
@@ -53,7 +62,7 @@ class MetricWriter:
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)  # never a half-written metrics.jsonl
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+        self.tb = _summary_writer_class(workdir)(os.path.join(workdir, "tensorboard"),
                                 purge_step=resume_step + 1 if resume_step > 0 else None)
 
     def write(self, step: int, values: dict[str, float]) -> None:

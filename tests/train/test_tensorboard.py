@@ -94,3 +94,26 @@ def test_eval_writes_a_chart_per_set(run, tmp_path):
     from jaxsr import chart as chart_lib
     for color in (chart_lib.MODEL_COLOR, chart_lib.BICUBIC_COLOR):
         assert np.all(chart == color, axis=-1).sum() > 500  # the bars are drawn
+
+
+def test_the_metric_writer_loads_neither_pytorch_nor_boto3(tmp_path):
+    """tensorboardX would import PyTorch (~1 s) and boto3 (~0.2 s) at every start, for tensor
+    types and S3 folders jaxsr does not use: the writer hides both while it imports tensorboardX
+    (imported only when a writer is made), and leaves them importable afterwards."""
+    script = (
+        "import importlib.util, json, sys\n"
+        "from jaxsr import metric_writer\n"
+        "before = 'tensorboardX' in sys.modules\n"
+        "w = metric_writer.MetricWriter(sys.argv[1], 0)\n"
+        "w.write(1, {'loss': 0.5})\n"
+        "w.close()\n"
+        "loaded = sorted(m for m in ('torch', 'boto3') if m in sys.modules)\n"
+        "importable = [m for m in ('torch', 'boto3') if importlib.util.find_spec(m) is not None]\n"
+        "for m in importable: __import__(m)\n"
+        "print(json.dumps({'before': before, 'loaded': loaded}))\n")
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"before": False, "loaded": []}
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
