@@ -23,8 +23,9 @@ value read is `native.in_use()` (which native kernels CPU programs use): `jaxsr.
 it once at start-up and `native_suspended()` clears it inside a block (and JAX's trace caches on
 the way in and out). JAX's jit cache does not see it otherwise, so a function traced before
 `setup()` keeps its program without the kernels. The declared platform is a JAX config state in
-JAX's jit and trace cache keys, so a function traced for one platform is never reused for another;
-both ways lower to the same program (tests/cpu/test_conv.py compares them).
+JAX's jit and trace cache keys, so a function traced for one platform is never reused for another.
+Both ways give the same CPU program, instruction for instruction (tests/cpu/test_conv.py), and TPU
+programs of the same instructions and memory (docs/benchmarks.md).
 
 The degradation's CPU formulations (`jaxsr.cpu.degrade`: FFT blur, blur+downsample at the kept
 pixels, separable kernels, KXNet's FFT gradients) are named here too: their plain formulations live
