@@ -198,12 +198,12 @@ def _check_hr(i: int, name: str, image) -> np.ndarray:
 def degrade_cases(setup: _Setup, hr_images: Sequence[tuple[str, np.ndarray]], scale: int,
                   noise: float = 0.0, seed: int = 0, only: Sequence[int] | None = None) -> list[Case]:
     """Step 1: every image (or the images at the indices `only`) degraded with every test kernel
-    of the protocol; an image's kernels and noise depend on its index alone."""
+    of the protocol; an image's kernels and noise depend on its index alone. `hr_images` as
+    `evaluate` checked them ((H, W, 1 | 3), finite float)."""
     cases = []
     noise_key = jax.random.fold_in(jax.random.key(seed), 1)
     for i in range(len(hr_images)) if only is None else only:
         name, image = hr_images[i]
-        image = _check_hr(i, name, image)
         kernels = setup.kernels_for(i)
         try:
             hr = io.mod_crop(image.astype(np.float32), scale)
@@ -343,7 +343,8 @@ def evaluate(predict_fn: PredictFn, hr_images: Sequence[tuple[str, np.ndarray]],
     # Degraded one LR size group at a time, just before the model runs on it: the first SR
     # images come after one group's degradation, not the whole set's. Same cases, same batches.
     by_image, shapes = {}, set()
-    for indices in group_by_size([(im.shape[0] // scale, im.shape[1] // scale) for _, im in hr_images], bucket).values():
+    lr_sizes = [(image.shape[0] // scale, image.shape[1] // scale) for _, image in hr_images]
+    for indices in group_by_size(lr_sizes, bucket).values():
         group = degrade_cases(setup, hr_images, scale, noise, seed, only=indices)
         shapes |= run_cases(predict_fn, group, scale, bucket, max_batch, oracle_kernel, bar)
         by_image.update((i, group[j * per_image:(j + 1) * per_image]) for j, i in enumerate(indices))

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsr import platform
+
 # How an official tensor becomes a Flax leaf.
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "conv": lambda w: np.transpose(w, (2, 3, 1, 0)),   # OIHW -> HWIO
@@ -43,8 +45,8 @@ def traced_param_shapes(model):
     """The params shape tree from `model.init` on a small LR, traced without computing anything.
     The LR is large enough for the model's kernel at its scale (KXNet pads by k // 2 in HR)."""
     side = max(8, getattr(model, "kernel_size", 0) // (2 * getattr(model, "scale", 1)) + 1)
-    lr = jax.ShapeDtypeStruct((1, side, side, model.channels), jnp.float32)
-    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), lr)["params"]
+    return platform.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, side, side, model.channels), jnp.float32)))["params"]
 
 
 def no_buffers(model) -> dict[str, tuple[int, ...]]:

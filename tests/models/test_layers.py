@@ -31,5 +31,6 @@ def test_a_parameter_of_the_wrong_shape_is_named_at_apply():
     variables = conv.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].shape == (3, 3, 4, 6)
     wrong = {"params": {**variables["params"], "kernel": jnp.ones((3, 3, 4, 5))}}
-    with pytest.raises(flax.errors.ScopeParamShapeError, match=r"kernel.*expected.*\(3, 3, 4, 6\).*existing.*\(3, 3, 4, 5\)"):
+    shapes = r"kernel.*expected.*\(3, 3, 4, 6\).*existing.*\(3, 3, 4, 5\)"
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=shapes):
         conv.apply(wrong, x)
